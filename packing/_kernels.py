@@ -1,0 +1,422 @@
+"""Numba kernels for bin packing.
+
+Every packer takes an int64 array of item lengths (all in ``[1, capacity]``, validated by the
+caller) and returns a CSR packing ``(perm, offsets)``: ``perm`` lists item positions bin by bin and
+``offsets[b]:offsets[b + 1]`` is bin ``b``'s slice of ``perm``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
+
+
+@njit(cache=True)
+def _next_pow2(x):
+    p = 1
+    while p < x:
+        p *= 2
+    return p
+
+
+@njit(cache=True)
+def counting_sort_desc(lengths, capacity):
+    """Stable counting sort by decreasing length, O(n + capacity): ``(positions, sorted lengths)``."""
+    n = lengths.shape[0]
+    starts = np.zeros(capacity + 2, np.int64)
+    for i in range(n):
+        starts[capacity - lengths[i] + 1] += 1
+    for v in range(1, capacity + 2):
+        starts[v] += starts[v - 1]
+    values = np.empty(n, np.int64)
+    for key in range(capacity + 1):
+        values[starts[key] : starts[key + 1]] = capacity - key
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        key = capacity - lengths[i]
+        out[starts[key]] = i
+        starts[key] += 1
+    return out, values
+
+
+@njit(cache=True)
+def _csr_from_assignment(sequence, values, bin_of, num_bins):
+    """Group ``sequence`` (item positions in placement order, lengths ``values``) by bin, keeping
+    that order: ``(perm, offsets, perm_lengths)``."""
+    n = sequence.shape[0]
+    offsets = np.zeros(num_bins + 1, np.int64)
+    for k in range(n):
+        offsets[bin_of[k] + 1] += 1
+    for b in range(num_bins):
+        offsets[b + 1] += offsets[b]
+    cursor = offsets[:-1].copy()
+    perm = np.empty(n, np.int64)
+    perm_lengths = np.empty(n, np.int64)
+    for k in range(n):
+        b = bin_of[k]
+        perm[cursor[b]] = sequence[k]
+        perm_lengths[cursor[b]] = values[k]
+        cursor[b] += 1
+    return perm, offsets, perm_lengths
+
+
+# --- best fit: a bitset hierarchy over remaining capacity ----------------------------------------
+# Bit r of level 0 says whether some open bin has exactly r tokens free; bit w of level k + 1 says
+# whether word w of level k is non-zero.  Bins with the same free space sit on a stack (head[r],
+# below[bin]).  Best fit for an item of length s is the lowest set bit >= s: a few word operations
+# per level (a 64-ary segment tree), so O(log_64 capacity) per item.
+
+_FULL = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@njit(cache=True)
+def new_bitset(capacity):
+    """Flat words of all levels and each level's start: ``(words, level_starts)``."""
+    sizes = []
+    n = capacity + 1
+    while True:
+        words = (n + 63) // 64
+        sizes.append(words)
+        if words == 1:
+            break
+        n = words
+    starts = np.zeros(len(sizes) + 1, np.int64)
+    for i in range(len(sizes)):
+        starts[i + 1] = starts[i] + sizes[i]
+    return np.zeros(starts[-1], np.uint64), starts
+
+
+@njit(cache=True)
+def _bit_set(words, starts, r):
+    for level in range(starts.shape[0] - 1):
+        w = starts[level] + (r >> 6)
+        before = words[w]
+        words[w] = before | (np.uint64(1) << np.uint64(r & 63))
+        if before != 0:
+            return
+        r >>= 6
+
+
+@njit(cache=True)
+def _bit_clear(words, starts, r):
+    for level in range(starts.shape[0] - 1):
+        w = starts[level] + (r >> 6)
+        after = words[w] & ~(np.uint64(1) << np.uint64(r & 63))
+        words[w] = after
+        if after != 0:
+            return
+        r >>= 6
+
+
+@njit(cache=True)
+def _bit_first_at_least(words, starts, s):
+    """Lowest set bit >= s at level 0, or -1."""
+    levels = starts.shape[0] - 1
+    level = 0
+    pos = s
+    while level < levels:
+        w = pos >> 6
+        if starts[level] + w >= starts[level + 1]:
+            return -1
+        m = words[starts[level] + w] & (_FULL << np.uint64(pos & 63))
+        if m != 0:
+            pos = (w << 6) + np.int64(trailing_zeros(m))
+            while level > 0:
+                level -= 1
+                pos = (pos << 6) + np.int64(trailing_zeros(words[starts[level] + pos]))
+            return pos
+        pos = w + 1
+        level += 1
+    return -1
+
+
+@njit(cache=True)
+def _push(words, starts, head, below, above, r, b):
+    """Put bin ``b`` on the stack of bins with ``r`` tokens free."""
+    top = head[r]
+    below[b] = top
+    above[b] = -1
+    if top >= 0:
+        above[top] = b
+    else:
+        _bit_set(words, starts, r)
+    head[r] = b
+
+
+@njit(cache=True)
+def _unlink(words, starts, head, below, above, r, b):
+    """Take bin ``b`` off the stack of bins with ``r`` tokens free."""
+    up = above[b]
+    down = below[b]
+    if up >= 0:
+        below[up] = down
+    else:
+        head[r] = down
+        if down < 0:
+            _bit_clear(words, starts, r)
+    if down >= 0:
+        above[down] = up
+
+
+@njit(cache=True)
+def best_fit_decreasing(lengths, capacity):
+    """Best-fit decreasing: counting sort, then best fit through the free-space bitset."""
+    n = lengths.shape[0]
+    sequence, values = counting_sort_desc(lengths, capacity)
+    words, starts = new_bitset(capacity)
+    head = np.full(capacity + 1, -1, np.int64)
+    below = np.empty(n, np.int64)
+    above = np.empty(n, np.int64)
+    bin_of = np.empty(n, np.int64)
+    num_bins = 0
+    for k in range(n):
+        s = values[k]
+        r = _bit_first_at_least(words, starts, s)
+        if r < 0:
+            b = num_bins
+            num_bins += 1
+            left = capacity - s
+        else:
+            b = head[r]
+            _unlink(words, starts, head, below, above, r, b)
+            left = r - s
+        bin_of[k] = b
+        if left > 0:
+            _push(words, starts, head, below, above, left, b)
+    return _csr_from_assignment(sequence, values, bin_of, num_bins)
+
+
+# --- first fit: a max tree over bins ----------------------------------------------------------
+# Leaf b holds bin b's free tokens; bins not opened yet hold the full capacity, so the leftmost
+# leaf with room is either an open bin (first fit) or the next new bin.
+
+
+@njit(cache=True)
+def first_fit(sequence, values, capacity, max_bins):
+    """First fit over ``sequence`` (item positions in order, lengths ``values``); O(log bins) each."""
+    n = sequence.shape[0]
+    size = _next_pow2(max(max_bins, 1))
+    tree = np.full(2 * size, capacity, np.int64)
+    bin_of = np.empty(n, np.int64)
+    num_bins = 0
+    for k in range(n):
+        s = values[k]
+        i = 1
+        while i < size:
+            if tree[2 * i] >= s:
+                i = 2 * i
+            else:
+                i = 2 * i + 1
+        b = i - size
+        bin_of[k] = b
+        if b >= num_bins:
+            num_bins = b + 1
+        tree[i] -= s
+        i >>= 1
+        while i >= 1:
+            v = max(tree[2 * i], tree[2 * i + 1])
+            if tree[i] == v:
+                break
+            tree[i] = v
+            i >>= 1
+    return _csr_from_assignment(sequence, values, bin_of, num_bins)
+
+
+@njit(cache=True)
+def next_fit(lengths, capacity):
+    """Next fit: items in input order, a new bin whenever the current one is too full."""
+    n = lengths.shape[0]
+    offsets = np.empty(n + 1, np.int64)
+    offsets[0] = 0
+    num_bins = 0
+    used = capacity
+    for i in range(n):
+        s = lengths[i]
+        if used + s > capacity:
+            offsets[num_bins] = i
+            num_bins += 1
+            used = 0
+        used += s
+    offsets[num_bins] = n
+    return np.arange(n, dtype=np.int64), offsets[: num_bins + 1].copy(), lengths.copy()
+
+
+@njit(cache=True)
+def concat_chunk(lengths, capacity):
+    """Cut the concatenation of all items into rows of exactly ``capacity`` tokens.
+
+    Returns ``(items, starts, piece_lengths, offsets)``: every piece is a slice
+    ``[start, start + piece_length)`` of one item, rows are CSR over the pieces.
+    """
+    n = lengths.shape[0]
+    total = 0
+    for i in range(n):
+        total += lengths[i]
+    num_rows = (total + capacity - 1) // capacity
+    max_pieces = n + num_rows
+    items = np.empty(max_pieces, np.int64)
+    starts = np.empty(max_pieces, np.int64)
+    pieces = np.empty(max_pieces, np.int64)
+    offsets = np.empty(num_rows + 1, np.int64)
+    offsets[0] = 0
+    p = 0
+    row = 0
+    used = 0
+    for i in range(n):
+        start = 0
+        left = lengths[i]
+        while left > 0:
+            take = min(left, capacity - used)
+            items[p] = i
+            starts[p] = start
+            pieces[p] = take
+            p += 1
+            start += take
+            left -= take
+            used += take
+            if used == capacity:
+                row += 1
+                offsets[row] = p
+                used = 0
+    if used > 0:
+        row += 1
+        offsets[row] = p
+    return items[:p].copy(), starts[:p].copy(), pieces[:p].copy(), offsets[: row + 1].copy()
+
+
+# --- streaming best fit over windows ----------------------------------------------------------
+
+
+@njit(cache=True)
+def window_step(
+    window_lengths,
+    window_ids,
+    capacity,
+    close_below,
+    oldest_kept,
+    now,
+    flush,
+    words,
+    starts,
+    head,
+    below,
+    above,
+    free,
+    opened,
+    is_open,
+    first_slot,
+    last_slot,
+    free_bins,
+    n_free_bins,
+    slot_id,
+    slot_len,
+    slot_next,
+    free_slots,
+    n_free_slots,
+):
+    """Best-fit one window (sorted decreasing) into the open bins, then close the bins that are done.
+
+    A bin is closed when its free space is below ``close_below`` (it cannot take the shortest item
+    seen so far), when it was opened before window ``oldest_kept``, or when ``flush`` is set.  The
+    caller guarantees at least ``len(window)`` free bins and free slots.  Closed bins are returned
+    CSR-shaped (ids, lengths, offsets) in bin-pool order; counters come back as the last two values.
+    """
+    sequence, values = counting_sort_desc(window_lengths, capacity)
+    for k in range(sequence.shape[0]):
+        j = sequence[k]
+        s = values[k]
+        r = _bit_first_at_least(words, starts, s)
+        if r < 0:
+            n_free_bins -= 1
+            b = free_bins[n_free_bins]
+            is_open[b] = True
+            opened[b] = now
+            first_slot[b] = -1
+            last_slot[b] = -1
+            left = capacity - s
+        else:
+            b = head[r]
+            _unlink(words, starts, head, below, above, r, b)
+            left = r - s
+        free[b] = left
+        n_free_slots -= 1
+        slot = free_slots[n_free_slots]
+        slot_id[slot] = window_ids[j]
+        slot_len[slot] = s
+        slot_next[slot] = -1
+        if last_slot[b] >= 0:
+            slot_next[last_slot[b]] = slot
+        else:
+            first_slot[b] = slot
+        last_slot[b] = slot
+        _push(words, starts, head, below, above, left, b)
+
+    n_closing = 0
+    n_items = 0
+    for b in range(is_open.shape[0]):
+        if is_open[b] and (flush or free[b] < close_below or opened[b] < oldest_kept):
+            n_closing += 1
+            slot = first_slot[b]
+            while slot >= 0:
+                n_items += 1
+                slot = slot_next[slot]
+    out_ids = np.empty(n_items, np.int64)
+    out_len = np.empty(n_items, np.int64)
+    out_offsets = np.empty(n_closing + 1, np.int64)
+    out_offsets[0] = 0
+    p = 0
+    c = 0
+    for b in range(is_open.shape[0]):
+        if is_open[b] and (flush or free[b] < close_below or opened[b] < oldest_kept):
+            _unlink(words, starts, head, below, above, free[b], b)
+            is_open[b] = False
+            free_bins[n_free_bins] = b
+            n_free_bins += 1
+            slot = first_slot[b]
+            while slot >= 0:
+                out_ids[p] = slot_id[slot]
+                out_len[p] = slot_len[slot]
+                p += 1
+                free_slots[n_free_slots] = slot
+                n_free_slots += 1
+                slot = slot_next[slot]
+            c += 1
+            out_offsets[c] = p
+    return out_ids, out_len, out_offsets, n_free_bins, n_free_slots
+
+
+@njit(cache=True)
+def lower_bound_l2(lengths, capacity):
+    """Martello-Toth L2 lower bound on the number of bins (every length in [1, capacity])."""
+    n = lengths.shape[0]
+    if n == 0:
+        return 0
+    count = np.zeros(capacity + 2, np.int64)
+    for i in range(n):
+        count[lengths[i]] += 1
+    # suffix counts and sums: items with length >= v
+    ge_count = np.zeros(capacity + 2, np.int64)
+    ge_sum = np.zeros(capacity + 2, np.int64)
+    for v in range(capacity, 0, -1):
+        ge_count[v] = ge_count[v + 1] + count[v]
+        ge_sum[v] = ge_sum[v + 1] + count[v] * v
+    half = capacity // 2  # lengths <= half fit two to a bin; lengths > half do not
+    best = 0
+    for alpha in range(0, half + 1):
+        lo = max(alpha, 1)
+        # J1: w > capacity - alpha
+        j1 = ge_count[capacity - alpha + 1]
+        # J2: half < w <= capacity - alpha
+        j2_count = ge_count[half + 1] - j1
+        j2_sum = ge_sum[half + 1] - ge_sum[capacity - alpha + 1]
+        # J3: alpha <= w <= half
+        j3_sum = ge_sum[lo] - ge_sum[half + 1]
+        spill = j3_sum - (j2_count * capacity - j2_sum)
+        extra = 0
+        if spill > 0:
+            extra = (spill + capacity - 1) // capacity
+        value = j1 + j2_count + extra
+        if value > best:
+            best = value
+    return best

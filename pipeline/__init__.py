@@ -1,0 +1,1 @@
+"""packwise.pipeline."""

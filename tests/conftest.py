@@ -1,0 +1,62 @@
+"""Shared fixtures: the real datasets in ../shared/data and a real tokenizer trained on them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data``; skip (or fail under CI=true) when it is absent."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but the shared datasets are missing at {SHARED_DATA}")
+    pytest.skip(f"real datasets not found at {SHARED_DATA} (clone the project with ../shared beside it)")
+
+
+def load_texts(name: str) -> list[str]:
+    """Texts of one shared dataset: c4, alpaca, glaive, ag_news or wiki."""
+    root = shared_data_dir()
+    if name == "c4":
+        return [json.loads(line)["text"] for line in open(root / "c4_demo.jsonl", encoding="utf-8")]
+    if name == "alpaca":
+        rows = json.load(open(root / "alpaca_en_demo.json", encoding="utf-8"))
+        return ["\n".join(x for x in (r["instruction"], r["input"], r["output"]) if x) for r in rows]
+    if name == "glaive":
+        return [json.dumps(r) for r in json.load(open(root / "glaive_toolcall_en_demo.json", encoding="utf-8"))]
+    if name == "ag_news":
+        with open(root / "ag_news_test.csv", encoding="utf-8", newline="") as f:
+            return [f"{title} {desc}" for _, title, desc in csv.reader(f)]
+    if name == "wiki":
+        return [line.strip() for line in open(root / "wiki_demo.txt", encoding="utf-8") if line.strip()]
+    raise KeyError(name)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return shared_data_dir()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    """A real byte-level BPE trained on the shared corpora (seconds, offline, deterministic)."""
+    from packwise.pipeline.tokenizer import train_byte_bpe
+
+    texts = load_texts("c4") + load_texts("alpaca") + load_texts("wiki")
+    return train_byte_bpe(texts, vocab_size=4096)
+
+
+@pytest.fixture(scope="session")
+def real_lengths(tokenizer) -> dict[str, np.ndarray]:
+    """Real token lengths of every shared dataset under the fixture tokenizer."""
+    from packwise.pipeline.tokenizer import token_lengths
+
+    return {name: token_lengths(tokenizer, load_texts(name)) for name in ("c4", "alpaca", "glaive", "ag_news")}
