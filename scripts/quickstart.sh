@@ -17,4 +17,4 @@ if [ "${1:-demo}" = "test" ]; then
 fi
 mkdir -p demo
 packwise demo-data demo/stdlib_docstrings.jsonl
-packwise report demo/stdlib_docstrings.jsonl --max-tokens 2048 --batch-size 8 --train-tokenizer --json demo/report.json
+packwise report demo/stdlib_docstrings.jsonl --max-tokens 1024 --batch-size 8 --train-tokenizer --json demo/report.json

@@ -1,0 +1,43 @@
+"""Atomic file output: write to a temporary name in the same folder, rename when complete.
+
+A reader never sees a half-written file under the final name; an interrupted write leaves only a
+hidden ``.<name>.*.tmp`` file that the next run can ignore or remove.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync and rename it to ``path``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from packwise.pipeline.atomic import atomic_path
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "hello.txt"
+        >>> with atomic_path(out) as tmp:
+        ...     _ = tmp.write_text("hi")
+        >>> out.read_text()
+        'hi'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
