@@ -188,7 +188,8 @@ def _apply_oversize(lengths: np.ndarray, capacity: int, oversize: str, name: str
         raise ValueError(f"oversize must be one of {OVERSIZE_POLICIES}, got {oversize!r}")
     over = np.flatnonzero(lengths > capacity)
     if over.shape[0] == 0:
-        return None, None, lengths, 0, _EMPTY
+        starts = np.zeros(lengths.shape[0], np.int64) if oversize == "split" else None
+        return None, starts, lengths, 0, _EMPTY
     if oversize == "error":
         i = int(over[0])
         raise ValueError(

@@ -38,7 +38,8 @@ def stdlib_docstrings(min_chars: int = 1) -> Iterator[dict]:
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         except (SyntaxError, UnicodeDecodeError, OSError):
             continue
-        module = ".".join(rel.with_suffix("").parts)
+        parts = rel.with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         yield from _docstrings(tree, module, min_chars)
 
 
