@@ -47,29 +47,121 @@ def demo_data(
     typer.echo(f"wrote {rows} docstrings to {output}")
 
 
+_TOKENIZER_HELP = "A tokenizers JSON file, or a transformers tokenizer folder (local)."
+_TRAIN_HELP = "Train a byte-level BPE on the input itself (offline, seconds)."
+_TOKENS_HELP = "Read token ids from this list<int> column instead of tokenizing."
+_TEMPLATE_HELP = "module:function rendering one value of the text column (e.g. chat messages) to text."
+_FORMAT_HELP = "Input format when the file names do not say: parquet, json, csv or arrow."
+
+
+@app.command("pack")
+@exit_on_bad_input
+def pack(
+    input: str = typer.Argument(..., help="Parquet/JSONL/CSV/Arrow file, folder, glob, or save_to_disk folder."),
+    output: Path = typer.Argument(..., help="Folder for the Parquet shards and manifest.json."),
+    max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
+    train_tokenizer: bool = typer.Option(False, "--train-tokenizer", help=_TRAIN_HELP + " Saved as OUTPUT/tokenizer.json."),
+    tokens_column: Optional[str] = typer.Option(None, "--tokens-column", help=_TOKENS_HELP),
+    labels_column: Optional[str] = typer.Option(None, "--labels-column", help="With --tokens-column: a parallel labels column."),
+    text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+    template: Optional[str] = typer.Option(None, "--template", help=_TEMPLATE_HELP),
+    input_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
+    algorithm: str = typer.Option(
+        "window_bfd", "--algorithm", help="bfd, ffd, first_fit, next_fit (each window on its own), window_bfd or concat."
+    ),
+    window: int = typer.Option(10_000, "--window", help="Sequences per packing window (memory grows with it)."),
+    oversize: str = typer.Option("error", "--oversize", help="Sequences longer than --max-tokens: error, truncate, split or drop."),
+    shard_rows: int = typer.Option(8192, "--shard-rows", help="Packed rows per Parquet shard."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Shuffle the rows of each window with this seed (default: packer order)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output made with other settings."),
+) -> None:
+    """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
+    from ..pipeline import open_input, pack_to_parquet
+    from ._progress import progress_bar
+    from .pack_cmd import load_template, render_summary
+
+    fn = load_template(template)
+    columns = [tokens_column] if tokens_column else [text_column]
+    total = open_input(input, columns, format=input_format).num_rows
+    with progress_bar("packing", total) as update:
+        result = pack_to_parquet(
+            input,
+            output,
+            max_tokens=max_tokens,
+            tokenizer=tokenizer,
+            train_tokenizer=train_tokenizer,
+            text_column=text_column,
+            tokens_column=tokens_column,
+            labels_column=labels_column,
+            template=fn,
+            algorithm=algorithm,
+            window=window,
+            oversize=oversize,
+            shard_rows=shard_rows,
+            seed=seed,
+            overwrite=overwrite,
+            format=input_format,
+            progress=update,
+        )
+    if result.state == "complete":
+        typer.echo(f"{output} is up to date (manifest.json with the same settings and inputs); nothing to do")
+    elif result.state == "resume":
+        typer.echo(f"resumed after {result.resumed_shards} complete shards")
+    render_summary(result)
+
+
 @app.command("report")
 @exit_on_bad_input
 def report(
-    input: Path = typer.Argument(..., help="JSON Lines file with a text column."),
+    input: str = typer.Argument(..., help="Parquet/JSONL/CSV/Arrow file, folder, glob, or save_to_disk folder."),
     max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per step for the padded strategies."),
-    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="A tokenizers JSON file."),
-    train_tokenizer: bool = typer.Option(
-        False, "--train-tokenizer", help="Train a byte-level BPE on the input itself (offline, seconds)."
-    ),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
+    train_tokenizer: bool = typer.Option(False, "--train-tokenizer", help=_TRAIN_HELP),
+    tokens_column: Optional[str] = typer.Option(None, "--tokens-column", help=_TOKENS_HELP),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+    template: Optional[str] = typer.Option(None, "--template", help=_TEMPLATE_HELP),
+    input_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
+    window: int = typer.Option(10_000, "--window", help="Window of the window_bfd packer."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the report: PATH.png or PATH.html."),
     seed: int = typer.Option(0, help="Seed of the random-batches baseline."),
 ) -> None:
     """Padding-waste report: pad-to-max, random and bucketed batches, and every packer."""
     from ..packing import waste_report
-    from .report_cmd import read_lengths, render_report, write_json
+    from ..packing.core import validate_capacity
+    from ..pipeline import dataset_lengths, open_input
+    from ._progress import progress_bar
+    from .pack_cmd import load_template
+    from .report_cmd import length_histogram, render_report, report_dict, write_json, write_plot
 
-    lengths = read_lengths(input, text_column, tokenizer, train_tokenizer)
-    result = waste_report(lengths, max_tokens, batch_size=batch_size, seed=seed)
-    render_report(result, title=f"{input} ({len(lengths)} sequences)")
+    validate_capacity(max_tokens, "--max-tokens")
+    validate_capacity(batch_size, "--batch-size")
+    if plot is not None and plot.suffix.lower() not in (".png", ".html"):
+        raise ValueError(f"--plot {plot}: the file must end in .png or .html")
+    fn = load_template(template)
+    columns = [tokens_column] if tokens_column else [text_column]
+    total = open_input(input, columns, format=input_format).num_rows
+    with progress_bar("reading", total) as update:
+        lengths = dataset_lengths(
+            input,
+            tokenizer=tokenizer,
+            train_tokenizer=train_tokenizer,
+            text_column=text_column,
+            tokens_column=tokens_column,
+            template=fn,
+            format=input_format,
+            progress=update,
+        )
+    result = waste_report(lengths, max_tokens, batch_size=batch_size, seed=seed, window=window)
+    histogram = length_histogram(lengths, max_tokens)
+    title = f"{input} ({len(lengths):,} sequences)"
+    render_report(result, title=title, histogram=histogram)
     if json_path is not None:
-        write_json(result, json_path)
+        write_json(report_dict(result, histogram, str(input)), json_path)
+    if plot is not None:
+        write_plot(result, lengths, histogram, plot, title)
 
 
 def main() -> None:

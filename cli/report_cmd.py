@@ -1,7 +1,10 @@
-"""Helpers of ``packwise report``: read lengths, render the waste table, write JSON."""
+"""Helpers of ``packwise report``: render the waste table and length histogram, write JSON and a plot."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 from pathlib import Path
 
@@ -10,28 +13,23 @@ import numpy as np
 from ..packing import WasteReport
 
 
-def read_lengths(path: Path, text_column: str, tokenizer: Path | None, train: bool) -> np.ndarray:
-    """Token lengths of ``text_column`` in a JSON Lines file, with a given or a freshly trained tokenizer."""
-    import pyarrow.json as pj
-
-    from ..pipeline.tokenizer import load_tokenizer, token_lengths, train_byte_bpe
-
-    if not path.is_file():
-        raise ValueError(f"input: no file at {path}")
-    if (tokenizer is None) == (not train):
-        raise ValueError("pass exactly one of --tokenizer PATH or --train-tokenizer")
-    table = pj.read_json(path)
-    if text_column not in table.column_names:
-        raise ValueError(f"column {text_column!r} not in {path} (columns: {table.column_names}); pass --text-column")
-    texts = table.column(text_column).to_pylist()
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        raise ValueError(f"{path} row {bad}: column {text_column!r} is {texts[bad]!r}, expected text")
-    tok = load_tokenizer(tokenizer) if tokenizer is not None else train_byte_bpe(texts)
-    return token_lengths(tok, texts)
+def length_histogram(lengths: np.ndarray, capacity: int, bins: int = 16) -> dict:
+    """Equal-width histogram of the lengths over ``[1, max]``; ``over_capacity`` counts the long ones."""
+    top = int(max(lengths.max(), 1))
+    edges = np.unique(np.linspace(1, top + 1, bins + 1).round().astype(np.int64))
+    counts, _ = np.histogram(lengths, bins=edges)
+    return {
+        "edges": edges.tolist(),
+        "counts": counts.tolist(),
+        "over_capacity": int((lengths > capacity).sum()),
+    }
 
 
-def render_report(report: WasteReport, title: str) -> None:
+def report_dict(report: WasteReport, histogram: dict, source: str) -> dict:
+    return {"input": source, **report.to_dict(), "length_histogram": histogram}
+
+
+def render_report(report: WasteReport, title: str, histogram: dict | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -49,17 +47,96 @@ def render_report(report: WasteReport, title: str) -> None:
             f"{s.vs_lower_bound:.4f}",
             f"{s.attention_dense / s.attention_masked:.1f}x" if s.attention_masked else "-",
         )
-    console = Console()
+    console = _console()
     console.print(table)
     console.print(
         f"{report.num_sequences:,} sequences, {report.total_tokens:,} tokens; length mean {report.mean_length:.1f}, "
         f"median {report.median_length:.0f}, p99 {report.p99_length:.0f}, max {report.max_length}; "
         f"lower bounds L1={report.lower_bound_l1:,} L2={report.lower_bound_l2:,} rows"
     )
+    if histogram is not None:
+        hist = Table(title="sequence lengths (tokens)")
+        for name in ("length", "sequences", ""):
+            hist.add_column(name, justify="right" if name != "" else "left", no_wrap=True)
+        counts, edges = histogram["counts"], histogram["edges"]
+        peak = max(max(counts), 1)
+        for i, c in enumerate(counts):
+            hist.add_row(f"{edges[i]}–{edges[i + 1] - 1}", f"{c:,}", "█" * int(round(40 * c / peak)))
+        console.print(hist)
+        if histogram["over_capacity"]:
+            console.print(f"{histogram['over_capacity']:,} sequences are longer than {report.capacity} tokens")
 
 
-def write_json(report: WasteReport, path: Path) -> None:
+def write_json(data: dict, path: Path) -> None:
     from ..pipeline.atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(report.to_dict(), indent=2))
+        tmp.write_text(json.dumps(data, indent=2))
+
+
+def _figure(report: WasteReport, lengths: np.ndarray, histogram: dict, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    left.hist(lengths, bins=np.asarray(histogram["edges"]), color="#4C72B0", edgecolor="white")
+    left.axvline(report.capacity, color="#C44E52", linestyle="--", label=f"row capacity {report.capacity}")
+    left.set_xlabel("sequence length (tokens)")
+    left.set_ylabel("sequences (log scale)")
+    left.set_yscale("log")
+    left.set_title(f"length distribution: {report.num_sequences:,} sequences")
+    left.legend()
+    names = [s.name for s in report.strategies]
+    padding = [100 * s.padding_fraction for s in report.strategies]
+    colors = ["#C44E52" if n in ("pad_to_max", "random_batches", "bucketed_batches") else "#55A868" for n in names]
+    bars = right.barh(names, padding, color=colors)
+    right.bar_label(bars, labels=[f"{p:.1f}% · {s.rows:,} rows" for p, s in zip(padding, report.strategies)], padding=3)
+    right.invert_yaxis()
+    right.set_xlim(0, max(padding + [1.0]) * 1.35)
+    right.set_xlabel("padding (% of computed token slots)")
+    right.set_title("padding waste per strategy (red: padded, green: packed)")
+    fig.suptitle(title)
+    return fig, plt
+
+
+def write_plot(report: WasteReport, lengths: np.ndarray, histogram: dict, path: Path, title: str) -> None:
+    """A PNG (matplotlib) or a self-contained HTML page (the PNG inline plus the numbers as a table)."""
+    from ..pipeline.atomic import atomic_path
+
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".html"):
+        raise ValueError(f"--plot {path}: the file must end in .png or .html")
+    try:
+        fig, plt = _figure(report, lengths, histogram, title)
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'packwise[plot]'") from None
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    png = buf.getvalue()
+    with atomic_path(path) as tmp:
+        if suffix == ".png":
+            tmp.write_bytes(png)
+        else:
+            rows = "".join(
+                f"<tr><td>{html.escape(s.name)}</td><td>{s.rows:,}</td><td>{100 * s.padding_fraction:.2f}%</td>"
+                f"<td>{100 * s.truncation_fraction:.2f}%</td><td>{s.vs_lower_bound:.4f}</td></tr>"
+                for s in report.strategies
+            )
+            tmp.write_text(
+                f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+                f"<h1>{html.escape(title)}</h1><img alt='padding report' src='data:image/png;base64,"
+                f"{base64.b64encode(png).decode()}'><table border='1'><tr><th>strategy</th><th>rows</th>"
+                f"<th>padding</th><th>truncated</th><th>vs L1</th></tr>{rows}</table></body></html>",
+                encoding="utf-8",
+            )
+
+
+def _console():
+    """Stdout console; wide enough for the tables when the output is a file or a pipe."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=140)

@@ -1,1 +1,47 @@
-"""packwise.pipeline."""
+"""Streaming preprocessing: read Arrow record batches, tokenize, pack in windows, write Parquet shards.
+
+``read`` streams any supported input; ``pack_to_parquet`` runs the whole pipeline into an atomic,
+resumable shard folder; ``PackedDataset`` reads it back for training (torch is imported only
+when ``PackedDataset`` / ``PackedIterableDataset`` are first used).
+
+Example:
+    >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
+    >>> from packwise.pipeline import read
+    >>> path = tempfile.mkdtemp() + "/t.parquet"
+    >>> pq.write_table(pa.table({"text": ["a", "b"]}), path)
+    >>> sum(b.num_rows for b in read(path))
+    2
+"""
+
+from .pack_stage import ALGORITHMS, PackedRows, PackStats, StreamPacker
+from .readers import FORMATS, open_input, read
+from .run import PackResult, dataset_lengths, pack_to_parquet
+from .tokens import TokenBatch, resolve_tokenizer, token_batches
+from .writer import ShardWriter
+
+__all__ = [
+    "ALGORITHMS",
+    "FORMATS",
+    "PackResult",
+    "PackStats",
+    "PackedDataset",
+    "PackedIterableDataset",
+    "PackedRows",
+    "ShardWriter",
+    "StreamPacker",
+    "TokenBatch",
+    "dataset_lengths",
+    "open_input",
+    "pack_to_parquet",
+    "read",
+    "resolve_tokenizer",
+    "token_batches",
+]
+
+
+def __getattr__(name: str):
+    if name in ("PackedDataset", "PackedIterableDataset"):
+        from . import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module 'packwise.pipeline' has no attribute {name!r}")

@@ -1,0 +1,170 @@
+"""Read packed shards back for training: map-style ``PackedDataset`` and streaming ``PackedIterableDataset``.
+
+Both yield one packed row at a time as NumPy arrays; ``collate`` hands a list of rows to the
+packing core's ``PackedCollator`` (each row's sequences become examples sharing one ``bin``), so
+``position_ids``, ``cu_seq_lens`` and boundary ``labels`` are rebuilt from ``seq_lens`` at load time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch.utils.data
+
+from .writer import MANIFEST
+
+_LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start")
+
+
+def _read_manifest(path) -> tuple[Path, dict]:
+    root = Path(path)
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        raise ValueError(
+            f"packed dataset: no {MANIFEST} in {root}; the pack run is missing or unfinished: run packwise pack to the end"
+        )
+    return root, json.loads(manifest.read_text())
+
+
+def _rows_of(table) -> list[dict]:
+    """Rows of a shard table as dicts of NumPy arrays (CSR slices, no per-token Python)."""
+    cols = {}
+    for name in _LIST_COLUMNS:
+        if name in table.column_names:
+            col = table.column(name).combine_chunks()
+            offsets = np.asarray(col.offsets, dtype=np.int64)
+            values = np.asarray(col.values)[offsets[0] : offsets[-1]]
+            cols[name] = (offsets - offsets[0], values)
+    n = table.num_rows
+    return [{k: v[o[i] : o[i + 1]] for k, (o, v) in cols.items()} for i in range(n)]
+
+
+class _Collate:
+    """Rows -> ``PackedCollator`` examples: each sequence of row ``j`` is an example with ``bin=j``."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, rows: list[dict]) -> dict:
+        examples = []
+        for j, row in enumerate(rows):
+            ends = np.cumsum(row["seq_lens"])
+            for a, b in zip(np.concatenate(([0], ends[:-1])), ends):
+                ex = {"input_ids": row["input_ids"][a:b], "bin": j}
+                if "labels" in row:
+                    ex["labels"] = row["labels"][a:b]
+                examples.append(ex)
+        return self.collator(examples)
+
+
+def _default_collator(capacity: int, collator):
+    if collator is not None:
+        return collator
+    from ..packing import PackedCollator
+
+    return PackedCollator(layout="flash", shape="rows", capacity=capacity)
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """Map-style view of a ``packwise pack`` output folder: ``ds[i]`` is packed row ``i``.
+
+    Rows are dicts of NumPy arrays (``input_ids``, ``labels`` when packed with labels, ``seq_lens``,
+    ``source_index``, ``source_start``).  Reads one Parquet row group at a time and keeps the last
+    one, so sequential access reads each group once.  ``collate`` builds training batches.
+
+    Example:
+        >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
+        >>> from torch.utils.data import DataLoader
+        >>> from packwise.pipeline import PackedDataset, pack_to_parquet
+        >>> d = tempfile.mkdtemp()
+        >>> ids = pa.array([[1, 2, 3], [4, 5], [6, 7]], pa.list_(pa.int32()))
+        >>> pq.write_table(pa.table({"input_ids": ids}), d + "/in.parquet")
+        >>> _ = pack_to_parquet(d + "/in.parquet", d + "/out", max_tokens=5, tokens_column="input_ids")
+        >>> ds = PackedDataset(d + "/out")
+        >>> len(ds), ds[0]["seq_lens"].tolist()
+        (2, [3, 2])
+        >>> batch = next(iter(DataLoader(ds, batch_size=2, collate_fn=ds.collate)))
+        >>> batch["input_ids"].tolist(), batch["position_ids"][0].tolist()
+        ([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]], [0, 1, 2, 0, 1])
+    """
+
+    def __init__(self, path, collator=None):
+        self.root, self.manifest = _read_manifest(path)
+        self.capacity = int(self.manifest["settings"]["max_tokens"])
+        self.files = [self.root / s["file"] for s in self.manifest["shards"]]
+        self._ends = np.cumsum([s["rows"] for s in self.manifest["shards"]]).astype(np.int64)
+        self.collate = _Collate(_default_collator(self.capacity, collator))
+        self._group_ends: dict[int, np.ndarray] = {}
+        self._cached: tuple | None = None
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if self._ends.shape[0] else 0
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cached"] = None
+        return state
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"row {index} out of range for a packed dataset of {n} rows")
+        shard = int(np.searchsorted(self._ends, index, side="right"))
+        local = index - (int(self._ends[shard - 1]) if shard else 0)
+        import pyarrow.parquet as pq
+
+        if shard not in self._group_ends:
+            meta = pq.read_metadata(self.files[shard])
+            sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            self._group_ends[shard] = np.cumsum(sizes).astype(np.int64)
+        ends = self._group_ends[shard]
+        group = int(np.searchsorted(ends, local, side="right"))
+        if self._cached is None or self._cached[0] != (shard, group):
+            table = pq.ParquetFile(self.files[shard]).read_row_group(group)
+            self._cached = ((shard, group), _rows_of(table))
+        return self._cached[1][local - (int(ends[group - 1]) if group else 0)]
+
+    def iterable(self, *, shuffle_shards: bool = False, seed: int = 0) -> "PackedIterableDataset":
+        """The same rows as a streaming ``IterableDataset`` (shards split across DataLoader workers)."""
+        return PackedIterableDataset(self.root, collator=self.collate.collator, shuffle_shards=shuffle_shards, seed=seed)
+
+
+class PackedIterableDataset(torch.utils.data.IterableDataset):
+    """Stream the packed rows shard by shard; DataLoader worker ``w`` of ``W`` reads shards ``w, w+W, ...``.
+
+    With ``shuffle_shards`` the shard order is a permutation drawn from ``(seed, epoch)``; call
+    ``set_epoch`` between epochs.  Every row is yielded exactly once per epoch across workers.
+    """
+
+    def __init__(self, path, collator=None, *, shuffle_shards: bool = False, seed: int = 0):
+        self.root, self.manifest = _read_manifest(path)
+        self.capacity = int(self.manifest["settings"]["max_tokens"])
+        self.files = [self.root / s["file"] for s in self.manifest["shards"]]
+        self.num_rows = int(sum(s["rows"] for s in self.manifest["shards"]))
+        self.collate = _Collate(_default_collator(self.capacity, collator))
+        self.shuffle_shards, self.seed, self.epoch = shuffle_shards, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __iter__(self) -> Iterator[dict]:
+        import pyarrow.parquet as pq
+
+        order = np.arange(len(self.files))
+        if self.shuffle_shards:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.files))
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            order = order[info.id :: info.num_workers]
+        for k in order:
+            f = pq.ParquetFile(self.files[int(k)])
+            for g in range(f.num_row_groups):
+                yield from _rows_of(f.read_row_group(g))

@@ -1,0 +1,329 @@
+"""The windowed pack stage: token batches in, packed rows out, with memory bounded by the window.
+
+Sequences are gathered into windows of ``window`` sequences and packed with ``packwise.packing``:
+``bfd`` / ``ffd`` / ``first_fit`` / ``next_fit`` pack each window on its own, ``window_bfd`` feeds
+a ``WindowPacker`` whose open bins carry over between windows, and ``concat`` cuts the running
+concatenation into full rows (``concat_chunk``), carrying the last partial row.  Only sequences
+that are still waiting for a row are held, so peak memory follows the window, not the dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from ..packing import WindowPacker, concat_chunk, pack
+from ..packing.core import OVERSIZE_POLICIES, _apply_oversize, validate_capacity
+from . import _kernels
+from .tokens import TokenBatch
+
+ALGORITHMS: tuple[str, ...] = ("bfd", "ffd", "first_fit", "next_fit", "window_bfd", "concat")
+_PER_WINDOW = ("bfd", "ffd", "first_fit", "next_fit")
+_I64 = np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """Packed rows, CSR twice: row ``r`` holds tokens ``tokens[token_offsets[r]:token_offsets[r + 1]]``
+    made of the sequences ``seq_offsets[r]:seq_offsets[r + 1]`` of ``seq_lens`` / ``source_index`` /
+    ``source_start`` (input row and first token of each piece)."""
+
+    token_offsets: np.ndarray
+    tokens: np.ndarray
+    labels: np.ndarray | None
+    seq_offsets: np.ndarray
+    seq_lens: np.ndarray
+    source_index: np.ndarray
+    source_start: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.token_offsets.shape[0] - 1)
+
+
+@dataclass
+class PackStats:
+    """Counts of one pack run; ``padding_before`` is pad-to-max, ``padding_after`` the packed rows."""
+
+    capacity: int
+    algorithm: str
+    rows_in: int = 0
+    empty_rows: int = 0
+    sequences: int = 0
+    tokens_in: int = 0
+    clipped_tokens_in: int = 0
+    max_length: int = 0
+    truncated_tokens: int = 0
+    dropped_sequences: int = 0
+    dropped_tokens: int = 0
+    rows_out: int = 0
+    tokens_out: int = 0
+    pieces_out: int = 0
+    windows: int = 0
+    max_pending_sequences: int = 0
+    length_histogram: list = field(default_factory=list)
+
+    @property
+    def padding_before(self) -> float:
+        slots = self.sequences * self.capacity
+        return 1.0 - self.clipped_tokens_in / slots if slots else 0.0
+
+    @property
+    def padding_after(self) -> float:
+        slots = self.rows_out * self.capacity
+        return 1.0 - self.tokens_out / slots if slots else 0.0
+
+    @property
+    def lower_bound(self) -> int:
+        return -(-self.tokens_out // self.capacity)
+
+    @property
+    def rows_over_bound(self) -> float:
+        return self.rows_out / self.lower_bound - 1.0 if self.lower_bound else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(
+            padding_before=self.padding_before,
+            padding_after=self.padding_after,
+            lower_bound_l1=self.lower_bound,
+            rows_over_bound=self.rows_over_bound,
+        )
+        return out
+
+
+class _Pool:
+    """Sequences waiting for a row: CSR tokens keyed by increasing input row."""
+
+    def __init__(self, rows=_I64, offsets=None, values=None, labels=None):
+        self.rows = rows
+        self.offsets = np.zeros(1, np.int64) if offsets is None else offsets
+        self.values = np.zeros(0, np.int32) if values is None else values
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    @staticmethod
+    def concat(parts: list) -> "_Pool":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return _Pool()
+        if len(parts) == 1:
+            p = parts[0]
+            return _Pool(p.rows, p.offsets, p.values, p.labels)
+        lengths = np.concatenate([np.diff(p.offsets) for p in parts])
+        offsets = np.zeros(lengths.shape[0] + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        has_labels = parts[0].labels is not None
+        return _Pool(
+            np.concatenate([p.rows for p in parts]),
+            offsets,
+            np.concatenate([p.values for p in parts]),
+            np.concatenate([p.labels for p in parts]) if has_labels else None,
+        )
+
+    def take(self, idx: np.ndarray) -> "_Pool":
+        flat, offsets = _kernels.csr_take(self.offsets, idx)
+        return _Pool(self.rows[idx], offsets, self.values[flat], None if self.labels is None else self.labels[flat])
+
+    def split(self, n: int) -> tuple["_Pool", "_Pool"]:
+        if n >= len(self):
+            return self, _Pool()
+        cut = int(self.offsets[n])
+        head = _Pool(self.rows[:n], self.offsets[: n + 1], self.values[:cut], None if self.labels is None else self.labels[:cut])
+        tail = _Pool(
+            self.rows[n:],
+            self.offsets[n:] - cut,
+            self.values[cut:],
+            None if self.labels is None else self.labels[cut:],
+        )
+        return head, tail
+
+
+class StreamPacker:
+    """Pack a stream of ``TokenBatch`` objects into rows of at most ``capacity`` tokens.
+
+    Example:
+        >>> import numpy as np
+        >>> from packwise.pipeline.pack_stage import StreamPacker
+        >>> from packwise.pipeline.tokens import TokenBatch
+        >>> tb = TokenBatch(np.array([0, 3, 5, 9]), np.arange(9, dtype=np.int32), np.arange(3))
+        >>> packer = StreamPacker(capacity=6, algorithm="bfd")
+        >>> rows = list(packer.add(tb)) + list(packer.finish())
+        >>> [r.tokens[r.token_offsets[0]:r.token_offsets[1]].tolist() for r in rows]
+        [[5, 6, 7, 8, 3, 4]]
+        >>> packer.stats.rows_out, packer.stats.tokens_out
+        (2, 9)
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        algorithm: str = "window_bfd",
+        oversize: str = "error",
+        *,
+        window: int = 10_000,
+        max_age: int = 4,
+        seed: int | None = None,
+    ):
+        self.capacity = validate_capacity(capacity, "max_tokens")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        if oversize not in OVERSIZE_POLICIES:
+            raise ValueError(f"oversize must be one of {OVERSIZE_POLICIES}, got {oversize!r}")
+        self.algorithm, self.oversize = algorithm, oversize
+        self.window = validate_capacity(window, "window")
+        self.seed = seed
+        self.stats = PackStats(self.capacity, algorithm)
+        self._hist = np.zeros(64, np.int64)
+        self._pool = _Pool()  # sequences of pending entries (window_bfd, concat carry)
+        self._new: list[_Pool] = []
+        self._new_count = 0
+        self._packer = WindowPacker(self.capacity, window=self.window, max_age=max_age) if algorithm == "window_bfd" else None
+        # pending entries: serial (window_bfd id), input row, first token, length
+        self._pending = (_I64, _I64, _I64, _I64)
+        self._next_serial = 0
+
+    # --- public -------------------------------------------------------------------------------
+    def add(self, batch: TokenBatch) -> Iterator[PackedRows]:
+        """Take one batch; yield the rows that became final."""
+        self.stats.rows_in += batch.rows_read
+        self.stats.empty_rows += batch.empty
+        if len(batch) == 0:
+            return
+        self._new.append(_Pool(batch.rows, batch.offsets, batch.values, batch.labels))
+        self._new_count += len(batch)
+        while self._new_count >= self.window:
+            head, tail = _Pool.concat(self._new).split(self.window)
+            self._new, self._new_count = ([tail] if len(tail) else []), len(tail)
+            yield from self._window(head, final=False)
+
+    def finish(self) -> Iterator[PackedRows]:
+        """Pack what is left and close every open row (the end of the stream)."""
+        head = _Pool.concat(self._new)
+        self._new, self._new_count = [], 0
+        yield from self._window(head, final=True)
+        self.stats.length_histogram = self._hist[: int(np.flatnonzero(self._hist).max(initial=-1)) + 1].tolist()
+
+    # --- one window ---------------------------------------------------------------------------
+    def _window(self, new: _Pool, final: bool) -> Iterator[PackedRows]:
+        lengths = np.diff(new.offsets)
+        if len(new):
+            self._count(new, lengths)
+        window_no = self.stats.windows
+        self.stats.windows += 1
+        self._pool = _Pool.concat([self._pool, new])
+        self.stats.max_pending_sequences = max(self.stats.max_pending_sequences, len(self._pool))
+        if self.algorithm in _PER_WINDOW:
+            plan = self._per_window(new, lengths) if len(new) else None
+        elif self.algorithm == "window_bfd":
+            plan = self._window_bfd(new, lengths, final)
+        else:
+            plan = self._concat(new, lengths, final)
+        if plan is not None and plan[3].shape[0] > 1:
+            yield self._rows(*plan, window_no)
+        keep_rows = self._pending[1]
+        keep = np.flatnonzero(np.isin(self._pool.rows, keep_rows)) if keep_rows.shape[0] else _I64
+        self._pool = self._pool.take(keep) if keep.shape[0] else _Pool()
+
+    def _count(self, new: _Pool, lengths: np.ndarray) -> None:
+        s = self.stats
+        s.sequences += len(new)
+        s.tokens_in += int(lengths.sum())
+        s.clipped_tokens_in += int(np.minimum(lengths, self.capacity).sum())
+        s.max_length = max(s.max_length, int(lengths.max()))
+        buckets = np.bincount(np.log2(lengths).astype(np.int64), minlength=self._hist.shape[0])
+        self._hist[: buckets.shape[0]] += buckets[: self._hist.shape[0]]
+        if self.oversize == "error" and self.algorithm != "concat":
+            over = np.flatnonzero(lengths > self.capacity)
+            if over.shape[0]:
+                i = int(over[0])
+                raise ValueError(
+                    f"input row {int(new.rows[i])} has {int(lengths[i])} tokens, more than --max-tokens {self.capacity}; "
+                    f"pass --oversize truncate, split or drop, or raise --max-tokens"
+                )
+
+    def _per_window(self, new: _Pool, lengths: np.ndarray):
+        p = pack(lengths, self.capacity, algorithm=self.algorithm, oversize=self.oversize)
+        self._lost(p.truncated_tokens, p.dropped.shape[0], p.dropped_tokens)
+        starts = np.zeros(p.order.shape[0], np.int64) if p.starts is None else p.starts
+        return new.rows[p.order], starts, p.lengths, p.offsets
+
+    def _window_bfd(self, new: _Pool, lengths: np.ndarray, final: bool):
+        serial, item_rows, starts, lens = self._pending
+        if len(new):
+            items, piece_starts, entry_lengths, truncated, dropped = _apply_oversize(lengths, self.capacity, self.oversize)
+            self._lost(truncated, dropped.shape[0], int(lengths[dropped].sum()))
+            local = np.arange(lengths.shape[0], dtype=np.int64) if items is None else items
+            m = entry_lengths.shape[0]
+            ids = np.arange(self._next_serial, self._next_serial + m, dtype=np.int64)
+            self._next_serial += m
+            serial = np.concatenate([serial, ids])
+            item_rows = np.concatenate([item_rows, new.rows[local]])
+            starts = np.concatenate([starts, np.zeros(m, np.int64) if piece_starts is None else piece_starts])
+            lens = np.concatenate([lens, entry_lengths])
+            closed = [self._packer.add(entry_lengths, ids=ids)]
+        else:
+            closed = []
+        if final:
+            closed.append(self._packer.flush())
+        ids = np.concatenate([c.ids for c in closed]) if closed else _I64
+        sizes = np.concatenate([np.diff(c.offsets) for c in closed]) if closed else _I64
+        offsets = np.zeros(sizes.shape[0] + 1, np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        pos = np.searchsorted(serial, ids)
+        out = item_rows[pos], starts[pos], lens[pos], offsets
+        left = np.ones(serial.shape[0], np.bool_)
+        left[pos] = False
+        self._pending = (serial[left], item_rows[left], starts[left], lens[left])
+        return out
+
+    def _concat(self, new: _Pool, lengths: np.ndarray, final: bool):
+        _, c_rows, c_starts, c_lens = self._pending
+        rows = np.concatenate([c_rows, new.rows])
+        base = np.concatenate([c_starts, np.zeros(len(new), np.int64)])
+        ent = np.concatenate([c_lens, lengths])
+        if ent.shape[0] == 0:
+            return None
+        p = concat_chunk(ent, self.capacity)
+        item_rows, starts, lens, offsets = rows[p.order], base[p.order] + p.starts, p.lengths, p.offsets
+        last = int(offsets[-2])
+        if not final and int(lens[last:].sum()) < self.capacity:
+            self._pending = (_I64, item_rows[last:], starts[last:], lens[last:])
+            return item_rows[:last], starts[:last], lens[:last], offsets[:-1]
+        self._pending = (_I64, _I64, _I64, _I64)
+        return item_rows, starts, lens, offsets
+
+    def _lost(self, truncated: int, dropped: int, dropped_tokens: int) -> None:
+        self.stats.truncated_tokens += int(truncated)
+        self.stats.dropped_sequences += int(dropped)
+        self.stats.dropped_tokens += int(dropped_tokens)
+
+    # --- gather ---------------------------------------------------------------------------------
+    def _rows(self, item_rows, starts, lens, offsets, window_no: int) -> PackedRows:
+        n_rows = offsets.shape[0] - 1
+        if self.seed is not None:
+            perm = np.random.default_rng([self.seed, window_no]).permutation(n_rows)
+            idx, offsets = _kernels.csr_take(offsets, perm)
+            item_rows, starts, lens = item_rows[idx], starts[idx], lens[idx]
+        pool = self._pool
+        pos = np.searchsorted(pool.rows, item_rows)
+        flat = _kernels.gather_index(pool.offsets[pos], starts, lens)
+        cum = np.zeros(lens.shape[0] + 1, np.int64)
+        np.cumsum(lens, out=cum[1:])
+        rows = PackedRows(
+            token_offsets=cum[offsets],
+            tokens=pool.values[flat],
+            labels=None if pool.labels is None else pool.labels[flat],
+            seq_offsets=offsets,
+            seq_lens=lens.astype(np.int32),
+            source_index=item_rows,
+            source_start=starts,
+        )
+        self.stats.rows_out += n_rows
+        self.stats.tokens_out += int(cum[-1])
+        self.stats.pieces_out += int(lens.shape[0])
+        return rows

@@ -1,0 +1,252 @@
+"""Atomic, resumable Parquet shard writer with a manifest written last.
+
+Layout of an output folder::
+
+    shard-00000.parquet ...   packed rows: input_ids, [labels], seq_lens, source_index, source_start
+    .packwise-run.json        settings + input fingerprint of the run in progress (removed at the end)
+    manifest.json             written last: fingerprint, settings, shards, statistics
+
+Each shard is written under a temporary name and renamed, so a shard file under its final name is
+complete.  A rerun with the same settings skips the rows of the complete shards (the packing is
+deterministic, so the rows it replays are the same) and writes the rest; other settings are
+refused unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .pack_stage import PackedRows
+
+MANIFEST = "manifest.json"
+RUN_MARKER = ".packwise-run.json"
+FORMAT = "packwise.packed/1"
+_ROW_GROUP = 1024
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.parquet"
+
+
+def _our_files(output: Path) -> list[Path]:
+    names = [p for p in output.glob("shard-*.parquet")] + [p for p in output.glob(".shard-*.tmp")]
+    names += [output / n for n in (MANIFEST, RUN_MARKER, "tokenizer.json") if (output / n).exists()]
+    names += list(output.glob(f".{MANIFEST}.*.tmp")) + list(output.glob(f".{RUN_MARKER}.*.tmp"))
+    return names
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ShardWriter:
+    """Write ``PackedRows`` into shards of ``shard_rows`` rows under ``output``.
+
+    ``state`` after construction: ``"new"``, ``"resume"`` (``skip_rows`` rows already in complete
+    shards) or ``"complete"`` (a manifest with the same settings exists: nothing to do).
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from packwise.pipeline.pack_stage import PackedRows
+        >>> from packwise.pipeline.writer import ShardWriter
+        >>> out = tempfile.mkdtemp()
+        >>> w = ShardWriter(out, settings={"max_tokens": 4}, fingerprint="f", shard_rows=2)
+        >>> rows = PackedRows(np.array([0, 3, 4]), np.arange(4, dtype=np.int32), None, np.array([0, 2, 3]),
+        ...                   np.array([2, 1, 1], np.int32), np.array([0, 1, 2]), np.zeros(3, np.int64))
+        >>> w.write(rows)
+        >>> [s["file"] for s in w.close({"rows_out": 2})["shards"]]
+        ['shard-00000.parquet']
+    """
+
+    def __init__(
+        self,
+        output,
+        *,
+        settings: dict,
+        fingerprint: str,
+        shard_rows: int = 8192,
+        overwrite: bool = False,
+    ):
+        if isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer)) or shard_rows < 1:
+            raise ValueError(f"shard_rows must be an integer >= 1, got {shard_rows!r}")
+        self.output = Path(output)
+        if self.output.exists() and not self.output.is_dir():
+            raise ValueError(f"output: {self.output} is a file; pass a folder path for the shards")
+        self.settings, self.fingerprint, self.shard_rows = settings, fingerprint, int(shard_rows)
+        self.run = {"format": FORMAT, "fingerprint": fingerprint, "settings": settings}
+        self.shards: list[dict] = []
+        self.skip_rows = 0
+        self.state = "new"
+        self._rows_seen = 0
+        self._buffer: list[PackedRows] = []
+        self._buffered = 0
+        self._has_labels: bool | None = None
+        self.output.mkdir(parents=True, exist_ok=True)
+        self._open(overwrite)
+
+    def _open(self, overwrite: bool) -> None:
+        manifest, marker = self.output / MANIFEST, self.output / RUN_MARKER
+        previous = None
+        if manifest.is_file():
+            previous = json.loads(manifest.read_text())
+        elif marker.is_file():
+            previous = json.loads(marker.read_text())
+        elif any(self.output.glob("shard-*.parquet")):
+            previous = {"settings": "unknown (no manifest)"}
+        same = previous is not None and all(previous.get(k) == v for k, v in self.run.items())
+        if previous is not None and (overwrite or not same):
+            if not overwrite:
+                raise ValueError(
+                    f"output: {self.output} holds packwise output made with other settings or inputs "
+                    f"({self._difference(previous)}); pass --overwrite to replace it, or choose another output folder"
+                )
+            for path in _our_files(self.output):
+                path.unlink()
+            previous = None
+        if previous is not None and manifest.is_file():
+            self.state = "complete"
+            self.manifest = previous
+            return
+        for tmp in list(self.output.glob(".shard-*.tmp")):
+            tmp.unlink()
+        if previous is not None:
+            self._resume()
+        with atomic_path(marker) as tmp:
+            tmp.write_text(json.dumps(self.run, indent=2, sort_keys=True))
+
+    def _difference(self, previous: dict) -> str:
+        if previous.get("fingerprint") != self.fingerprint and "fingerprint" in previous:
+            return "the input files changed"
+        old = previous.get("settings")
+        if not isinstance(old, dict):
+            return f"settings {old}"
+        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in self.settings.items() if old.get(k) != v]
+        return ", ".join(diff) or "format"
+
+    def _resume(self) -> None:
+        import pyarrow.parquet as pq
+
+        k = 0
+        while (self.output / shard_name(k)).is_file():
+            path = self.output / shard_name(k)
+            meta = pq.read_metadata(path)
+            info = json.loads(meta.metadata[b"packwise"].decode())
+            if info["rows"] != self.shard_rows and (self.output / shard_name(k + 1)).is_file():
+                raise ValueError(f"output: {path} has {info['rows']} rows, not {self.shard_rows}; pass --overwrite")
+            self.shards.append({"file": path.name, **info, "sha256": _sha256(path)})
+            k += 1
+        stray = sorted(p.name for p in self.output.glob("shard-*.parquet") if p.name not in {s["file"] for s in self.shards})
+        if stray:
+            raise ValueError(f"output: {self.output} has {stray[0]} after a missing shard; pass --overwrite")
+        self.skip_rows = sum(s["rows"] for s in self.shards)
+        self.state = "resume" if self.shards else "new"
+
+    # --- writing --------------------------------------------------------------------------------
+    def write(self, rows: PackedRows) -> None:
+        """Buffer ``rows``; write every full shard (rows already in complete shards are skipped)."""
+        if self.state == "complete":
+            raise ValueError("output is complete already; nothing to write")
+        if self._has_labels is None:
+            self._has_labels = rows.labels is not None
+        start = self._rows_seen
+        self._rows_seen += rows.num_rows
+        if self._rows_seen <= self.skip_rows:
+            return
+        if start < self.skip_rows:
+            rows = _slice(rows, self.skip_rows - start, rows.num_rows)
+        self._buffer.append(rows)
+        self._buffered += rows.num_rows
+        while self._buffered >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def _flush(self, n: int) -> None:
+        import pyarrow.parquet as pq
+
+        merged = _merge(self._buffer)
+        head, tail = _slice(merged, 0, n), _slice(merged, n, merged.num_rows)
+        self._buffer = [tail] if tail.num_rows else []
+        self._buffered = tail.num_rows
+        table = _table(head, self._has_labels)
+        info = {"rows": head.num_rows, "tokens": int(head.token_offsets[-1]), "sequences": int(head.seq_offsets[-1])}
+        table = table.replace_schema_metadata({"packwise": json.dumps(info, sort_keys=True)})
+        path = self.output / shard_name(len(self.shards))
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression="zstd", row_group_size=_ROW_GROUP)
+        self.shards.append({"file": path.name, **info, "sha256": _sha256(path)})
+
+    def close(self, stats: dict) -> dict:
+        """Write the last shard, then ``manifest.json``; return the manifest."""
+        if self.state == "complete":
+            return self.manifest
+        if self._buffered:
+            self._flush(self._buffered)
+        manifest = {**self.run, "shard_rows": self.shard_rows, "shards": self.shards, "stats": stats}
+        with atomic_path(self.output / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        os.unlink(self.output / RUN_MARKER)
+        self.state = "complete"
+        self.manifest = manifest
+        return manifest
+
+
+def _slice(rows: PackedRows, a: int, b: int) -> PackedRows:
+    t0, t1 = int(rows.token_offsets[a]), int(rows.token_offsets[b])
+    s0, s1 = int(rows.seq_offsets[a]), int(rows.seq_offsets[b])
+    return PackedRows(
+        rows.token_offsets[a : b + 1] - t0,
+        rows.tokens[t0:t1],
+        None if rows.labels is None else rows.labels[t0:t1],
+        rows.seq_offsets[a : b + 1] - s0,
+        rows.seq_lens[s0:s1],
+        rows.source_index[s0:s1],
+        rows.source_start[s0:s1],
+    )
+
+
+def _merge(parts: list[PackedRows]) -> PackedRows:
+    if len(parts) == 1:
+        return parts[0]
+
+    def offsets(name):
+        out, base = [np.zeros(1, np.int64)], 0
+        for p in parts:
+            o = getattr(p, name)
+            out.append(o[1:] - o[0] + base)
+            base += int(o[-1] - o[0])
+        return np.concatenate(out)
+
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return PackedRows(
+        offsets("token_offsets"),
+        cat("tokens"),
+        None if parts[0].labels is None else cat("labels"),
+        offsets("seq_offsets"),
+        cat("seq_lens"),
+        cat("source_index"),
+        cat("source_start"),
+    )
+
+
+def _table(rows: PackedRows, has_labels: bool):
+    import pyarrow as pa
+
+    def lists(offsets, values, kind):
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=kind))
+
+    columns = {"input_ids": lists(rows.token_offsets, rows.tokens, pa.int32())}
+    if has_labels:
+        columns["labels"] = lists(rows.token_offsets, rows.labels, pa.int32())
+    columns["seq_lens"] = lists(rows.seq_offsets, rows.seq_lens, pa.int32())
+    columns["source_index"] = lists(rows.seq_offsets, rows.source_index, pa.int64())
+    columns["source_start"] = lists(rows.seq_offsets, rows.source_start.astype(np.int32), pa.int32())
+    return pa.table(columns)
