@@ -1,1 +1,29 @@
-"""packwise.samplers."""
+"""Length-bucketed and packed batch samplers for torch: DDP-exact, resumable, reported.
+
+Hand a sampler to ``DataLoader(dataset, batch_sampler=sampler, collate_fn=...)``; call
+``sampler.set_epoch(epoch)`` each epoch; save ``sampler.state_dict()`` (or a
+``StatefulDataLoader``'s) to resume mid-epoch exactly.
+
+Example:
+    >>> import numpy as np
+    >>> from packwise.samplers import PackedBatchSampler
+    >>> s = PackedBatchSampler(np.array([700, 300, 900, 100, 24]), max_tokens=1024, num_replicas=1, rank=0)
+    >>> len(s), sorted(i for batch in s for i in batch)
+    (2, [0, 1, 2, 3, 4])
+"""
+
+from ._lengths import resolve_lengths
+from .bucket import BucketBatchSampler, estimate_boundaries
+from .packed import PackedBatchSampler
+from .stats import EpochStats
+from .stream import BucketedIterable, PackedIterable
+
+__all__ = [
+    "BucketBatchSampler",
+    "BucketedIterable",
+    "EpochStats",
+    "PackedBatchSampler",
+    "PackedIterable",
+    "estimate_boundaries",
+    "resolve_lengths",
+]

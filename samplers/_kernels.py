@@ -1,0 +1,150 @@
+"""Numba kernels for the samplers: grouping by bucket, cutting padded batches, rank assignment.
+
+All take and return NumPy arrays (int64 indices, int64 lengths); the Python classes validate input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def group_by_key(items, keys, num_keys):
+    """Stable counting sort of ``items`` by ``keys[item]``: ``(grouped items, group offsets)``."""
+    n = items.shape[0]
+    offsets = np.zeros(num_keys + 1, np.int64)
+    for i in range(n):
+        offsets[keys[items[i]] + 1] += 1
+    for k in range(num_keys):
+        offsets[k + 1] += offsets[k]
+    cursor = offsets[:-1].copy()
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        k = keys[items[i]]
+        out[cursor[k]] = items[i]
+        cursor[k] += 1
+    return out, offsets
+
+
+@njit(cache=True)
+def cut_padded(order, lengths, group_offsets, caps, max_tokens):
+    """Cut each group of ``order`` (in its given order) into batches of padded cost <= budget.
+
+    ``lengths`` is ``(num_items, dims)``; a batch of ``n`` items costs ``n * max(lengths[:, d])`` in
+    every dimension ``d`` and must keep each under ``max_tokens`` (``<= 0``: no budget) and ``n``
+    under the group's cap ``caps[g]`` (``<= 0``: no cap).  A single item always forms a batch.
+    Returns ``(batch_offsets, batch_group, tokens, slots, squares)`` per batch.
+    """
+    n = order.shape[0]
+    dims = lengths.shape[1]
+    num_groups = group_offsets.shape[0] - 1
+    offsets = np.empty(n + 1, np.int64)
+    group = np.empty(n, np.int64)
+    tokens = np.zeros(n, np.int64)
+    slots = np.zeros(n, np.int64)
+    squares = np.zeros(n, np.float64)
+    cur_max = np.zeros(dims, np.int64)
+    offsets[0] = 0
+    nb = 0
+    for g in range(num_groups):
+        cap = caps[g]
+        count = 0
+        for k in range(group_offsets[g], group_offsets[g + 1]):
+            item = order[k]
+            fits = count > 0 and (cap <= 0 or count + 1 <= cap)
+            if fits and max_tokens > 0:
+                for d in range(dims):
+                    m = max(cur_max[d], lengths[item, d])
+                    if (count + 1) * m > max_tokens:
+                        fits = False
+                        break
+            if not fits and count > 0:
+                for d in range(dims):
+                    slots[nb] += count * cur_max[d]
+                group[nb] = g
+                nb += 1
+                offsets[nb] = k
+                count = 0
+            if count == 0:
+                for d in range(dims):
+                    cur_max[d] = 0
+            for d in range(dims):
+                v = lengths[item, d]
+                if v > cur_max[d]:
+                    cur_max[d] = v
+                tokens[nb] += v
+                squares[nb] += float(v) * float(v)
+            count += 1
+        if count > 0:
+            for d in range(dims):
+                slots[nb] += count * cur_max[d]
+            group[nb] = g
+            nb += 1
+            offsets[nb] = group_offsets[g + 1]
+    return offsets[: nb + 1].copy(), group[:nb].copy(), tokens[:nb].copy(), slots[:nb].copy(), squares[:nb].copy()
+
+
+@njit(cache=True)
+def csr_sums(offsets, values):
+    """Per-segment sum of int64 ``values`` and of their squares (float64) over CSR ``offsets``."""
+    nb = offsets.shape[0] - 1
+    sums = np.zeros(nb, np.int64)
+    squares = np.zeros(nb, np.float64)
+    for b in range(nb):
+        for k in range(offsets[b], offsets[b + 1]):
+            v = values[k]
+            sums[b] += v
+            squares[b] += float(v) * float(v)
+    return sums, squares
+
+
+@njit(cache=True)
+def assign_steps(ranked, costs, num_replicas, num_steps):
+    """Deal batches to ranks, ``num_replicas`` per step, balancing each rank's running cost.
+
+    ``ranked`` lists batch ids by decreasing cost; step ``s`` takes the next ``num_replicas`` of
+    them (so a step's batches cost about the same) and gives the dearest to the rank with the least
+    work so far (LPT).  Batches past ``num_steps * num_replicas`` are left out; a step with fewer
+    batches than ranks leaves ``-1`` (an empty batch) on the ranks with the most work.
+    Returns ``(table[rank, step], load[rank])``.
+    """
+    table = np.full((num_replicas, num_steps), -1, np.int64)
+    load = np.zeros(num_replicas, np.float64)
+    taken = np.zeros(num_replicas, np.bool_)
+    total = ranked.shape[0]
+    for s in range(num_steps):
+        taken[:] = False
+        lo = s * num_replicas
+        hi = min(lo + num_replicas, total)
+        for k in range(lo, hi):
+            b = ranked[k]
+            best = -1
+            for r in range(num_replicas):
+                if not taken[r] and (best < 0 or load[r] < load[best]):
+                    best = r
+            taken[best] = True
+            table[best, s] = b
+            load[best] += costs[b]
+    return table, load
+
+
+@njit(cache=True)
+def step_imbalance(table, costs):
+    """Mean over steps of (max rank cost / mean rank cost) within the step; 1.0 is perfect."""
+    num_replicas, num_steps = table.shape
+    total = 0.0
+    counted = 0
+    for s in range(num_steps):
+        hi = 0.0
+        sm = 0.0
+        for r in range(num_replicas):
+            b = table[r, s]
+            c = costs[b] if b >= 0 else 0.0
+            sm += c
+            if c > hi:
+                hi = c
+        if sm > 0:
+            total += hi / (sm / num_replicas)
+            counted += 1
+    return total / counted if counted else 1.0

@@ -1,0 +1,243 @@
+"""Streaming batching for ``IterableDataset`` sources: windowed packing and bucketing with a
+bounded buffer, sharded by DataLoader worker and by DDP rank."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..packing import WindowPacker
+from ..packing.core import validate_capacity
+from . import _kernels
+from ._planned import epoch_rng, resolve_replicas
+from .bucket import _edges
+
+
+def _length_fn(length: str | Callable[[Any], int]) -> Callable[[Any], int]:
+    if callable(length):
+        return length
+
+    def of(example):
+        value = example[length]
+        return value if isinstance(value, (int, np.integer)) else len(value)
+
+    return of
+
+
+class _ShardedStream(IterableDataset):
+    """Reads ``source``, keeps every k-th example for this (rank, worker), in windows."""
+
+    def __init__(self, source: Iterable, length, window: int, seed: int, num_replicas, rank):
+        self.source = source
+        self.length = _length_fn(length)
+        self.window = validate_capacity(window, "window")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = int(seed)
+        self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next pass with ``(seed, epoch)`` (and call the source's ``set_epoch`` if any)."""
+        self.epoch = int(epoch)
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+
+    def _shard(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * workers + worker, self.num_replicas * workers
+
+    def _windows(self) -> Iterator[tuple[list, np.ndarray]]:
+        shard, shards = self._shard()
+        held: list = []
+        for i, example in enumerate(self.source):
+            if i % shards != shard:
+                continue
+            held.append(example)
+            if len(held) == self.window:
+                yield held, self._lengths(held, i)
+                held = []
+        if held:
+            yield held, self._lengths(held, -1)
+
+    def _lengths(self, examples: list, last_row: int) -> np.ndarray:
+        out = np.fromiter((self.length(e) for e in examples), np.int64, len(examples))
+        bad = np.flatnonzero(out < 1)
+        if bad.shape[0]:
+            raise ValueError(
+                f"length of example {int(bad[0])} in this shard's window (ending at stream row {last_row}) is "
+                f"{int(out[bad[0]])}; every example needs >= 1 token: filter empty examples upstream"
+            )
+        return out
+
+
+class PackedIterable(_ShardedStream):
+    """Pack a stream into bins of ``max_tokens`` with windowed best fit; yields lists of examples.
+
+    Bins stay open across windows (:class:`packwise.packing.WindowPacker`), so the buffer holds
+    about ``max_age * window`` examples whatever the stream's size.  Each (rank, worker) shard
+    reads every ``num_replicas * num_workers``-th example; closed bins are shuffled per window with
+    ``(seed, epoch, shard)``.  Use with ``DataLoader(stream, batch_size=None, collate_fn=...)``.
+
+    Example:
+        >>> from packwise.samplers import PackedIterable
+        >>> docs = [{"ids": [0] * n} for n in (5, 3, 4, 2, 6)]
+        >>> stream = PackedIterable(docs, max_tokens=10, length="ids", window=5, num_replicas=1, rank=0)
+        >>> sorted(sum(len(d["ids"]) for d in batch) for batch in stream)
+        [10, 10]
+    """
+
+    def __init__(
+        self,
+        source: Iterable,
+        max_tokens: int,
+        length: str | Callable[[Any], int] = "input_ids",
+        *,
+        window: int = 1000,
+        max_age: int = 4,
+        rows_per_batch: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
+        super().__init__(source, length, window, seed, num_replicas, rank)
+        self.max_tokens = validate_capacity(max_tokens, "max_tokens")
+        self.max_age = validate_capacity(max_age, "max_age")
+        self.rows_per_batch = validate_capacity(rows_per_batch, "rows_per_batch")
+        self.shuffle = bool(shuffle)
+
+    def __iter__(self) -> Iterator[list]:
+        shard, _ = self._shard()
+        rng = epoch_rng(self.seed, self.epoch, 100 + shard)
+        packer = WindowPacker(self.max_tokens, window=self.window, max_age=self.max_age)
+        held: dict[int, Any] = {}
+        next_id = 0
+        rows: list[list] = []
+        for examples, lengths in self._windows():
+            over = np.flatnonzero(lengths > self.max_tokens)
+            if over.shape[0]:
+                i = int(over[0])
+                raise ValueError(
+                    f"example {i} of a window has length {int(lengths[i])} > max_tokens={self.max_tokens}; "
+                    f"truncate or split long examples before streaming them"
+                )
+            held.update(zip(range(next_id, next_id + len(examples)), examples))
+            done = packer.add(lengths, start=next_id)
+            next_id += len(examples)
+            yield from self._emit(done, held, rows, rng, final=False)
+        yield from self._emit(packer.flush(), held, rows, rng, final=True)
+
+    def _emit(self, done, held: dict, rows: list, rng, final: bool) -> Iterator[list]:
+        bins = np.arange(done.num_bins)
+        if self.shuffle:
+            bins = rng.permutation(bins)
+        offsets, ids = done.offsets.tolist(), done.ids.tolist()
+        for b in bins.tolist():
+            rows.append([held.pop(i) for i in ids[offsets[b] : offsets[b + 1]]])
+            if len(rows) == self.rows_per_batch:
+                yield [e for row in rows for e in row]
+                rows.clear()
+        if final and rows:
+            yield [e for row in rows for e in row]
+            rows.clear()
+
+
+class BucketedIterable(_ShardedStream):
+    """Bucket a stream by length into padded batches of cost ``len * max length <= max_tokens``.
+
+    Every window of ``window`` examples (per shard) is shuffled and cut bucket by bucket with the
+    same kernel as :class:`BucketBatchSampler`; each bucket's unfinished last batch waits for the
+    next window, so the buffer stays under ``window`` plus one batch per bucket.  ``buckets`` is a
+    sequence of upper edges, or a number of buckets estimated (equal token share) from the first
+    window.  Yields lists of examples.
+
+    Example:
+        >>> from packwise.samplers import BucketedIterable
+        >>> docs = [{"ids": [0] * n} for n in (3, 90, 5, 88, 4, 91)]
+        >>> stream = BucketedIterable(docs, max_tokens=200, length="ids", buckets=[10], num_replicas=1, rank=0)
+        >>> sorted(len(batch) for batch in stream)
+        [1, 2, 3]
+    """
+
+    def __init__(
+        self,
+        source: Iterable,
+        max_tokens: int | None = None,
+        length: str | Callable[[Any], int] = "input_ids",
+        *,
+        batch_size: int | None = None,
+        buckets: int | Sequence[int] = 16,
+        window: int = 1000,
+        oversize: str = "error",
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
+        super().__init__(source, length, window, seed, num_replicas, rank)
+        if max_tokens is None and batch_size is None:
+            raise ValueError("give max_tokens (a padded-token budget) or batch_size")
+        self.max_tokens = None if max_tokens is None else validate_capacity(max_tokens, "max_tokens")
+        self.batch_size = None if batch_size is None else validate_capacity(batch_size, "batch_size")
+        if oversize not in ("error", "drop"):
+            raise ValueError(f"oversize must be 'error' or 'drop', got {oversize!r}")
+        self.oversize = oversize
+        self.buckets = buckets if isinstance(buckets, (int, np.integer)) else _edges(buckets, np.zeros(1), "buckets")
+        self.shuffle = bool(shuffle)
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[list]:
+        shard, _ = self._shard()
+        rng = epoch_rng(self.seed, self.epoch, 200 + shard)
+        edges = None if isinstance(self.buckets, (int, np.integer)) else self.buckets
+        carry: list = []
+        carry_len = np.zeros(0, np.int64)
+        for examples, lengths in self._windows():
+            if self.max_tokens is not None:
+                over = lengths > self.max_tokens
+                if over.any():
+                    i = int(np.flatnonzero(over)[0])
+                    if self.oversize == "error":
+                        raise ValueError(
+                            f"example {i} of a window has length {int(lengths[i])} > max_tokens={self.max_tokens}; "
+                            f"raise max_tokens, truncate upstream, or pass oversize='drop'"
+                        )
+                    self.dropped += int(over.sum())
+                    examples = [e for e, o in zip(examples, over.tolist()) if not o]
+                    lengths = lengths[~over]
+            if edges is None:
+                edges = _edges(int(self.buckets), lengths, "buckets") if lengths.shape[0] else None
+            carry, carry_len = carry + examples, np.concatenate((carry_len, lengths))
+            if edges is not None:
+                carry, carry_len = yield from self._cut(carry, carry_len, edges, rng, final=False)
+        if carry:
+            if edges is None:
+                edges = np.zeros(0, np.int64)
+            yield from self._cut(carry, carry_len, edges, rng, final=True)
+
+    def _cut(self, examples: list, lengths: np.ndarray, edges: np.ndarray, rng, final: bool):
+        n = lengths.shape[0]
+        num_buckets = edges.shape[0] + 1
+        items = rng.permutation(n) if self.shuffle else np.arange(n, dtype=np.int64)
+        key = np.searchsorted(edges, lengths, side="left").astype(np.int64)
+        order, groups = _kernels.group_by_key(items.astype(np.int64), key, num_buckets)
+        caps = np.full(num_buckets, self.batch_size or 0, np.int64)
+        offsets, group, _, _, _ = _kernels.cut_padded(order, lengths[:, None], groups, caps, self.max_tokens or 0)
+        last = np.ones(group.shape[0], np.bool_)
+        last[:-1] = group[1:] != group[:-1]
+        full = self.batch_size is not None and self.max_tokens is None
+        ready = np.ones(group.shape[0], np.bool_) if final else ~last
+        if full and not final:  # a fixed-size last batch that is already full can go now
+            ready |= np.diff(offsets) == self.batch_size
+        emit = np.flatnonzero(ready)
+        if self.shuffle:
+            emit = emit[rng.permutation(emit.shape[0])]
+        order_list, off = order.tolist(), offsets.tolist()
+        for b in emit.tolist():
+            yield [examples[i] for i in order_list[off[b] : off[b + 1]]]
+        waiting = np.concatenate([order[offsets[b] : offsets[b + 1]] for b in np.flatnonzero(~ready)] or [np.zeros(0, np.int64)])
+        return [examples[i] for i in waiting.tolist()], lengths[waiting]
