@@ -6,6 +6,8 @@ Pure NumPy/numba: nothing here imports torch at import time.
 from .core import ALGORITHMS, OVERSIZE_POLICIES, Packing, concat_chunk, lower_bounds, pack
 from .stream import ClosedBins, WindowPacker
 from .waste import StrategyWaste, WasteReport, waste_report
+from .collate import LAYOUTS, SHAPES, DocumentCausalMask, PackedCollator, block_causal_mask, flex_block_mask
+from .loss import example_losses, packed_loss, token_losses
 
 __all__ = [
     "ALGORITHMS",
@@ -19,4 +21,13 @@ __all__ = [
     "lower_bounds",
     "pack",
     "waste_report",
+    "LAYOUTS",
+    "SHAPES",
+    "DocumentCausalMask",
+    "PackedCollator",
+    "block_causal_mask",
+    "flex_block_mask",
+    "example_losses",
+    "packed_loss",
+    "token_losses",
 ]
