@@ -65,7 +65,8 @@ def _default_collator(capacity: int, collator):
         return collator
     from ..packing import PackedCollator
 
-    return PackedCollator(layout="flash", shape="rows", capacity=capacity)
+    # packed rows legitimately hold 1-token sequences (short rows, split or concat pieces)
+    return PackedCollator(layout="flash", shape="rows", capacity=capacity, allow_unlabeled=True)
 
 
 class PackedDataset(torch.utils.data.Dataset):
