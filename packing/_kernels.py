@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 
 @njit(cache=True)
@@ -132,6 +132,28 @@ def _bit_first_at_least(words, starts, s):
 
 
 @njit(cache=True)
+def _bit_last_at_most(words, starts, s):
+    """Highest set bit <= s at level 0, or -1."""
+    levels = starts.shape[0] - 1
+    level = 0
+    pos = s
+    while level < levels:
+        if pos < 0:
+            return -1
+        w = pos >> 6
+        m = words[starts[level] + w] & (_FULL >> np.uint64(63 - (pos & 63)))
+        if m != 0:
+            pos = (w << 6) + 63 - np.int64(leading_zeros(m))
+            while level > 0:
+                level -= 1
+                pos = (pos << 6) + 63 - np.int64(leading_zeros(words[starts[level] + pos]))
+            return pos
+        pos = w - 1
+        level += 1
+    return -1
+
+
+@njit(cache=True)
 def _push(words, starts, head, below, above, r, b):
     """Put bin ``b`` on the stack of bins with ``r`` tokens free."""
     top = head[r]
@@ -185,6 +207,72 @@ def best_fit_decreasing(lengths, capacity):
         if left > 0:
             _push(words, starts, head, below, above, left, b)
     return _csr_from_assignment(sequence, values, bin_of, num_bins)
+
+
+# --- bin filling with exact completion ---------------------------------------------------------
+# Fill one bin at a time: the longest item left, then the longest item that still fits, and so
+# on (this alone is exactly FFD).  When the next greedy item would leave a gap no item left can
+# use, look for two items that close the gap exactly instead; the waste FFD/BFD leave behind is
+# mostly such gaps.  Sizes are kept in a bitset over lengths with per-size counts, so "longest item
+# <= g" is a predecessor query and each item costs O(log_64 capacity) plus the pair search.
+
+
+@njit(cache=True)
+def exact_fill(lengths, capacity):
+    """Largest-first bin filling with exact two-item completion: ``(perm, offsets, perm_lengths)``."""
+    n = lengths.shape[0]
+    sequence, values = counting_sort_desc(lengths, capacity)
+    count = np.zeros(capacity + 1, np.int64)
+    cursor = np.zeros(capacity + 1, np.int64)
+    words, starts = new_bitset(capacity)
+    for k in range(n - 1, -1, -1):  # cursor[v] ends at the first position of size v
+        v = values[k]
+        if count[v] == 0:
+            _bit_set(words, starts, v)
+        count[v] += 1
+        cursor[v] = k
+    perm = np.empty(n, np.int64)
+    perm_lengths = np.empty(n, np.int64)
+    offsets = np.empty(n + 1, np.int64)
+    offsets[0] = 0
+    out = 0
+    num_bins = 0
+    while out < n:
+        v = _bit_last_at_most(words, starts, capacity)
+        gap = capacity
+        while v > 0:
+            left = gap - v
+            if left > 0 and left < _bit_first_at_least(words, starts, 1):
+                # greedy would strand ``left`` tokens: try x + y == gap, x <= y, largest x first
+                x = _bit_last_at_most(words, starts, gap // 2)
+                while x > 0:
+                    y = gap - x
+                    if (y != x and count[y] > 0) or (y == x and count[x] > 1):
+                        break
+                    x = _bit_last_at_most(words, starts, x - 1)
+                if x > 0:
+                    for take in (gap - x, x):
+                        perm[out] = sequence[cursor[take]]
+                        perm_lengths[out] = take
+                        out += 1
+                        cursor[take] += 1
+                        count[take] -= 1
+                        if count[take] == 0:
+                            _bit_clear(words, starts, take)
+                    gap = 0
+                    break
+            perm[out] = sequence[cursor[v]]
+            perm_lengths[out] = v
+            out += 1
+            cursor[v] += 1
+            count[v] -= 1
+            if count[v] == 0:
+                _bit_clear(words, starts, v)
+            gap = left
+            v = _bit_last_at_most(words, starts, gap) if gap > 0 else -1
+        num_bins += 1
+        offsets[num_bins] = out
+    return perm, offsets[: num_bins + 1].copy(), perm_lengths
 
 
 # --- first fit: a max tree over bins ----------------------------------------------------------

@@ -41,6 +41,17 @@ def test_best_fit_and_first_fit_choose_different_bins():
     assert bins_of(pack(lengths, 10, "first_fit")) == [[0, 2], [1], [3]]
 
 
+def test_fill_closes_gaps_exactly_where_greedy_strands_them():
+    lengths = np.array([2, 3, 2, 5, 6, 2])
+    # FFD: 6+3 strands 1 token (no item of length 1), then 5+2+2, then a lone 2: three bins
+    assert bins_of(pack(lengths, 10, "ffd")) == [[4, 1], [3, 0, 2], [5]]
+    assert pack(lengths, 10, "bfd").num_bins == 3
+    # fill: the 3 would strand 1 token beside the 6, so the pair 2+2 closes that gap exactly
+    p = pack(lengths, 10, "fill")
+    assert bins_of(p) == [[4, 0, 2], [3, 1, 5]]
+    assert p.bin_tokens.tolist() == [10, 10] and p.num_bins == p.lower_bound
+
+
 def test_next_fit_keeps_order_and_never_looks_back():
     p = pack(np.array([4, 4, 4, 1, 9, 1]), capacity=9, algorithm="next_fit")
     assert bins_of(p) == [[0, 1], [2, 3], [4], [5]]
@@ -209,11 +220,12 @@ def test_every_algorithm_packs_validly(algorithm, lengths, capacity, oversize):
     np.testing.assert_array_equal(p.offsets, again.offsets)
 
 
-@pytest.mark.parametrize("algorithm", ["bfd", "ffd"])
+@pytest.mark.parametrize("algorithm", ["bfd", "ffd", "fill"])
 @settings(max_examples=100, deadline=None)
 @given(lengths=st.lists(st.integers(1, 100), min_size=1, max_size=300), capacity=st.integers(100, 160))
 def test_decreasing_fits_stay_within_11_9_of_the_bound(algorithm, lengths, capacity):
-    # FFD/BFD <= 11/9 OPT + 6/9 (Dosa 2007); OPT >= max(L1, L2), so 11/9 * bound + 1 is a valid check
+    # FFD/BFD <= 11/9 OPT + 6/9 (Dosa 2007); OPT >= max(L1, L2), so 11/9 * bound + 1 is a valid check.
+    # fill is held to the same bound (it only departs from FFD to close a gap exactly)
     p = pack(np.array(lengths), capacity, algorithm=algorithm)
     assert p.num_bins <= 11 / 9 * max(p.lower_bound, p.lower_bound_l2) + 1
 
@@ -248,6 +260,8 @@ def test_real_lengths_pack_close_to_the_bound(real_lengths, capacity):
     p = pack(lengths, capacity, oversize="split")
     assert p.total_tokens == int(lengths.sum())
     assert p.num_bins <= 1.01 * p.lower_bound
+    dense = pack(lengths, capacity, "fill", oversize="split")
+    assert dense.total_tokens == p.total_tokens and dense.num_bins <= p.num_bins
     w = pack(lengths, capacity, "window_bfd", oversize="split", window=2000)
     assert w.total_tokens == p.total_tokens
     assert w.num_bins <= 1.01 * p.num_bins
