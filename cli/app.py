@@ -68,7 +68,8 @@ def pack(
     template: Optional[str] = typer.Option(None, "--template", help=_TEMPLATE_HELP),
     input_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
     algorithm: str = typer.Option(
-        "window_bfd", "--algorithm", help="bfd, ffd, first_fit, next_fit (each window on its own), window_bfd or concat."
+        "window_bfd", "--algorithm", help="window_bfd (streaming best fit, open rows carried across windows), concat, or a packer of "
+        "packwise.packing (bfd, ffd, first_fit, next_fit, ...) applied to each window on its own."
     ),
     window: int = typer.Option(10_000, "--window", help="Sequences per packing window (memory grows with it)."),
     oversize: str = typer.Option("error", "--oversize", help="Sequences longer than --max-tokens: error, truncate, split or drop."),

@@ -14,13 +14,14 @@ from typing import Iterator
 
 import numpy as np
 
+from ..packing import ALGORITHMS as _PACKERS
 from ..packing import WindowPacker, concat_chunk, pack
 from ..packing.core import OVERSIZE_POLICIES, _apply_oversize, validate_capacity
 from . import _kernels
 from .tokens import TokenBatch
 
-ALGORITHMS: tuple[str, ...] = ("bfd", "ffd", "first_fit", "next_fit", "window_bfd", "concat")
-_PER_WINDOW = ("bfd", "ffd", "first_fit", "next_fit")
+_PER_WINDOW = tuple(a for a in _PACKERS if a != "window_bfd")  # each window packed on its own
+ALGORITHMS: tuple[str, ...] = _PER_WINDOW + ("window_bfd", "concat")
 _I64 = np.zeros(0, np.int64)
 
 

@@ -199,6 +199,8 @@ def _json(path: Path, columns, batch_size) -> Iterator:
 
     with open(path, "rb") as fh:
         head = fh.read(4096).lstrip()
+    if not head and path.stat().st_size < 4096:
+        return  # an empty file: zero rows (the pipeline then reports an empty input)
     if head.startswith(b"["):
         raise ValueError(
             f"{path}: is one JSON array; packwise streams JSON Lines (one object per line): convert it, "
