@@ -17,6 +17,8 @@ from .bucket import BucketBatchSampler, estimate_boundaries
 from .packed import PackedBatchSampler
 from .stats import EpochStats
 from .stream import BucketedIterable, PackedIterable
+from .pruning import PruningSampler
+from .with_index import WithIndex
 
 __all__ = [
     "BucketBatchSampler",
@@ -26,4 +28,6 @@ __all__ = [
     "PackedIterable",
     "estimate_boundaries",
     "resolve_lengths",
+    "PruningSampler",
+    "WithIndex",
 ]

@@ -1,1 +1,45 @@
-"""packwise.selection."""
+"""Data selection during training: dynamic pruning (InfoBatch), random subsets (RS2),
+score-driven sampling, and a loss-threshold filter for streams.  torch-free at import time.
+
+The epoch-plan protocol (every policy here; what samplers compose with):
+
+* ``indices_for_epoch(epoch) -> np.ndarray[int64]``: the sorted ids kept in ``epoch``, a pure
+  function of ``(seed, epoch, scores at the epoch's start)``; planned once, cached for the epoch.
+* ``weights_for(indices) -> np.ndarray[float32]``: the loss weight of each id in the current
+  epoch (a ``ValueError`` for an id the epoch does not keep).
+* ``update(indices, per_example_loss) -> torch.Tensor``: record scores (ids and losses gathered
+  across DDP ranks as int64 and float32) and return ``mean(weight * loss)`` to backpropagate.
+* ``len(policy)``, ``plan(epoch)`` (kept count and fraction), ``planned_steps(total_epochs, batch_size)``,
+  ``state_dict()`` / ``load_state_dict()``.
+
+Prune first, then bucket or pack what is kept: any batch sampler built over
+``lengths[policy.indices_for_epoch(epoch)]`` maps its positions back through those ids.
+
+Example:
+    >>> import numpy as np, torch
+    >>> from packwise.selection import InfoBatch
+    >>> ib = InfoBatch(6, num_epochs=2, delta=0.5)
+    >>> ids = ib.indices_for_epoch(0)
+    >>> ib.update(ids, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])).item()
+    3.5
+"""
+
+from ._policy import EpochPlan
+from ._torch import per_example_loss
+from .infobatch import InfoBatch
+from .policies import POLICIES, ScoreSelector, select_by_score
+from .rs2 import RS2
+from .scores import ScoreStore
+from .stream_filter import LossThresholdFilter
+
+__all__ = [
+    "EpochPlan",
+    "InfoBatch",
+    "LossThresholdFilter",
+    "POLICIES",
+    "RS2",
+    "ScoreSelector",
+    "ScoreStore",
+    "per_example_loss",
+    "select_by_score",
+]
