@@ -31,6 +31,11 @@ from .policies import POLICIES, ScoreSelector, select_by_score
 from .rs2 import RS2
 from .scores import ScoreStore
 from .stream_filter import LossThresholdFilter
+from .balance import balanced_caps, balanced_subset, group_weights
+from .cluster import KMeans, TrainReport, kmeans
+from .decontaminate import Contamination, decontaminate
+from .dedup import DedupResult, exact_dedup, exact_duplicates, hash_rows, semantic_dedup
+from .prototypes import proportional_quotas, prototype_prune, select_per_cluster
 
 __all__ = [
     "EpochPlan",
@@ -42,4 +47,20 @@ __all__ = [
     "ScoreStore",
     "per_example_loss",
     "select_by_score",
+    "Contamination",
+    "DedupResult",
+    "KMeans",
+    "TrainReport",
+    "balanced_caps",
+    "balanced_subset",
+    "decontaminate",
+    "exact_dedup",
+    "exact_duplicates",
+    "group_weights",
+    "hash_rows",
+    "kmeans",
+    "proportional_quotas",
+    "prototype_prune",
+    "select_per_cluster",
+    "semantic_dedup",
 ]
