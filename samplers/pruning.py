@@ -67,6 +67,7 @@ class PruningSampler(Sampler):
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
         if int(epoch) != self.epoch:
             self._resume_at = 0
+            self._yielded = 0
         self.epoch = int(epoch)
 
     def global_order(self, epoch: int | None = None) -> np.ndarray:

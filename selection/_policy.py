@@ -6,7 +6,7 @@ epoch runs), and turns per-example losses into the loss to backpropagate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -145,14 +145,15 @@ class _EpochPolicy:
 
     def state_dict(self) -> dict:
         """Settings, the current epoch's plan (ids and weights) and the scores: resume is exact
-        even mid-epoch, when scores have moved on since the plan was made."""
+        even mid-epoch, when scores have moved on since the plan was made.  Plain Python values
+        and NumPy arrays (save with ``torch.save`` and load with ``weights_only=False``, or pickle)."""
         if self._plan is None:
             self.indices_for_epoch(self.epoch)
         return {
             "kind": self._kind,
             "settings": self._settings(),
             "epoch": self.epoch,
-            "plan": self._plan,
+            "plan": asdict(self._plan),
             "kept": self._kept.copy(),
             "weights": self._table[self._kept].copy(),
             "history": dict(self._history),
@@ -178,5 +179,8 @@ class _EpochPolicy:
         table[kept] = np.asarray(state["weights"], np.float32)
         self._load_extra_state(state)
         self.epoch = int(state["epoch"])
-        self._plan, self._kept, self._table = state["plan"], kept, table
+        plan = dict(state["plan"])
+        plan["thresholds"] = tuple(plan["thresholds"])
+        plan["groups"] = tuple(tuple(g) for g in plan["groups"])
+        self._plan, self._kept, self._table = EpochPlan(**plan), kept, table
         self._history = {int(k): int(v) for k, v in state["history"].items()}
