@@ -1,26 +1,9 @@
-"""numba kernels of the pipeline: turn packed entries into flat token indices, reorder CSR rows."""
+"""numba kernels of the pipeline: copy packed pieces into rows, reorder CSR rows."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
-
-
-@njit(cache=True)
-def gather_index(item_offsets, starts, lengths):  # pragma: no cover - compiled
-    """Flat positions of tokens ``[item_offsets[k] + starts[k], ... + lengths[k])`` for every entry k."""
-    n = lengths.shape[0]
-    total = 0
-    for k in range(n):
-        total += lengths[k]
-    out = np.empty(total, np.int64)
-    pos = 0
-    for k in range(n):
-        base = item_offsets[k] + starts[k]
-        for j in range(lengths[k]):
-            out[pos] = base + j
-            pos += 1
-    return out
 
 
 @njit(cache=True)
@@ -38,3 +21,13 @@ def csr_take(offsets, rows):  # pragma: no cover - compiled
         for j in range(offsets[r + 1] - offsets[r]):
             out[base + j] = offsets[r] + j
     return out, new_offsets
+
+
+@njit(cache=True)
+def copy_segments(out, values, src, dst, lengths):  # pragma: no cover - compiled
+    """``out[dst[k]:dst[k] + lengths[k]] = values[src[k]:src[k] + lengths[k]]`` for every segment k."""
+    for k in range(lengths.shape[0]):
+        s = src[k]
+        d = dst[k]
+        for j in range(lengths[k]):
+            out[d + j] = values[s + j]

@@ -95,52 +95,21 @@ class PackStats:
         return out
 
 
-class _Pool:
-    """Sequences waiting for a row: CSR tokens keyed by increasing input row."""
+class _Chunk:
+    """Sequences of one input batch (or a view of part of it): CSR tokens keyed by increasing input row."""
 
-    def __init__(self, rows=_I64, offsets=None, values=None, labels=None):
-        self.rows = rows
-        self.offsets = np.zeros(1, np.int64) if offsets is None else offsets
-        self.values = np.zeros(0, np.int32) if values is None else values
-        self.labels = labels
+    def __init__(self, rows, offsets, values, labels=None):
+        self.rows, self.offsets, self.values, self.labels = rows, offsets, values, labels
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
-    @staticmethod
-    def concat(parts: list) -> "_Pool":
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return _Pool()
-        if len(parts) == 1:
-            p = parts[0]
-            return _Pool(p.rows, p.offsets, p.values, p.labels)
-        lengths = np.concatenate([np.diff(p.offsets) for p in parts])
-        offsets = np.zeros(lengths.shape[0] + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        has_labels = parts[0].labels is not None
-        return _Pool(
-            np.concatenate([p.rows for p in parts]),
-            offsets,
-            np.concatenate([p.values for p in parts]),
-            np.concatenate([p.labels for p in parts]) if has_labels else None,
-        )
-
-    def take(self, idx: np.ndarray) -> "_Pool":
-        flat, offsets = _kernels.csr_take(self.offsets, idx)
-        return _Pool(self.rows[idx], offsets, self.values[flat], None if self.labels is None else self.labels[flat])
-
-    def split(self, n: int) -> tuple["_Pool", "_Pool"]:
-        if n >= len(self):
-            return self, _Pool()
+    def split(self, n: int) -> tuple["_Chunk", "_Chunk"]:
+        """The first ``n`` sequences and the rest, as views (no token is copied)."""
         cut = int(self.offsets[n])
-        head = _Pool(self.rows[:n], self.offsets[: n + 1], self.values[:cut], None if self.labels is None else self.labels[:cut])
-        tail = _Pool(
-            self.rows[n:],
-            self.offsets[n:] - cut,
-            self.values[cut:],
-            None if self.labels is None else self.labels[cut:],
-        )
+        lab = self.labels
+        head = _Chunk(self.rows[:n], self.offsets[: n + 1], self.values[:cut], None if lab is None else lab[:cut])
+        tail = _Chunk(self.rows[n:], self.offsets[n:] - cut, self.values[cut:], None if lab is None else lab[cut:])
         return head, tail
 
 
@@ -180,8 +149,8 @@ class StreamPacker:
         self.seed = seed
         self.stats = PackStats(self.capacity, algorithm)
         self._hist = np.zeros(64, np.int64)
-        self._pool = _Pool()  # sequences of pending entries (window_bfd, concat carry)
-        self._new: list[_Pool] = []
+        self._chunks: list[_Chunk] = []  # sequences of the current window and of pending entries
+        self._new: list[_Chunk] = []
         self._new_count = 0
         self._packer = WindowPacker(self.capacity, window=self.window, max_age=max_age) if algorithm == "window_bfd" else None
         # pending entries: serial (window_bfd id), input row, first token, length
@@ -193,46 +162,50 @@ class StreamPacker:
         """Take one batch; yield the rows that became final."""
         self.stats.rows_in += batch.rows_read
         self.stats.empty_rows += batch.empty
-        if len(batch) == 0:
-            return
-        self._new.append(_Pool(batch.rows, batch.offsets, batch.values, batch.labels))
-        self._new_count += len(batch)
-        while self._new_count >= self.window:
-            head, tail = _Pool.concat(self._new).split(self.window)
-            self._new, self._new_count = ([tail] if len(tail) else []), len(tail)
-            yield from self._window(head, final=False)
+        chunk = _Chunk(batch.rows, batch.offsets, batch.values, batch.labels)
+        while len(chunk):
+            take = min(len(chunk), self.window - self._new_count)
+            head, chunk = chunk.split(take) if take < len(chunk) else (chunk, _Chunk(_I64, np.zeros(1, np.int64), chunk.values[:0]))
+            self._new.append(head)
+            self._new_count += len(head)
+            if self._new_count == self.window:
+                yield from self._window(final=False)
 
     def finish(self) -> Iterator[PackedRows]:
         """Pack what is left and close every open row (the end of the stream)."""
-        head = _Pool.concat(self._new)
-        self._new, self._new_count = [], 0
-        yield from self._window(head, final=True)
+        yield from self._window(final=True)
         self.stats.length_histogram = self._hist[: int(np.flatnonzero(self._hist).max(initial=-1)) + 1].tolist()
 
     # --- one window ---------------------------------------------------------------------------
-    def _window(self, new: _Pool, final: bool) -> Iterator[PackedRows]:
-        lengths = np.diff(new.offsets)
-        if len(new):
-            self._count(new, lengths)
+    def _window(self, final: bool) -> Iterator[PackedRows]:
+        new, self._new, self._new_count = self._new, [], 0
+        rows = np.concatenate([c.rows for c in new]) if new else _I64
+        lengths = np.concatenate([np.diff(c.offsets) for c in new]) if new else _I64
+        if rows.shape[0]:
+            self._count(rows, lengths)
         window_no = self.stats.windows
         self.stats.windows += 1
-        self._pool = _Pool.concat([self._pool, new])
-        self.stats.max_pending_sequences = max(self.stats.max_pending_sequences, len(self._pool))
+        self._chunks.extend(new)
+        self.stats.max_pending_sequences = max(self.stats.max_pending_sequences, sum(len(c) for c in self._chunks))
         if self.algorithm in _PER_WINDOW:
-            plan = self._per_window(new, lengths) if len(new) else None
+            plan = self._per_window(rows, lengths) if rows.shape[0] else None
         elif self.algorithm == "window_bfd":
-            plan = self._window_bfd(new, lengths, final)
+            plan = self._window_bfd(rows, lengths, final)
         else:
-            plan = self._concat(new, lengths, final)
+            plan = self._concat(rows, lengths, final)
         if plan is not None and plan[3].shape[0] > 1:
             yield self._rows(*plan, window_no)
-        keep_rows = self._pending[1]
-        keep = np.flatnonzero(np.isin(self._pool.rows, keep_rows)) if keep_rows.shape[0] else _I64
-        self._pool = self._pool.take(keep) if keep.shape[0] else _Pool()
+        pending = self._pending[1]
+        if pending.shape[0] == 0:
+            self._chunks = []
+        else:
+            firsts = np.array([c.rows[0] for c in self._chunks])
+            used = np.unique(np.searchsorted(firsts, pending, side="right") - 1)
+            self._chunks = [self._chunks[int(i)] for i in used]
 
-    def _count(self, new: _Pool, lengths: np.ndarray) -> None:
+    def _count(self, rows: np.ndarray, lengths: np.ndarray) -> None:
         s = self.stats
-        s.sequences += len(new)
+        s.sequences += int(rows.shape[0])
         s.tokens_in += int(lengths.sum())
         s.clipped_tokens_in += int(np.minimum(lengths, self.capacity).sum())
         s.max_length = max(s.max_length, int(lengths.max()))
@@ -243,19 +216,19 @@ class StreamPacker:
             if over.shape[0]:
                 i = int(over[0])
                 raise ValueError(
-                    f"input row {int(new.rows[i])} has {int(lengths[i])} tokens, more than --max-tokens {self.capacity}; "
+                    f"input row {int(rows[i])} has {int(lengths[i])} tokens, more than --max-tokens {self.capacity}; "
                     f"pass --oversize truncate, split or drop, or raise --max-tokens"
                 )
 
-    def _per_window(self, new: _Pool, lengths: np.ndarray):
+    def _per_window(self, rows: np.ndarray, lengths: np.ndarray):
         p = pack(lengths, self.capacity, algorithm=self.algorithm, oversize=self.oversize)
         self._lost(p.truncated_tokens, p.dropped.shape[0], p.dropped_tokens)
         starts = np.zeros(p.order.shape[0], np.int64) if p.starts is None else p.starts
-        return new.rows[p.order], starts, p.lengths, p.offsets
+        return rows[p.order], starts, p.lengths, p.offsets
 
-    def _window_bfd(self, new: _Pool, lengths: np.ndarray, final: bool):
+    def _window_bfd(self, rows: np.ndarray, lengths: np.ndarray, final: bool):
         serial, item_rows, starts, lens = self._pending
-        if len(new):
+        if rows.shape[0]:
             items, piece_starts, entry_lengths, truncated, dropped = _apply_oversize(lengths, self.capacity, self.oversize)
             self._lost(truncated, dropped.shape[0], int(lengths[dropped].sum()))
             local = np.arange(lengths.shape[0], dtype=np.int64) if items is None else items
@@ -263,7 +236,7 @@ class StreamPacker:
             ids = np.arange(self._next_serial, self._next_serial + m, dtype=np.int64)
             self._next_serial += m
             serial = np.concatenate([serial, ids])
-            item_rows = np.concatenate([item_rows, new.rows[local]])
+            item_rows = np.concatenate([item_rows, rows[local]])
             starts = np.concatenate([starts, np.zeros(m, np.int64) if piece_starts is None else piece_starts])
             lens = np.concatenate([lens, entry_lengths])
             closed = [self._packer.add(entry_lengths, ids=ids)]
@@ -282,10 +255,10 @@ class StreamPacker:
         self._pending = (serial[left], item_rows[left], starts[left], lens[left])
         return out
 
-    def _concat(self, new: _Pool, lengths: np.ndarray, final: bool):
+    def _concat(self, new_rows: np.ndarray, lengths: np.ndarray, final: bool):
         _, c_rows, c_starts, c_lens = self._pending
-        rows = np.concatenate([c_rows, new.rows])
-        base = np.concatenate([c_starts, np.zeros(len(new), np.int64)])
+        rows = np.concatenate([c_rows, new_rows])
+        base = np.concatenate([c_starts, np.zeros(new_rows.shape[0], np.int64)])
         ent = np.concatenate([c_lens, lengths])
         if ent.shape[0] == 0:
             return None
@@ -310,15 +283,22 @@ class StreamPacker:
             perm = np.random.default_rng([self.seed, window_no]).permutation(n_rows)
             idx, offsets = _kernels.csr_take(offsets, perm)
             item_rows, starts, lens = item_rows[idx], starts[idx], lens[idx]
-        pool = self._pool
-        pos = np.searchsorted(pool.rows, item_rows)
-        flat = _kernels.gather_index(pool.offsets[pos], starts, lens)
         cum = np.zeros(lens.shape[0] + 1, np.int64)
         np.cumsum(lens, out=cum[1:])
+        tokens = np.empty(int(cum[-1]), np.int32)
+        labels = None if self._chunks[0].labels is None else np.empty(int(cum[-1]), np.int32)
+        firsts = np.array([c.rows[0] for c in self._chunks])
+        which = np.searchsorted(firsts, item_rows, side="right") - 1
+        for c in np.unique(which):
+            chunk, m = self._chunks[int(c)], np.flatnonzero(which == c)
+            src = chunk.offsets[np.searchsorted(chunk.rows, item_rows[m])] + starts[m]
+            _kernels.copy_segments(tokens, chunk.values, src, cum[m], lens[m])
+            if labels is not None:
+                _kernels.copy_segments(labels, chunk.labels, src, cum[m], lens[m])
         rows = PackedRows(
             token_offsets=cum[offsets],
-            tokens=pool.values[flat],
-            labels=None if pool.labels is None else pool.labels[flat],
+            tokens=tokens,
+            labels=labels,
             seq_offsets=offsets,
             seq_lens=lens.astype(np.int32),
             source_index=item_rows,

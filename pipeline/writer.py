@@ -162,26 +162,32 @@ class ShardWriter:
         self._rows_seen += rows.num_rows
         if self._rows_seen <= self.skip_rows:
             return
+        table = _table(rows, self._has_labels)  # zero-copy views of the NumPy arrays
         if start < self.skip_rows:
-            rows = _slice(rows, self.skip_rows - start, rows.num_rows)
-        self._buffer.append(rows)
-        self._buffered += rows.num_rows
+            table = table.slice(self.skip_rows - start)
+        self._buffer.append(table)
+        self._buffered += table.num_rows
         while self._buffered >= self.shard_rows:
             self._flush(self.shard_rows)
 
     def _flush(self, n: int) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        merged = _merge(self._buffer)
-        head, tail = _slice(merged, 0, n), _slice(merged, n, merged.num_rows)
+        merged = pa.concat_tables(self._buffer)
+        head, tail = merged.slice(0, n), merged.slice(n)
         self._buffer = [tail] if tail.num_rows else []
         self._buffered = tail.num_rows
-        table = _table(head, self._has_labels)
-        info = {"rows": head.num_rows, "tokens": int(head.token_offsets[-1]), "sequences": int(head.seq_offsets[-1])}
-        table = table.replace_schema_metadata({"packwise": json.dumps(info, sort_keys=True)})
+        info = {
+            "rows": head.num_rows,
+            "tokens": int(pc.sum(pc.list_value_length(head.column("input_ids"))).as_py() or 0),
+            "sequences": int(pc.sum(pc.list_value_length(head.column("seq_lens"))).as_py() or 0),
+        }
+        head = head.replace_schema_metadata({"packwise": json.dumps(info, sort_keys=True)})
         path = self.output / shard_name(len(self.shards))
         with atomic_path(path) as tmp:
-            pq.write_table(table, tmp, compression="zstd", row_group_size=_ROW_GROUP)
+            pq.write_table(head, tmp, compression="zstd", use_dictionary=False, row_group_size=_ROW_GROUP)
         self.shards.append({"file": path.name, **info, "sha256": _sha256(path)})
 
     def close(self, stats: dict) -> dict:
@@ -199,6 +205,28 @@ class ShardWriter:
         return manifest
 
 
+def _table(rows: PackedRows, has_labels: bool):
+    """The rows as an Arrow table (list<int32> token columns); offsets must fit int32, so a batch of
+    rows holding 2**31 tokens or more is cut into several record batches."""
+    import pyarrow as pa
+
+    limit = 2**31 - 1
+    if int(rows.token_offsets[-1]) > limit:
+        cut = int(np.searchsorted(rows.token_offsets, limit, side="right")) - 1
+        return pa.concat_tables([_table(_slice(rows, 0, cut), has_labels), _table(_slice(rows, cut, rows.num_rows), has_labels)])
+
+    def lists(offsets, values, kind):
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=kind))
+
+    columns = {"input_ids": lists(rows.token_offsets, rows.tokens, pa.int32())}
+    if has_labels:
+        columns["labels"] = lists(rows.token_offsets, rows.labels, pa.int32())
+    columns["seq_lens"] = lists(rows.seq_offsets, rows.seq_lens, pa.int32())
+    columns["source_index"] = lists(rows.seq_offsets, rows.source_index, pa.int64())
+    columns["source_start"] = lists(rows.seq_offsets, rows.source_start.astype(np.int32), pa.int32())
+    return pa.table(columns)
+
+
 def _slice(rows: PackedRows, a: int, b: int) -> PackedRows:
     t0, t1 = int(rows.token_offsets[a]), int(rows.token_offsets[b])
     s0, s1 = int(rows.seq_offsets[a]), int(rows.seq_offsets[b])
@@ -211,42 +239,3 @@ def _slice(rows: PackedRows, a: int, b: int) -> PackedRows:
         rows.source_index[s0:s1],
         rows.source_start[s0:s1],
     )
-
-
-def _merge(parts: list[PackedRows]) -> PackedRows:
-    if len(parts) == 1:
-        return parts[0]
-
-    def offsets(name):
-        out, base = [np.zeros(1, np.int64)], 0
-        for p in parts:
-            o = getattr(p, name)
-            out.append(o[1:] - o[0] + base)
-            base += int(o[-1] - o[0])
-        return np.concatenate(out)
-
-    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-    return PackedRows(
-        offsets("token_offsets"),
-        cat("tokens"),
-        None if parts[0].labels is None else cat("labels"),
-        offsets("seq_offsets"),
-        cat("seq_lens"),
-        cat("source_index"),
-        cat("source_start"),
-    )
-
-
-def _table(rows: PackedRows, has_labels: bool):
-    import pyarrow as pa
-
-    def lists(offsets, values, kind):
-        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=kind))
-
-    columns = {"input_ids": lists(rows.token_offsets, rows.tokens, pa.int32())}
-    if has_labels:
-        columns["labels"] = lists(rows.token_offsets, rows.labels, pa.int32())
-    columns["seq_lens"] = lists(rows.seq_offsets, rows.seq_lens, pa.int32())
-    columns["source_index"] = lists(rows.seq_offsets, rows.source_index, pa.int64())
-    columns["source_start"] = lists(rows.seq_offsets, rows.source_start.astype(np.int32), pa.int32())
-    return pa.table(columns)

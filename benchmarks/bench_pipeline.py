@@ -1,0 +1,192 @@
+"""``packwise pack`` vs TRL ``pack_dataset`` on a Parquet token column bootstrapped from real data.
+
+The input is already tokenized (real token sequences of c4, alpaca, glaive and ag_news in
+../shared/data under a BPE trained on the corpora, rows drawn with replacement, each dataset
+equally likely), so the figures are about packing
+and I/O.  Both sides read the same Parquet file and write packed Parquet; both keep every token
+(packwise ``--oversize split``, TRL ``strategy="bfd_split"``).  Each run is a fresh process; the
+table gives medians of ``--repeats`` runs: wall time, tokens/s, peak RSS, rows and padding.
+
+    .venv/bin/python benchmarks/bench_pipeline.py                       # 20M tokens, TRL included
+    .venv/bin/python benchmarks/bench_pipeline.py --tokens 100000000 --skip-trl   # peak RSS at 100M
+
+TRL lives in its own venv (heavy, benchmark-only):
+    python3 -m venv /tmp/bench-trl && /tmp/bench-trl/bin/pip install torch==2.13.0 trl datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT / "tests"))
+
+_TRL_SCRIPT = r"""
+import json, sys, time
+import pyarrow.parquet as pq
+from datasets import Dataset
+from trl import pack_dataset
+src, out, seq_length = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t0 = time.perf_counter()
+ds = Dataset.from_parquet(src)
+packed = pack_dataset(ds, seq_length=seq_length, strategy="bfd_split")
+packed.to_parquet(out)
+meta = pq.read_metadata(out)
+tokens = sum(sum(x) for x in pq.read_table(out, columns=["seq_lengths"]).column("seq_lengths").to_pylist())
+print(json.dumps({"rows": meta.num_rows, "tokens": tokens, "inner_s": time.perf_counter() - t0}))
+"""
+
+
+def build_input(path: Path, target_tokens: int, seed: int = 0) -> dict:
+    """Bootstrap rows of real token sequences until ``target_tokens``; write them in 1M-token chunks."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import load_texts
+
+    from packwise.pipeline.tokenizer import train_byte_bpe
+    from packwise.pipeline.tokens import encode
+
+    names = ("c4", "alpaca", "glaive", "ag_news")
+    texts = {n: load_texts(n) for n in names}
+    tok = train_byte_bpe([t for n in ("c4", "alpaca") for t in texts[n]] + load_texts("wiki"), vocab_size=8192)
+    pools = [encode(tok, texts[n]) for n in names]
+    arrays = [pa.array(p, pa.list_(pa.int32())) for p in pools]
+    lens = [np.array([len(x) for x in p]) for p in pools]
+    rng = np.random.default_rng(seed)
+    schema = pa.schema([("input_ids", pa.list_(pa.int32()))])
+    tmp = path.with_suffix(".tmp")
+    total = rows = 0
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+        while total < target_tokens:
+            which = rng.integers(0, len(pools), 1024)
+            parts = []
+            for d in range(len(pools)):
+                pick = rng.integers(0, len(pools[d]), int((which == d).sum()))
+                parts.append(arrays[d].take(pa.array(pick)))
+                total += int(lens[d][pick].sum())
+                rows += pick.shape[0]
+            w.write_table(pa.table({"input_ids": pa.concat_arrays(parts)}), row_group_size=8192)
+    os.replace(tmp, path)
+    return {"tokens": total, "rows": rows}
+
+
+def _stdout(cmd: list[str], env: dict | None = None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+    return proc.stdout.decode()
+
+
+def measured(cmd: list[str], env=None) -> tuple[float, int, str]:
+    """Wall time, peak RSS (bytes, ``ru_maxrss`` of the child) and stdout of ``cmd`` run in a fresh process."""
+    wrapper = [
+        sys.executable,
+        "-c",
+        "import os, resource, subprocess, sys, time; t = time.perf_counter(); "
+        "p = subprocess.run(sys.argv[1:], capture_output=True); "
+        "w = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
+        "sys.stderr.write(p.stderr.decode()[-3000:]) if p.returncode else None; "
+        "print(f'@@{w} {r} {p.returncode}'); sys.stdout.write(p.stdout.decode())",
+        *cmd,
+    ]
+    out = _stdout(wrapper, env)
+    head, _, rest = out.partition("\n")
+    wall, rss_kb, rc = head[2:].split()
+    if rc != "0":
+        raise RuntimeError(f"{cmd[:4]} exited {rc}")
+    return float(wall), int(rss_kb) * 1024, rest
+
+
+def packwise_pack(src: Path, out: Path, max_tokens: int, window: int) -> dict:
+    cmd = [sys.executable, "-m", "packwise.cli.app", "pack", str(src), str(out), "--max-tokens", str(max_tokens)]
+    cmd += ["--tokens-column", "input_ids", "--oversize", "split", "--window", str(window), "--overwrite"]
+    wall, rss, _ = measured(cmd)
+    stats = json.loads((out / "manifest.json").read_text())["stats"]
+    return {"wall": wall, "rss": rss, "rows": stats["rows_out"], "tokens": stats["tokens_out"]}
+
+
+def trl_pack(python: str, src: Path, out: Path, max_tokens: int) -> dict:
+    cache = Path(tempfile.mkdtemp(prefix="hf-cache-"))
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HOME": str(cache), "HF_DATASETS_OFFLINE": "1"}
+    try:
+        wall, rss, text = measured([python, "-c", _TRL_SCRIPT, str(src), str(out), str(max_tokens)], env)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    info = json.loads(text.strip().splitlines()[-1])
+    return {"wall": wall, "rss": rss, "rows": info["rows"], "tokens": info["tokens"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, nargs="+", default=[20_000_000], help="input sizes in tokens (>= 20M)")
+    ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--window", type=int, default=10_000, help="packwise window (the CLI default)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--trl-python", default="/tmp/bench-trl/bin/python")
+    ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--workdir", default="/tmp/packwise-bench")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in args.tokens:
+        src = work / f"input-{n}.parquet"
+        if not src.exists():
+            t0 = time.perf_counter()
+            info = build_input(src, n)
+            print(f"built {src}: {info['rows']:,} rows, {info['tokens']:,} tokens in {time.perf_counter() - t0:.1f}s", flush=True)
+        import pyarrow.parquet as pq
+
+        rows_in = pq.read_metadata(src).num_rows
+        tokens_in = int(sum(np.diff(np.asarray(b.column(0).offsets)).sum() for b in pq.ParquetFile(src).iter_batches(65536)))
+        sides = [("packwise pack (window_bfd, split)", lambda: packwise_pack(src, work / "out-packwise", args.max_tokens, args.window))]
+        if not args.skip_trl:
+            if not Path(args.trl_python).exists():
+                sys.exit(f"TRL venv not found at {args.trl_python}; create it (see --help) or pass --skip-trl")
+            sides.append(("TRL pack_dataset(bfd_split) + to_parquet", lambda: trl_pack(args.trl_python, src, work / "out-trl.parquet", args.max_tokens)))
+        for name, fn in sides:
+            runs = [fn() for _ in range(args.repeats)]
+            wall = statistics.median(r["wall"] for r in runs)
+            r0 = runs[0]
+            assert r0["tokens"] == tokens_in, (name, r0["tokens"], tokens_in)
+            results.append(
+                {
+                    "input_tokens": tokens_in,
+                    "input_rows": rows_in,
+                    "tool": name,
+                    "wall_s": wall,
+                    "walls": [round(r["wall"], 2) for r in runs],
+                    "tokens_per_s": tokens_in / wall,
+                    "peak_rss_mib": max(r["rss"] for r in runs) / 2**20,
+                    "rows_out": r0["rows"],
+                    "padding": 1 - tokens_in / (r0["rows"] * args.max_tokens),
+                }
+            )
+            print(json.dumps(results[-1]), flush=True)
+    print()
+    header = f"{'input tokens':>13} {'tool':<42} {'median s':>9} {'runs s':>20} {'Mtok/s':>8} {'peak RSS MiB':>13} {'rows':>9} {'padding':>8} {'speedup':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        base = next((x for x in results if x["input_tokens"] == r["input_tokens"] and x["tool"].startswith("TRL")), None)
+        speed = f"{base['wall_s'] / r['wall_s']:.1f}x" if base else "-"
+        print(
+            f"{r['input_tokens']:>13,} {r['tool']:<42} {r['wall_s']:>9.2f} {str(r['walls']):>20} {r['tokens_per_s'] / 1e6:>8.2f} "
+            f"{r['peak_rss_mib']:>13.0f} {r['rows_out']:>9,} {100 * r['padding']:>7.2f}% {speed:>8}"
+        )
+
+
+if __name__ == "__main__":
+    main()
