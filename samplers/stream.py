@@ -50,28 +50,36 @@ class _ShardedStream(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         return self.rank * workers + worker, self.num_replicas * workers
 
-    def _windows(self) -> Iterator[tuple[list, np.ndarray]]:
+    def _windows(self) -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
+        """``(examples, lengths, stream rows)`` per window of this shard."""
         shard, shards = self._shard()
         held: list = []
+        rows: list[int] = []
         for i, example in enumerate(self.source):
             if i % shards != shard:
                 continue
             held.append(example)
+            rows.append(i)
             if len(held) == self.window:
-                yield held, self._lengths(held, i)
-                held = []
+                yield held, self._lengths(held, rows), np.asarray(rows, np.int64)
+                held, rows = [], []
         if held:
-            yield held, self._lengths(held, -1)
+            yield held, self._lengths(held, rows), np.asarray(rows, np.int64)
 
-    def _lengths(self, examples: list, last_row: int) -> np.ndarray:
+    def _lengths(self, examples: list, rows: list[int]) -> np.ndarray:
         out = np.fromiter((self.length(e) for e in examples), np.int64, len(examples))
         bad = np.flatnonzero(out < 1)
         if bad.shape[0]:
             raise ValueError(
-                f"length of example {int(bad[0])} in this shard's window (ending at stream row {last_row}) is "
-                f"{int(out[bad[0]])}; every example needs >= 1 token: filter empty examples upstream"
+                f"stream row {rows[int(bad[0])]} has length {int(out[bad[0]])}; every example needs >= 1 token: "
+                f"filter empty examples upstream"
             )
         return out
+
+
+def _too_long(lengths: np.ndarray, rows: np.ndarray, max_tokens: int, fix: str) -> None:
+    i = int(np.flatnonzero(lengths > max_tokens)[0])
+    raise ValueError(f"stream row {int(rows[i])} has length {int(lengths[i])} > max_tokens={max_tokens}; {fix}")
 
 
 class PackedIterable(_ShardedStream):
@@ -116,20 +124,15 @@ class PackedIterable(_ShardedStream):
         packer = WindowPacker(self.max_tokens, window=self.window, max_age=self.max_age)
         held: dict[int, Any] = {}
         next_id = 0
-        rows: list[list] = []
-        for examples, lengths in self._windows():
-            over = np.flatnonzero(lengths > self.max_tokens)
-            if over.shape[0]:
-                i = int(over[0])
-                raise ValueError(
-                    f"example {i} of a window has length {int(lengths[i])} > max_tokens={self.max_tokens}; "
-                    f"truncate or split long examples before streaming them"
-                )
+        pending: list[list] = []  # closed bins waiting to fill a batch of rows_per_batch
+        for examples, lengths, rows in self._windows():
+            if int(lengths.max()) > self.max_tokens:
+                _too_long(lengths, rows, self.max_tokens, "truncate or split long examples before streaming them")
             held.update(zip(range(next_id, next_id + len(examples)), examples))
             done = packer.add(lengths, start=next_id)
             next_id += len(examples)
-            yield from self._emit(done, held, rows, rng, final=False)
-        yield from self._emit(packer.flush(), held, rows, rng, final=True)
+            yield from self._emit(done, held, pending, rng, final=False)
+        yield from self._emit(packer.flush(), held, pending, rng, final=True)
 
     def _emit(self, done, held: dict, rows: list, rng, final: bool) -> Iterator[list]:
         bins = np.arange(done.num_bins)
@@ -196,16 +199,12 @@ class BucketedIterable(_ShardedStream):
         edges = None if isinstance(self.buckets, (int, np.integer)) else self.buckets
         carry: list = []
         carry_len = np.zeros(0, np.int64)
-        for examples, lengths in self._windows():
+        for examples, lengths, rows in self._windows():
             if self.max_tokens is not None:
                 over = lengths > self.max_tokens
                 if over.any():
-                    i = int(np.flatnonzero(over)[0])
                     if self.oversize == "error":
-                        raise ValueError(
-                            f"example {i} of a window has length {int(lengths[i])} > max_tokens={self.max_tokens}; "
-                            f"raise max_tokens, truncate upstream, or pass oversize='drop'"
-                        )
+                        _too_long(lengths, rows, self.max_tokens, "raise max_tokens, truncate upstream, or pass oversize='drop'")
                     self.dropped += int(over.sum())
                     examples = [e for e, o in zip(examples, over.tolist()) if not o]
                     lengths = lengths[~over]
