@@ -28,6 +28,8 @@ def as_ids(ids, num_examples: int, field: str = "indices") -> np.ndarray:
     if array.shape[0] and array.dtype.kind not in "iu":
         raise ValueError(f"{field} must be integer example ids, got dtype {array.dtype}; pass int64 ids")
     array = array.astype(np.int64, copy=False)
+    if array.shape[0] == 0 or (array.min() >= 0 and array.max() < num_examples):
+        return np.ascontiguousarray(array)
     bad = np.flatnonzero((array < 0) | (array >= num_examples))
     if bad.shape[0]:
         j = int(bad[0])
@@ -45,6 +47,8 @@ def as_values(values, count: int, field: str = "values") -> np.ndarray:
     array = np.asarray(values, dtype=np.float32)
     if array.shape != (count,):
         raise ValueError(f"{field} must have shape ({count},) (one per index), got {array.shape}")
+    if np.isfinite(array).all():
+        return np.ascontiguousarray(array)
     bad = np.flatnonzero(~np.isfinite(array))
     if bad.shape[0]:
         j = int(bad[0])

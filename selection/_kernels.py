@@ -113,3 +113,22 @@ def inclusion_probabilities(log_weights, chosen, log_tau):
         else:
             out[j] = -np.expm1(-np.exp(log_weights[chosen[j]] + log_tau))
     return out
+
+
+@njit(cache=True)
+def check_batch(ids, values, table):
+    """One pass over a training batch: each id's weight under the epoch plan, plus the first
+    problem found as ``(code, row)``: 1 id out of range, 2 id not kept (weight 0), 3 loss not finite."""
+    n = table.shape[0]
+    out = np.empty(ids.shape[0], np.float32)
+    for j in range(ids.shape[0]):
+        i = ids[j]
+        if i < 0 or i >= n:
+            return out, 1, j
+        w = table[i]
+        if w == 0:
+            return out, 2, j
+        if not np.isfinite(values[j]):
+            return out, 3, j
+        out[j] = w
+    return out, 0, -1

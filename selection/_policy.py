@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import _torch
+from . import _kernels, _torch
 from ._checks import as_ids, as_int, steps_for
 
 
@@ -72,10 +72,14 @@ class _EpochPolicy:
 
     def weights_for(self, indices) -> np.ndarray:
         """float32 loss weight of each id under the current epoch's plan."""
-        ids = as_ids(indices, self.num_examples)
+        return self._weights(as_ids(indices, self.num_examples))
+
+    def _weights(self, ids: np.ndarray) -> np.ndarray:
         if self._plan is None or self._plan.epoch != self.epoch:
             self.indices_for_epoch(self.epoch)
         weights = self._table[ids]
+        if weights.all():
+            return weights
         bad = np.flatnonzero(weights == 0)
         if bad.shape[0]:
             j = int(bad[0])
@@ -100,17 +104,23 @@ class _EpochPolicy:
         Under ``torch.distributed`` the ids (int64) and losses (float32) of every rank are gathered
         first, so every rank holds the same scores.  ``per_example_loss`` is not modified."""
         loss = _torch.check_loss(per_example_loss)
-        ids = as_ids(indices, self.num_examples)
+        ids = _torch.ids_array(indices)
+        if ids is None:
+            ids = as_ids(indices, self.num_examples)
         if ids.shape[0] != loss.shape[0]:
             raise ValueError(
                 f"indices has {ids.shape[0]} ids but per_example_loss has {loss.shape[0]} values; pass one "
                 f"index per example of the batch"
             )
-        weights = self.weights_for(ids)
+        if self._plan is None or self._plan.epoch != self.epoch:
+            self.indices_for_epoch(self.epoch)
         values = loss.detach().float().cpu().numpy()
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.shape[0]:
-            j = int(bad[0])
+        weights, problem, j = _kernels.check_batch(ids, values, self._table)
+        if problem == 1:
+            as_ids(ids, self.num_examples)  # raises the out-of-range error
+        elif problem == 2:
+            self._weights(ids)  # raises the not-kept error
+        elif problem == 3:
             raise ValueError(f"per_example_loss[{j}] = {float(values[j])} is not finite (index {int(ids[j])})")
         all_ids, all_values = _torch.gather(ids, values)
         self._record(all_ids, all_values)

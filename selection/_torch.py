@@ -14,7 +14,7 @@ def gather(ids: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     import torch
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
         return ids, losses
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     world = dist.get_world_size()
@@ -34,6 +34,18 @@ def gather(ids: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     all_ids = np.concatenate([p[:n].cpu().numpy() for p, n in zip(id_parts, sizes)])
     all_losses = np.concatenate([p[:n].cpu().numpy() for p, n in zip(loss_parts, sizes)])
     return all_ids.astype(np.int64, copy=False), all_losses.astype(np.float32, copy=False)
+
+
+def ids_array(indices) -> np.ndarray | None:
+    """Zero-copy int64 view of a CPU long tensor or int64 array (``None``: take the checked path)."""
+    if isinstance(indices, np.ndarray):
+        return indices if indices.dtype == np.int64 and indices.ndim == 1 else None
+    if getattr(indices, "dtype", None) is not None and hasattr(indices, "detach"):
+        import torch
+
+        if indices.dtype == torch.int64 and indices.ndim == 1 and indices.device.type == "cpu":
+            return indices.detach().numpy()
+    return None
 
 
 def check_loss(per_example_loss):
@@ -56,12 +68,12 @@ def weighted_mean(per_example_loss, weights: np.ndarray):
     """``mean(weights * loss)`` as a new tensor (the caller's tensor is not modified)."""
     import torch
 
-    w = torch.from_numpy(np.ascontiguousarray(weights, np.float32)).to(
-        device=per_example_loss.device, dtype=per_example_loss.dtype
-    )
     if per_example_loss.shape[0] == 0:
         return per_example_loss.sum()
-    return (per_example_loss * w).mean()
+    w = torch.from_numpy(weights / np.float32(weights.shape[0]))  # one matvec: sum(w * loss) / B
+    if w.dtype != per_example_loss.dtype or per_example_loss.device.type != "cpu":
+        w = w.to(device=per_example_loss.device, dtype=per_example_loss.dtype)
+    return per_example_loss @ w
 
 
 def per_example_loss(token_loss, mask):

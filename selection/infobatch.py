@@ -123,7 +123,7 @@ class InfoBatch(_EpochPolicy):
         }
 
     def _record(self, ids: np.ndarray, losses: np.ndarray) -> None:
-        self.store.update(ids, losses, self.epoch)
+        self.store._scatter(ids, losses, self.epoch)
 
     def _extra_state(self) -> dict:
         return {"store": self.store.state_dict()}

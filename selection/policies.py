@@ -167,7 +167,7 @@ class ScoreSelector(_EpochPolicy):
         }
 
     def _record(self, ids: np.ndarray, losses: np.ndarray) -> None:
-        self.store.update(ids, losses, self.epoch)
+        self.store._scatter(ids, losses, self.epoch)
 
     def set_scores(self, scores, epoch: int = 0) -> None:
         """Use any precomputed column (learnability, reducible loss, ...) as every example's score."""

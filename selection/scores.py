@@ -54,9 +54,11 @@ class ScoreStore:
         values = as_values(values, ids.shape[0], "values")
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= epoch < 2**31 - 1:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        _kernels.scatter_scores(
-            self.scores, self.seen, self.last_epoch, ids, values, int(epoch), self.momentum or 0.0
-        )
+        self._scatter(ids, values, int(epoch))
+
+    def _scatter(self, ids: np.ndarray, values: np.ndarray, epoch: int) -> None:
+        """Unchecked write for callers that validated ``ids`` (int64, in range) and ``values`` (float32)."""
+        _kernels.scatter_scores(self.scores, self.seen, self.last_epoch, ids, values, epoch, self.momentum or 0.0)
 
     def seen_mean(self) -> tuple[float, int]:
         """``(mean score over seen examples, number seen)``; ``(0.0, 0)`` before any update."""
