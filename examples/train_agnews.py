@@ -107,6 +107,7 @@ class RunConfig:
     max_tokens: int = 1024
     prune_ratio: float = 0.5
     delta: float = 0.875
+    target_keep: float | None = None  # infobatch: keep exactly this share in pruning epochs
     fraction: float = 0.6  # rs2: share of the train split per epoch
     steps: int | None = None  # full: stop after this many steps, cosine schedule fit to them
 
@@ -143,7 +144,9 @@ def train(cfg: RunConfig, data: AgNews) -> RunResult:
     model = Classifier(data.vocab_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     if cfg.policy == "infobatch":
-        policy = InfoBatch(n, cfg.epochs, prune_ratio=cfg.prune_ratio, delta=cfg.delta, seed=cfg.seed)
+        policy = InfoBatch(
+            n, cfg.epochs, prune_ratio=cfg.prune_ratio, delta=cfg.delta, seed=cfg.seed, target_keep=cfg.target_keep
+        )
     elif cfg.policy == "rs2":
         policy = RS2(n, cfg.fraction, seed=cfg.seed)
     elif cfg.policy == "full":

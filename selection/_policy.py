@@ -114,7 +114,7 @@ class _EpochPolicy:
             )
         if self._plan is None or self._plan.epoch != self.epoch:
             self.indices_for_epoch(self.epoch)
-        values = loss.detach().float().cpu().numpy()
+        values = loss.detach().numpy() if loss.is_cpu and loss.dtype == _torch.float32() else loss.detach().float().cpu().numpy()
         weights, problem, j = _kernels.check_batch(ids, values, self._table)
         if problem == 1:
             as_ids(ids, self.num_examples)  # raises the out-of-range error

@@ -36,16 +36,19 @@ def gather(ids: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return all_ids.astype(np.int64, copy=False), all_losses.astype(np.float32, copy=False)
 
 
+def float32():
+    import torch
+
+    return torch.float32
+
+
 def ids_array(indices) -> np.ndarray | None:
     """Zero-copy int64 view of a CPU long tensor or int64 array (``None``: take the checked path)."""
-    if isinstance(indices, np.ndarray):
-        return indices if indices.dtype == np.int64 and indices.ndim == 1 else None
-    if getattr(indices, "dtype", None) is not None and hasattr(indices, "detach"):
-        import torch
-
-        if indices.dtype == torch.int64 and indices.ndim == 1 and indices.device.type == "cpu":
-            return indices.detach().numpy()
-    return None
+    if not isinstance(indices, np.ndarray):
+        if not getattr(indices, "is_cpu", False) or indices.requires_grad:
+            return None
+        indices = indices.numpy()
+    return indices if indices.dtype == np.int64 and indices.ndim == 1 else None
 
 
 def check_loss(per_example_loss):
@@ -70,10 +73,11 @@ def weighted_mean(per_example_loss, weights: np.ndarray):
 
     if per_example_loss.shape[0] == 0:
         return per_example_loss.sum()
-    w = torch.from_numpy(weights / np.float32(weights.shape[0]))  # one matvec: sum(w * loss) / B
-    if w.dtype != per_example_loss.dtype or per_example_loss.device.type != "cpu":
+    weights *= np.float32(1.0 / weights.shape[0])  # our own fresh array: sum(w * loss) / B in one dot
+    w = torch.from_numpy(weights)
+    if not per_example_loss.is_cpu or w.dtype != per_example_loss.dtype:
         w = w.to(device=per_example_loss.device, dtype=per_example_loss.dtype)
-    return per_example_loss @ w
+    return torch.dot(per_example_loss, w)
 
 
 def per_example_loss(token_loss, mask):
