@@ -108,3 +108,18 @@ def flex_blocks(seq, block):
             partial_num[r, 0, qb] = np_
             full_num[r, 0, qb] = nf
     return partial_num, partial_idx, full_num, full_idx
+
+
+@njit(cache=True)
+def fill_block_causal(seq, out):
+    """Set ``out[r, 0, q, k]`` (a zeroed bool ``[rows, 1, width, width]`` array) where ``k <= q`` in
+    the same segment; segments are contiguous runs of ``seq`` (``[rows, width]``).  Touches only
+    the allowed entries (sum of squared segment lengths / 2), not all ``width**2``."""
+    rows, width = seq.shape
+    for r in range(rows):
+        start = 0
+        for q in range(width):
+            if q > 0 and seq[r, q] != seq[r, q - 1]:
+                start = q
+            for k in range(start, q + 1):
+                out[r, 0, q, k] = True

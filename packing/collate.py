@@ -43,6 +43,9 @@ class DocumentCausalMask:
 def block_causal_mask(seq_idx):
     """4-D boolean ``[rows, 1, width, width]`` mask for SDPA/eager: True where attention is allowed.
 
+    ``seq_idx`` (``[rows, width]``) holds contiguous segments, as the collator emits them.  The mask
+    is ``width**2`` bytes per row: meant for rows of a few thousand tokens, not a 100k-token row.
+
     Example:
         >>> import torch
         >>> block_causal_mask(torch.tensor([[0, 0, 1]]))[0, 0].int().tolist()
@@ -50,10 +53,13 @@ def block_causal_mask(seq_idx):
     """
     import torch
 
-    width = seq_idx.shape[-1]
-    same = seq_idx[:, :, None] == seq_idx[:, None, :]
-    causal = torch.ones(width, width, dtype=torch.bool).tril_()
-    return (same & causal).unsqueeze(1)
+    seq_np = seq_idx.cpu().numpy() if isinstance(seq_idx, torch.Tensor) else np.asarray(seq_idx)
+    if seq_np.ndim != 2:
+        raise ValueError(f"seq_idx must be [rows, width], got shape {tuple(seq_np.shape)}")
+    rows, width = seq_np.shape
+    out = np.zeros((rows, 1, width, width), np.bool_)  # calloc: untouched pages stay free until read
+    _collate_kernels.fill_block_causal(np.ascontiguousarray(seq_np), out)
+    return torch.from_numpy(out)
 
 
 def flex_block_mask(seq_idx, block_size: int = 128):

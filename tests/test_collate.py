@@ -362,3 +362,49 @@ def test_import_packing_does_not_import_torch():
 
 def test_layouts_constant():
     assert LAYOUTS == ("position_ids", "flash", "seq_idx", "sdpa", "flex")
+
+
+# --- invariants on random batches ---------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(2, 20), min_size=1, max_size=12),
+    shape=st.sampled_from(["padding_free", "rows"]),
+    multiple=st.sampled_from([1, 2, 4]),
+    start=st.integers(0, 3),
+)
+def test_layout_invariants(lengths, shape, multiple, start):
+    examples = [{"input_ids": list(range(100 * i + 1, 100 * i + 1 + n))} for i, n in enumerate(lengths)]
+    capacity = 24 if shape == "rows" else None
+    b = PackedCollator(layout=("flash", "seq_idx"), shape=shape, capacity=capacity, pad_to_multiple_of=multiple, position_start=start)(
+        examples
+    )
+    ids, labels, pos, seq = (b[k].reshape(-1) for k in ("input_ids", "labels", "position_ids", "seq_idx"))
+    cu = b["cu_seq_lens_q"].tolist()
+    example_index = b["example_index"].tolist()
+    # segments tile the buffer in order; seq_idx numbers them; cu_seq_lens are their bounds
+    assert cu[0] == 0 and cu[-1] == ids.shape[0] and len(cu) == len(example_index) + 1
+    assert torch.equal(seq, torch.repeat_interleave(torch.arange(len(cu) - 1, dtype=torch.int32), torch.tensor(cu).diff()))
+    assert b["max_length_q"] == max(np.diff(cu))
+    assert sorted(e for e in example_index if e >= 0) == list(range(len(lengths)))
+    for s, e in enumerate(example_index):
+        a, z = cu[s], cu[s + 1]
+        assert pos[a:z].tolist() == list(range(start, start + z - a))  # restart per segment
+        assert labels[a] == -100  # nothing predicts across a boundary
+        if e < 0:
+            assert (labels[a:z] == -100).all() and (ids[a:z] == 0).all()
+            continue
+        n = lengths[e]
+        assert ids[a : a + n].tolist() == examples[e]["input_ids"]
+        assert labels[a + 1 : a + n].tolist() == examples[e]["input_ids"][1:]
+        assert (labels[a + n : z] == -100).all() and z - a == -(-n // multiple) * multiple
+    # every example's tokens are there exactly once, and nothing else is trained on
+    assert int((labels != -100).sum()) == sum(n - 1 for n in lengths)
+    if shape == "rows":
+        assert b["input_ids"].shape[1] == 24 and all(
+            len({r for r in range(b["input_ids"].shape[0]) if (b["seq_idx"][r] == s).any()}) == 1 for s in range(len(cu) - 1)
+        )

@@ -1,0 +1,254 @@
+"""Benchmark ``PackedCollator``: collation speed against HF ``DataCollatorWithFlattening``, and the
+real-token training throughput that packing buys over padding.
+
+Why: a packed batch must cost no more to build than HF's flattening collator for the same outputs,
+and must make training faster where it counts (real tokens per second).  Two parts, one run:
+
+1. Collation: real shared-data texts (alpaca, ag_news) tokenized with a byte-level BPE trained on
+   the shared corpora, shuffled (seed 0) and cut into batches of at most ``--tokens`` tokens
+   (16k), every example a Python list (what ``datasets`` yields).  Per layout, packwise and HF
+   (with the flags that give the same keys) collate the same batches; HF has no 4-D mask or
+   ``BlockMask``, so for ``sdpa``/``flex`` its row adds the mask the usual way (the same dense op
+   from HF's ``seq_idx``; torch's ``create_block_mask`` with a document mask_mod, as torchtune
+   does).  Median over ``--repeats`` runs of the mean time per batch.
+2. Training: the test transformer of ``tests/test_collate_equivalence.py`` (reused, not copied),
+   AdamW steps on CPU over batches of ``--batch`` alpaca examples, padded to the longest (causal +
+   key-padding mask) versus the same examples packed: padding-free with varlen attention split by
+   ``cu_seq_lens`` and fixed rows with the 4-D block mask.  Real (non-pad) tokens per second,
+   median over repeats.
+
+Run from the repository root (the project venv has transformers as a test extra)::
+
+    nice -n 10 .venv/bin/python benchmarks/bench_collate.py --quick     # ~1 min
+    nice -n 10 .venv/bin/python benchmarks/bench_collate.py             # full
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib import metadata
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+from _lengths import texts  # noqa: E402
+
+from packwise.packing import PackedCollator, block_causal_mask, packed_loss, token_losses  # noqa: E402
+from packwise.pipeline.tokenizer import train_byte_bpe  # noqa: E402
+
+VOCAB = 4096
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer batches and steps (smoke run)")
+    ap.add_argument("--tokens", type=int, default=16384, help="tokens per collation batch (default 16384)")
+    ap.add_argument("--batches", type=int, default=20, help="collation batches per dataset")
+    ap.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
+    ap.add_argument("--batch", type=int, default=32, help="examples per training step")
+    ap.add_argument("--steps", type=int, default=6, help="timed training steps per run")
+    ap.add_argument("--rows-capacity", type=int, default=1024, help="row length of the packed-rows training variant")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batches, args.repeats, args.steps = 6, 3, 2
+    return args
+
+
+def _tokenize() -> tuple[object, dict[str, list[list[int]]]]:
+    tok = train_byte_bpe(texts("c4") + texts("alpaca"), vocab_size=VOCAB)
+    out = {}
+    for name in ("alpaca", "ag_news"):
+        out[name] = [e.ids for e in tok.encode_batch(texts(name), add_special_tokens=False) if len(e.ids) >= 2]
+    return tok, out
+
+
+def _token_batches(seqs: list[list[int]], budget: int, count: int, seed: int = 0) -> list[list[dict]]:
+    order = np.random.default_rng(seed).permutation(len(seqs))
+    batches, cur, used = [], [], 0
+    for i in np.concatenate([order] * 20):  # cycle the (small) dataset until we have `count` batches
+        s = seqs[i][:budget]
+        if used + len(s) > budget:
+            batches.append(cur)
+            cur, used = [], 0
+            if len(batches) == count:
+                break
+        cur.append({"input_ids": list(s)})
+        used += len(s)
+    return batches
+
+
+def _time_per_batch(fn, batches, repeats: int) -> float:
+    fn(batches[0])  # warm-up (JIT, imports)
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            fn(b)
+        runs.append((time.perf_counter() - t0) / len(batches))
+    return statistics.median(runs)
+
+
+def _hf_collators():
+    from transformers import DataCollatorWithFlattening
+
+    return {
+        "position_ids": DataCollatorWithFlattening(return_tensors="pt"),
+        "flash": DataCollatorWithFlattening(return_tensors="pt", return_flash_attn_kwargs=True),
+        "seq_idx": DataCollatorWithFlattening(return_tensors="pt", return_seq_idx=True),
+    }
+
+
+def _hf_with_mask(kind: str):
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from packwise.packing import DocumentCausalMask
+
+    base = _hf_collators()["seq_idx"]
+
+    def collate(examples):
+        batch = base(examples)
+        seq = batch["seq_idx"]
+        if kind == "sdpa":
+            batch["attention_mask"] = block_causal_mask(seq)
+        else:
+            width = seq.shape[1]
+            batch["attention_mask"] = create_block_mask(DocumentCausalMask(seq), 1, None, width, width, device="cpu")
+        return batch
+
+    del torch
+    return collate
+
+
+def bench_collation(args, data) -> list[str]:
+    hf = _hf_collators()
+    lines = [
+        f"### Collation, batches of <= {args.tokens} tokens (ms per batch, median of {args.repeats} runs of {args.batches} batches)",
+        "",
+        "| data | items/batch | layout | packwise ms | HF ms | HF / packwise |",
+        "|---|---|---|---|---|---|",
+    ]
+    worst = float("inf")
+    for name, seqs in data.items():
+        batches = _token_batches(seqs, args.tokens, args.batches)
+        per_batch = statistics.mean(len(b) for b in batches)
+        for layout in ("position_ids", "flash", "seq_idx", "sdpa", "flex"):
+            ours = PackedCollator(layout=layout)
+            # a dense [1, 1, T, T] mask is T**2 bytes (256 MB at 16k): fewer batches for the masks
+            some = batches if layout in hf else batches[:3]
+            reps = args.repeats if layout in hf else min(args.repeats, 3)
+            t_ours = _time_per_batch(ours, some, reps)
+            if layout in hf:
+                t_hf = _time_per_batch(hf[layout], batches, args.repeats)
+                label = "DataCollatorWithFlattening"
+            elif layout == "sdpa":
+                t_hf = _time_per_batch(_hf_with_mask("sdpa"), some, reps)
+                label = "HF + dense mask"
+            else:
+                # torch's create_block_mask evaluates the mask_mod densely (seconds at 16k): 2 batches, 1 run
+                t_hf = _time_per_batch(_hf_with_mask("flex"), batches[1:3], 1)
+                label = "HF + create_block_mask"
+            worst = min(worst, t_hf / t_ours)
+            lines.append(
+                f"| {name} | {per_batch:.0f} | {layout} (vs {label}) | {1e3 * t_ours:.3f} | {1e3 * t_hf:.3f} | {t_hf / t_ours:.1f}x |"
+            )
+        rows = PackedCollator(layout=("flash", "seq_idx"), shape="rows", capacity=2048)
+        t_rows = _time_per_batch(rows, batches, args.repeats)
+        lines.append(f"| {name} | {per_batch:.0f} | rows cap 2048, flash+seq_idx (no HF equivalent) | {1e3 * t_rows:.3f} | - | - |")
+    lines += ["", f"Slowest packwise/HF ratio: HF takes {worst:.1f}x packwise's time (target >= 1.0x).", ""]
+    return lines
+
+
+def _padded(examples):
+    """Pad to the longest example: the unpacked baseline."""
+    import torch
+
+    longest = max(len(e["input_ids"]) for e in examples)
+    ids = torch.zeros(len(examples), longest, dtype=torch.int64)
+    labels = torch.full((len(examples), longest), -100, dtype=torch.int64)
+    valid = torch.zeros(len(examples), longest, dtype=torch.bool)
+    for r, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[r, :n] = torch.tensor(e["input_ids"])
+        labels[r, 1:n] = ids[r, 1:n]
+        valid[r, :n] = True
+    mask = (torch.ones(longest, longest, dtype=torch.bool).tril() & valid[:, None, :])[:, None]
+    mask |= torch.eye(longest, dtype=torch.bool)  # a pad query attends to itself: no empty rows
+    return {"input_ids": ids, "labels": labels, "position_ids": torch.arange(longest).expand(len(examples), -1), "attention_mask": mask}
+
+
+def bench_training(args, seqs) -> list[str]:
+    import torch
+    from test_collate_equivalence import TinyCausalLM, attend_for
+
+    torch.manual_seed(0)
+    order = np.random.default_rng(1).permutation(len(seqs))
+    steps_total = 2 + args.steps
+    groups = [[{"input_ids": seqs[i]} for i in order[s * args.batch : (s + 1) * args.batch]] for s in range(steps_total)]
+    variants = {
+        "padded to longest (SDPA, causal + key padding mask)": (_padded, "sdpa"),
+        "packed padding-free (varlen by cu_seq_lens)": (PackedCollator(layout="flash"), "flash"),
+        f"packed rows of {args.rows_capacity} (SDPA, 4-D block mask)": (
+            PackedCollator(layout="sdpa", shape="rows", capacity=args.rows_capacity),
+            "sdpa",
+        ),
+    }
+    real = sum(len(e["input_ids"]) for g in groups[2:] for e in g)
+    results = {}
+    for label, (collate, layout) in variants.items():
+        batches = [collate(g) for g in groups]
+        slots = sum(b["input_ids"].numel() for b in batches[2:])
+        runs = []
+        for _ in range(args.repeats):
+            torch.manual_seed(0)
+            model = TinyCausalLM(dim=128, heads=4, layers=2)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            for k, b in enumerate(batches):
+                if k == 2:
+                    t0 = time.perf_counter()
+                logits = model(b["input_ids"], b["position_ids"], attend_for(layout, b))
+                loss = packed_loss(token_losses(logits, b["labels"]), b)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            runs.append(real / (time.perf_counter() - t0))
+        results[label] = (statistics.median(runs), slots)
+    base = results[next(iter(variants))][0]
+    lines = [
+        f"### CPU training throughput, test transformer (dim 128, 2 layers, vocab {VOCAB}), {args.batch} alpaca examples/step, "
+        f"{args.steps} timed steps, median of {args.repeats} runs",
+        "",
+        "| variant | real tokens/s | token slots | padding | vs padded |",
+        "|---|---|---|---|---|",
+    ]
+    for label, (tps, slots) in results.items():
+        lines.append(f"| {label} | {tps:,.0f} | {slots:,} | {1 - real / slots:.1%} | {tps / base:.2f}x |")
+    best = max(tps for tps, _ in list(results.values())[1:])
+    lines += ["", f"Best packed / padded real-token throughput: {best / base:.2f}x (target >= 1.5x).", ""]
+    return lines
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    _, data = _tokenize()
+    versions = ", ".join(f"{p}=={metadata.version(p)}" for p in ("packwise", "torch", "transformers", "numba"))
+    header = [
+        "## bench_collate",
+        "",
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, {versions}",
+        "",
+    ]
+    print("\n".join(header + bench_collation(args, data) + bench_training(args, data["alpaca"])))
+
+
+if __name__ == "__main__":
+    main()
