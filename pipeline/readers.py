@@ -189,7 +189,8 @@ def _saved_dataset_fingerprint(source) -> str | None:
 def _parquet(path: Path, columns, batch_size) -> Iterator:
     import pyarrow.parquet as pq
 
-    f = pq.ParquetFile(path, memory_map=True)
+    # no memory map and no pre-buffering: both keep pages of the whole file resident as it is read
+    f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     _missing(columns, f.schema_arrow.names, str(path))
     yield from f.iter_batches(batch_size=batch_size, columns=columns)
 

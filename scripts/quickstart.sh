@@ -17,4 +17,6 @@ if [ "${1:-demo}" = "test" ]; then
 fi
 mkdir -p demo
 packwise demo-data demo/stdlib_docstrings.jsonl
-packwise report demo/stdlib_docstrings.jsonl --max-tokens 1024 --batch-size 8 --train-tokenizer --json demo/report.json
+packwise pack demo/stdlib_docstrings.jsonl demo/packed --max-tokens 1024 --train-tokenizer --oversize split --overwrite
+packwise report demo/stdlib_docstrings.jsonl --max-tokens 1024 --batch-size 8 --tokenizer demo/packed/tokenizer.json \
+  --json demo/report.json --plot demo/report.png
