@@ -42,7 +42,7 @@ class PackedBatchSampler(_PlannedBatchSampler):
         lengths,
         max_tokens: int,
         rows_per_batch: int = 1,
-        algorithm: Literal["bfd", "ffd", "first_fit", "next_fit", "window_bfd"] = "bfd",
+        algorithm: Literal["bfd", "fill", "ffd", "first_fit", "next_fit", "window_bfd"] = "bfd",
         *,
         dataset=None,
         oversize: Literal["error", "truncate", "drop"] = "error",

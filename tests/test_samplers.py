@@ -439,3 +439,34 @@ def test_dataloader_with_workers_and_empty_padding_batches(tokenizer):
     assert counts == [len(sampler)] * replicas
     assert sorted(seen) == list(range(len(ids)))
     assert zero_loss == sampler.stats().empty_batches
+
+
+def test_packed_batches_go_through_the_packed_collator(tokenizer):
+    from conftest import load_texts
+
+    from packwise.packing import PackedCollator
+
+    texts = load_texts("alpaca")
+    ids = [np.asarray(e.ids, np.int64) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    lengths = np.array([len(x) for x in ids])
+    replicas, seen = 3, []
+    for rows_per_batch in (1, 2):
+        collator = PackedCollator(layout=("flash", "seq_idx"), shape="rows", capacity=2048)
+        for r in range(replicas):
+            sampler = PackedBatchSampler(lengths, max_tokens=2048, rows_per_batch=rows_per_batch, num_replicas=replicas, rank=r, seed=4)
+            plan = sampler.rank_batches()
+            loader = DataLoader(TokenDataset(ids), batch_sampler=sampler, collate_fn=collator, num_workers=2)
+            for batch, planned in zip(loader, plan):
+                if not planned:  # a padding batch: runs the model, trains on nothing
+                    assert (batch["labels"] == -100).all()
+                    continue
+                assert batch["input_ids"].shape[0] <= rows_per_batch and batch["input_ids"].shape[1] == 2048
+                flat, cu = batch["input_ids"].reshape(-1), batch["cu_seq_lens_q"].tolist()
+                positions = batch["example_index"].tolist()  # example behind each segment, -1 = padding
+                assert sorted(p for p in positions if p >= 0) == list(range(len(planned)))
+                for seg, pos in enumerate(positions):
+                    if pos >= 0:
+                        i = planned[pos]
+                        assert flat[cu[seg] : cu[seg] + len(ids[i])].tolist() == ids[i].tolist()
+                seen += planned
+    assert sorted(seen) == sorted(list(range(len(ids))) * 2)
