@@ -64,7 +64,7 @@ class PackStats:
     pieces_out: int = 0
     windows: int = 0
     max_pending_sequences: int = 0
-    length_histogram: list = field(default_factory=list)
+    length_histogram: list = field(default_factory=list)  # [k]: sequences of 2**k to 2**(k+1) - 1 tokens
 
     @property
     def padding_before(self) -> float:

@@ -62,14 +62,9 @@ def _prepare(source, *, tokenizer, train_tokenizer, text_column, tokens_column, 
 
 
 def _stage(inp, tokenizer, text_column, tokens_column, labels_column, template, progress):
-    def located():
-        rows = 0
-        for loc in inp.batches():
-            rows += loc.batch.num_rows
-            yield loc
-
+    """Token batches of the input, reporting ``(rows, tokens)`` of each to ``progress``."""
     for tb in token_batches(
-        located(),
+        inp.batches(),
         tokenizer=tokenizer,
         text_column=text_column,
         tokens_column=tokens_column,
