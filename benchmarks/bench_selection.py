@@ -5,8 +5,10 @@ Rows: full data (its normal cosine schedule); InfoBatch with default settings (p
 delta=0.875); full data with the schedule compressed to the steps InfoBatch used (a fully decayed
 schedule at equal compute); RS2 without replacement at InfoBatch's example budget (the random
 baseline at equal compute); InfoBatch with target_keep=0.5 (the budget stated up front).
-Columns: examples forwarded+backpropagated, steps, wall time, selection overhead (policy planning
-and update() as a share of step time), eval accuracy mean and spread (std over seeds).
+Columns: examples forwarded+backpropagated, steps, wall time, "plan+reduce %" (epoch planning
+plus the loss reduction, i.e. policy.update() or plain loss.mean() for full data, as a share of
+step time: the selection overhead is the difference to the full-data row), eval accuracy mean and
+spread (std over seeds).
 
 Then the per-step cost of the score update at 1M examples against an InfoBatch-style update
 written the obvious way in PyTorch (score and weight tensors, index assignment, weighted mean),
@@ -73,7 +75,7 @@ def training_table(seeds: int, epochs: int) -> None:
     base_acc = statistics.mean(r.eval_accuracy for r in rows["full data"])
     print()
     header = (
-        f"{'run':40} {'examples':>9} {'vs full':>8} {'steps':>6} {'wall s':>7} {'select %':>9} "
+        f"{'run':40} {'examples':>9} {'vs full':>8} {'steps':>6} {'wall s':>7} {'plan+reduce %':>13} "
         f"{'eval acc %':>16} {'vs full':>8}"
     )
     print(header)
@@ -85,7 +87,7 @@ def training_table(seeds: int, epochs: int) -> None:
         overhead = statistics.median(100 * r.selection_s / r.step_s for r in results)
         print(
             f"{name:40} {examples:9.0f} {examples / base - 1:+8.1%} {statistics.mean(r.steps for r in results):6.0f} "
-            f"{statistics.median(r.wall_s for r in results):7.1f} {overhead:9.2f} "
+            f"{statistics.median(r.wall_s for r in results):7.1f} {overhead:13.2f} "
             f"{statistics.mean(accs):8.2f} ± {spread:5.2f} {statistics.mean(accs) - 100 * base_acc:+8.2f}"
         )
     kept = np.mean([r.kept_fractions for r in rows["InfoBatch (defaults)"]], axis=0)
