@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,8 +146,6 @@ def test_bad_input_exit_code_2_with_named_file_column_row_and_fix(tmp_path, shar
     for args, message in cases:
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 2, (args, result.output)
-        import re
-
         assert re.search(message, result.output.replace("\n", "")), (message, result.output)
 
 

@@ -114,7 +114,7 @@ def test_a_window_as_large_as_the_data_gives_the_packing_core_plan(tmp_path, c4_
     assert read_shards(tmp_path / "o")["source_index"] == expected
 
 
-def test_window_bfd_holds_a_bounded_number_of_sequences(tmp_path, real_lengths, tokenizer):
+def test_window_bfd_holds_a_bounded_number_of_sequences(tmp_path, tokenizer):
     """20k real sequences through a 500-sequence window: the pending pool stays within 5 windows."""
     rng = np.random.default_rng(0)
     texts = load_texts("ag_news") + load_texts("alpaca")
