@@ -173,8 +173,9 @@ class _PlannedBatchSampler(Sampler):
         """Choose the epoch the next ``__iter__`` plays (the plan is seeded by ``(seed, epoch)``)."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        if int(epoch) != self.epoch:
+        if int(epoch) != self.epoch:  # a new epoch starts from its first batch
             self._resume_at = 0
+            self._yielded = 0
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
