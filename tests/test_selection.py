@@ -160,6 +160,10 @@ def test_infobatch_update_returns_the_weighted_mean_and_leaves_the_loss_alone():
     assert ib.store.scores[[1, 3, 7]].tolist() == [1.0, 2.0, 4.0] and ib.store.last_epoch[7] == 1
     with pytest.raises(ValueError, match=r"indices\[0\] = 2 is not kept in epoch 1"):
         ib.update(torch.tensor([2]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match=r"indices\[1\] = 10 is outside \[0, 10\)"):
+        ib.update(torch.tensor([1, 10]), torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match="must be integer example ids"):
+        ib.update(torch.tensor([1.0]), torch.tensor([1.0]))
     with pytest.raises(ValueError, match="per_example_loss must be 1-D"):
         ib.update(torch.tensor([1]), torch.tensor([[1.0]]))
     with pytest.raises(ValueError, match="indices has 2 ids but per_example_loss has 1"):
