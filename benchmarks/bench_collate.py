@@ -8,9 +8,9 @@ and must make training faster where it counts (real tokens per second).  Two par
    the shared corpora, shuffled (seed 0) and cut into batches of at most ``--tokens`` tokens
    (16k), every example a Python list (what ``datasets`` yields).  Per layout, packwise and HF
    (with the flags that give the same keys) collate the same batches; HF has no 4-D mask or
-   ``BlockMask``, so for ``sdpa``/``flex`` its row adds the mask the usual way (the same dense op
-   from HF's ``seq_idx``; torch's ``create_block_mask`` with a document mask_mod, as torchtune
-   does).  Median over ``--repeats`` runs of the mean time per batch.
+   ``BlockMask``, so for ``sdpa``/``flex`` its row adds the mask the usual way from HF's
+   ``seq_idx`` (a torch broadcast comparison; torch's ``create_block_mask`` with a document
+   mask_mod, as torchtune does).  Median over ``--repeats`` runs of the mean time per batch.
 2. Training: the test transformer of ``tests/test_collate_equivalence.py`` (reused, not copied),
    AdamW steps on CPU over batches of ``--batch`` alpaca examples, padded to the longest (causal +
    key-padding mask) versus the same examples packed: padding-free with varlen attention split by
@@ -40,7 +40,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 from _lengths import texts  # noqa: E402
 
-from packwise.packing import PackedCollator, block_causal_mask, packed_loss, token_losses  # noqa: E402
+from packwise.packing import PackedCollator, packed_loss, token_losses  # noqa: E402
 from packwise.pipeline.tokenizer import train_byte_bpe  # noqa: E402
 
 VOCAB = 4096
@@ -53,11 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batches", type=int, default=20, help="collation batches per dataset")
     ap.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
     ap.add_argument("--batch", type=int, default=32, help="examples per training step")
-    ap.add_argument("--steps", type=int, default=6, help="timed training steps per run")
+    ap.add_argument("--steps", type=int, default=4, help="timed training steps per run")
+    ap.add_argument("--train-repeats", type=int, default=3, help="training runs per variant; the median is reported")
     ap.add_argument("--rows-capacity", type=int, default=1024, help="row length of the packed-rows training variant")
     args = ap.parse_args(argv)
     if args.quick:
-        args.batches, args.repeats, args.steps = 6, 3, 2
+        args.batches, args.repeats, args.steps, args.train_repeats = 6, 3, 2, 2
     return args
 
 
@@ -116,14 +117,15 @@ def _hf_with_mask(kind: str):
     def collate(examples):
         batch = base(examples)
         seq = batch["seq_idx"]
-        if kind == "sdpa":
-            batch["attention_mask"] = block_causal_mask(seq)
+        if kind == "sdpa":  # the usual torch broadcast (HF's sdpa_mask does the same comparisons)
+            width = seq.shape[1]
+            same = seq[:, :, None] == seq[:, None, :]
+            batch["attention_mask"] = (same & torch.ones(width, width, dtype=torch.bool).tril()).unsqueeze(1)
         else:
             width = seq.shape[1]
             batch["attention_mask"] = create_block_mask(DocumentCausalMask(seq), 1, None, width, width, device="cpu")
         return batch
 
-    del torch
     return collate
 
 
@@ -206,7 +208,7 @@ def bench_training(args, seqs) -> list[str]:
         batches = [collate(g) for g in groups]
         slots = sum(b["input_ids"].numel() for b in batches[2:])
         runs = []
-        for _ in range(args.repeats):
+        for _ in range(args.train_repeats):
             torch.manual_seed(0)
             model = TinyCausalLM(dim=128, heads=4, layers=2)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -223,7 +225,7 @@ def bench_training(args, seqs) -> list[str]:
     base = results[next(iter(variants))][0]
     lines = [
         f"### CPU training throughput, test transformer (dim 128, 2 layers, vocab {VOCAB}), {args.batch} alpaca examples/step, "
-        f"{args.steps} timed steps, median of {args.repeats} runs",
+        f"{args.steps} timed steps, median of {args.train_repeats} runs",
         "",
         "| variant | real tokens/s | token slots | padding | vs padded |",
         "|---|---|---|---|---|",
@@ -247,7 +249,8 @@ def main(argv=None) -> None:
         f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, {versions}",
         "",
     ]
-    print("\n".join(header + bench_collation(args, data) + bench_training(args, data["alpaca"])))
+    print("\n".join(header + bench_collation(args, data)), flush=True)
+    print("\n".join(bench_training(args, data["alpaca"])), flush=True)
 
 
 if __name__ == "__main__":

@@ -129,12 +129,20 @@ def _flatten(examples: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray
             raise ValueError(
                 f"examples[{i}] has no {key!r}: each example must be a dict with an 'input_ids' list/array/tensor"
             ) from None
-    if all(type(v) is list for v in values):
+    # fast path for lists of Python ints (what `datasets` yields); anything else, or a list whose
+    # first entry is not an int, goes through NumPy for an exact dtype/shape check
+    if all(type(v) is list and (not v or isinstance(v[0], (int, np.integer))) for v in values):
         lengths = np.fromiter(map(len, values), np.int64, len(values))
-        return np.fromiter(chain.from_iterable(values), np.int64, int(lengths.sum())), lengths
+        try:
+            return np.fromiter(chain.from_iterable(values), np.int64, int(lengths.sum())), lengths
+        except (TypeError, ValueError):
+            pass  # a nested or non-numeric entry: the checks below name the example
     arrays = []
     for i, v in enumerate(values):
-        a = v.numpy() if hasattr(v, "numpy") and not isinstance(v, np.ndarray) else np.asarray(v)
+        try:
+            a = v.numpy() if hasattr(v, "numpy") and not isinstance(v, np.ndarray) else np.asarray(v)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"examples[{i}][{key!r}] is not a flat sequence of token ids ({err})") from None
         if a.ndim != 1:
             raise ValueError(f"examples[{i}][{key!r}] must be 1-D, got shape {tuple(a.shape)}; pass one sequence per example")
         if a.shape[0] and a.dtype.kind not in "iu":

@@ -242,6 +242,8 @@ def test_token_losses_shift_and_ignore():
         ([{"input_ids": [1, 2], "labels": [1, -5]}], r"examples\[0\]: labels\[1\] = -5"),
         ([{"input_ids": np.array([1.0, 2.0])}], r"examples\[0\]\['input_ids'\] must hold integers, got dtype float64"),
         ([{"input_ids": np.zeros((2, 2), np.int64)}], r"examples\[0\]\['input_ids'\] must be 1-D"),
+        ([{"input_ids": [1, 2]}, {"input_ids": [1.5, 2.5]}], r"examples\[1\]\['input_ids'\] must hold integers, got dtype float64"),
+        ([{"input_ids": [1, 2]}, {"input_ids": [1, [2, 3]]}], r"examples\[1\]\['input_ids'\] is not a flat sequence of token ids"),
         ([{"input_ids": [1, 2], "weight": 1.0}, {"input_ids": [1, 2]}], r"examples\[1\] has no 'weight' but examples\[0\] has one"),
         ([{"input_ids": [1, 2], "weight": -1.0}], r"examples\[0\]: weight = -1.0; weights must be finite and >= 0"),
         ({"input_ids": [1, 2]}, r"got a single dict; wrap it in a list"),
