@@ -14,6 +14,7 @@ Example:
 
 from ._lengths import resolve_lengths
 from .bucket import BucketBatchSampler, estimate_boundaries
+from .cluster import ClusterBatchSampler
 from .packed import PackedBatchSampler
 from .stats import EpochStats
 from .stream import BucketedIterable, PackedIterable
@@ -22,6 +23,7 @@ from .with_index import WithIndex
 
 __all__ = [
     "BucketBatchSampler",
+    "ClusterBatchSampler",
     "BucketedIterable",
     "EpochStats",
     "PackedBatchSampler",
