@@ -62,7 +62,8 @@ def test_seeded_and_explicit_sample(x):
     import faiss
 
     rows = np.sort(np.random.default_rng(7).choice(x.shape[0], 40, replace=False))
-    ref = faiss.Kmeans(x.shape[1], 4, niter=20, seed=7, max_points_per_centroid=2**31 - 1, min_points_per_centroid=1)
+    assert a.report.init == "afkmc2"
+    ref = faiss.Kmeans(x.shape[1], 4, niter=20, seed=7, max_points_per_centroid=2**31 - 1, min_points_per_centroid=1, init_method=2)
     ref.train(np.ascontiguousarray(x[rows]))
     np.testing.assert_array_equal(a.centroids, ref.centroids)
 
@@ -98,6 +99,8 @@ def test_index_factory_coarse_quantizers(x, factory, nprobe):
 def test_bad_inputs(x):
     with pytest.raises(ValueError, match="k=300 is larger than the 256 rows; pass k <= 256"):
         kmeans(x, 300)
+    with pytest.raises(ValueError, match="init='forgy': use one of random, kmeans\\+\\+, afkmc2"):
+        kmeans(x, 4, init="forgy")
     with pytest.raises(ValueError, match="k=0: need a positive integer"):
         kmeans(x, 0)
     bad = x.copy()
