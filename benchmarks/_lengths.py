@@ -45,7 +45,8 @@ def shared_data_dir() -> Path:
 
 def texts(name: str) -> list[str]:
     """The texts whose lengths the README measured: c4 ``text``; alpaca instruction, input and
-    output joined by single spaces (the joining that reproduces the README's mean of 166.4);
+    output joined by a space (any whitespace joining reproduces the README's mean of 166.4, since
+    WordPiece splits on whitespace; plain concatenation gives 166.55);
     glaive ``json.dumps`` of the whole record; ag_news ``title + " " + description``."""
     root = shared_data_dir()
     if name == "c4":

