@@ -165,6 +165,50 @@ def report(
         write_plot(result, lengths, histogram, plot, title)
 
 
+@app.command("select")
+@exit_on_bad_input
+def select(
+    input: str = typer.Argument(..., help="Parquet/JSONL/CSV/Arrow file, folder, glob, or save_to_disk folder."),
+    output: Path = typer.Argument(..., help="Folder for the kept rows (Parquet shards), decisions.parquet and manifest.json."),
+    method: str = typer.Option(..., "--method", help="dedup, prototypes, balance, decontaminate or score."),
+    embeddings_column: Optional[str] = typer.Option(None, "--embeddings-column", help="Vector column (list<float>) to cluster."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Local sentence-transformers folder to embed --text-column."),
+    text_column: str = typer.Option("text", "--text-column", help="Column holding the text (with --model)."),
+    k: int = typer.Option(100, "--k", help="k-means clusters."),
+    eps: float = typer.Option(0.05, "--eps", help="dedup: drop a row whose cosine to an earlier kept row in its cluster is > 1 - eps."),
+    order: str = typer.Option("hard", "--order", help="dedup: hard (far from centroid kept first), easy, random or index."),
+    target: Optional[int] = typer.Option(None, "--target", help="balance/score: rows to keep."),
+    keep: Optional[float] = typer.Option(None, "--keep", help="balance/score/prototypes: fraction of rows to keep."),
+    mode: str = typer.Option("hard", "--mode", help="prototypes: keep hard (far) or easy (prototypical) rows."),
+    group_column: Optional[str] = typer.Option(None, "--group-column", help="balance: balance this column's groups instead of clusters."),
+    alpha: float = typer.Option(0.5, "--alpha", help="balance with --group-column: group share ~ size**alpha."),
+    exact_column: Optional[str] = typer.Option(None, "--exact-column", help="dedup: also drop exact duplicates of this column (text or token ids)."),
+    eval_input: Optional[str] = typer.Option(None, "--eval", help="decontaminate: the evaluation set (same column or model)."),
+    threshold: float = typer.Option(0.9, "--threshold", help="decontaminate: cosine above which a row is flagged; score: threshold policy."),
+    score_column: Optional[str] = typer.Option(None, "--score-column", help="score: numeric column, higher = keep."),
+    policy: str = typer.Option("topk", "--policy", help="score: topk, threshold, softmax, power or softrank."),
+    beta: float = typer.Option(1.0, "--beta", help="score: temperature of the stochastic policies."),
+    seed: int = typer.Option(0, "--seed", help="Seed of k-means, sampling and tie-breaks."),
+    max_points_per_centroid: int = typer.Option(256, "--max-points-per-centroid", help="k-means trains on at most k * this many sampled rows."),
+    shard_rows: int = typer.Option(100_000, "--shard-rows", help="Rows per output shard."),
+    input_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing selection in OUTPUT."),
+) -> None:
+    """Select rows offline: semantic dedup, prototype pruning, cluster balance, decontamination or score policies."""
+    from ._progress import progress_bar
+    from .select_cmd import render_select_summary, run_select
+
+    with progress_bar("embeddings", None) as update:
+        result = run_select(
+            input, output, method=method, embeddings_column=embeddings_column, model=model, text_column=text_column,
+            k=k, eps=eps, order=order, target=target, keep=keep, mode=mode, group_column=group_column, alpha=alpha,
+            exact_column=exact_column, eval_input=eval_input, threshold=threshold, score_column=score_column,
+            policy=policy, beta=beta, seed=seed, max_points_per_centroid=max_points_per_centroid,
+            shard_rows=shard_rows, input_format=input_format, overwrite=overwrite, progress=lambda rows: update(rows, 0),
+        )
+    render_select_summary(result)
+
+
 def main() -> None:
     app()
 
