@@ -54,6 +54,15 @@ def load_embeddings(source, output: Path, *, column: str | None, model: Path | N
         raise ValueError("pass exactly one of --embeddings-column C (vectors in the input) or --model PATH (encode --text-column)")
     if column is not None:
         inp = open_input(source, [column], format=fmt)
+        rows = inp.num_rows
+        if rows:  # Parquet says how many rows: stream straight into the memmap
+            w = None
+            for block in iter_column_embeddings((b.batch for b in inp.batches()), column):
+                w = w or EmbeddingWriter(output / f"{name}.npy", rows, block.shape[1])
+                w.write(block)
+                if progress:
+                    progress(len(block))
+            return w.close()
         blocks = []
         for block in iter_column_embeddings((b.batch for b in inp.batches()), column):
             blocks.append(block)
