@@ -203,12 +203,10 @@ def bench_training(args, seqs) -> list[str]:
         ),
     }
     real = sum(len(e["input_ids"]) for g in groups[2:] for e in g)
-    results = {}
-    for label, (collate, layout) in variants.items():
-        batches = [collate(g) for g in groups]
-        slots = sum(b["input_ids"].numel() for b in batches[2:])
-        runs = []
-        for _ in range(args.train_repeats):
+    prepared = {label: ([collate(g) for g in groups], layout) for label, (collate, layout) in variants.items()}
+    runs: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(args.train_repeats):  # variants interleaved, so load drift hits them alike
+        for label, (batches, layout) in prepared.items():
             torch.manual_seed(0)
             model = TinyCausalLM(dim=128, heads=4, layers=2)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -220,8 +218,11 @@ def bench_training(args, seqs) -> list[str]:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            runs.append(real / (time.perf_counter() - t0))
-        results[label] = (statistics.median(runs), slots)
+            runs[label].append(real / (time.perf_counter() - t0))
+    results = {
+        label: (statistics.median(runs[label]), sum(b["input_ids"].numel() for b in batches[2:]))
+        for label, (batches, _) in prepared.items()
+    }
     base = results[next(iter(variants))][0]
     lines = [
         f"### CPU training throughput, test transformer (dim 128, 2 layers, vocab {VOCAB}), {args.batch} alpaca examples/step, "
