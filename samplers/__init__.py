@@ -19,6 +19,7 @@ from .packed import PackedBatchSampler
 from .stats import EpochStats
 from .stream import BucketedIterable, PackedIterable
 from .pruning import PruningSampler
+from .superbatch import SuperBatch, TrainBatch
 from .with_index import WithIndex
 
 __all__ = [
@@ -31,5 +32,7 @@ __all__ = [
     "estimate_boundaries",
     "resolve_lengths",
     "PruningSampler",
+    "SuperBatch",
+    "TrainBatch",
     "WithIndex",
 ]

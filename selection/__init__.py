@@ -1,5 +1,6 @@
 """Data selection during training: dynamic pruning (InfoBatch), random subsets (RS2),
-score-driven sampling, and a loss-threshold filter for streams.  torch-free at import time.
+score-driven sampling, a loss-threshold filter for streams, and in-step super-batch selection
+with a reference model (``RhoLoss``, ``JEST`` pointwise and pairwise).  torch-free at import time.
 
 The epoch-plan protocol (every policy here; what samplers compose with):
 
@@ -36,6 +37,10 @@ from .cluster import KMeans, TrainReport, kmeans
 from .decontaminate import Contamination, decontaminate
 from .dedup import DedupResult, exact_dedup, exact_duplicates, hash_rows, semantic_dedup
 from .prototypes import proportional_quotas, prototype_prune, select_per_cluster
+from ._batch import BatchSelection, gather_rows
+from .jest import JEST, conditional_learnability, pairwise_learnability, sigmoid_pair_losses, softmax_conditional_learnability
+from .reference import ReferenceScores, reference_scores
+from .rho import RhoLoss
 
 __all__ = [
     "EpochPlan",
@@ -63,4 +68,14 @@ __all__ = [
     "prototype_prune",
     "select_per_cluster",
     "semantic_dedup",
+    "BatchSelection",
+    "JEST",
+    "ReferenceScores",
+    "RhoLoss",
+    "conditional_learnability",
+    "gather_rows",
+    "pairwise_learnability",
+    "reference_scores",
+    "sigmoid_pair_losses",
+    "softmax_conditional_learnability",
 ]
