@@ -52,6 +52,8 @@ _TRAIN_HELP = "Train a byte-level BPE on the input itself (offline, seconds)."
 _TOKENS_HELP = "Read token ids from this list<int> column instead of tokenizing."
 _TEMPLATE_HELP = "module:function rendering one value of the text column (e.g. chat messages) to text."
 _FORMAT_HELP = "Input format when the file names do not say: parquet, json, csv or arrow."
+_ENGINE_HELP = "local (in this process, no services) or ray (Ray Data; pip install 'packwise[ray]'; see docs/ray.md)."
+_ADDRESS_HELP = "With --engine ray: the cluster to join (host:port or 'auto'); default $RAY_ADDRESS, else a local Ray."
 
 
 @app.command("pack")
@@ -76,6 +78,11 @@ def pack(
     shard_rows: int = typer.Option(8192, "--shard-rows", help="Packed rows per Parquet shard."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Shuffle the rows of each window with this seed (default: packer order)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output made with other settings."),
+    engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
+    block_rows: int = typer.Option(
+        100_000, "--block-rows", help="With --engine ray: input rows per pack block (blocks are packed in parallel, each on its own)."
+    ),
 ) -> None:
     """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
     from ..pipeline import open_input, pack_to_parquet
@@ -104,6 +111,9 @@ def pack(
             overwrite=overwrite,
             format=input_format,
             progress=update,
+            engine=engine,
+            ray_address=ray_address,
+            block_rows=block_rows,
         )
     if result.state == "complete":
         typer.echo(f"{output} is up to date (manifest.json with the same settings and inputs); nothing to do")
@@ -193,6 +203,8 @@ def select(
     shard_rows: int = typer.Option(100_000, "--shard-rows", help="Rows per output shard."),
     input_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing selection in OUTPUT."),
+    engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP + " Ray: dedup, prototypes, balance on --embeddings-column."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
 ) -> None:
     """Select rows offline: semantic dedup, prototype pruning, cluster balance, decontamination or score policies."""
     from ._progress import progress_bar
@@ -205,6 +217,7 @@ def select(
             exact_column=exact_column, eval_input=eval_input, threshold=threshold, score_column=score_column,
             policy=policy, beta=beta, seed=seed, max_points_per_centroid=max_points_per_centroid,
             shard_rows=shard_rows, input_format=input_format, overwrite=overwrite, progress=lambda rows: update(rows, 0),
+            engine=engine, ray_address=ray_address,
         )
     render_select_summary(result)
 

@@ -13,11 +13,13 @@ from typing import Callable
 import numpy as np
 
 from .pack_stage import StreamPacker
+from .ray_engine import check_engine, require_ray
 from .readers import open_input
 from .tokens import resolve_tokenizer, token_batches, train_on_input
 from .writer import ShardWriter
 
 Progress = Callable[[int, int], None]
+DEFAULT_BLOCK_ROWS = 100_000  # --engine ray: input rows per pack block (10 default windows)
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,16 @@ def pack_to_parquet(
     batch_size: int = 8192,
     format: str | None = None,
     progress: Progress | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
 ) -> PackResult:
     """Pack ``source`` into Parquet shards under ``output`` (see ``packwise pack``).
+
+    ``engine="ray"`` runs tokenization and packing on Ray Data (``pip install 'packwise[ray]'``;
+    ``ray_address`` or ``$RAY_ADDRESS`` names a cluster, else a local Ray is started): each block of
+    ``block_rows`` input rows is packed on its own by the same windowed packer, so the output
+    differs from the local engine's only where blocks end; shards, manifest and resume are the same.
 
     Example:
         >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
@@ -110,6 +120,11 @@ def pack_to_parquet(
         (2, 10)
     """
     StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)  # validate before reading
+    check_engine(engine)
+    if engine == "ray":
+        if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
+            raise ValueError(f"--block-rows must be an integer >= 1 (input rows per Ray pack block), got {block_rows!r}")
+        require_ray()
     inp, tok, tok_path = _prepare(
         source,
         tokenizer=tokenizer,
@@ -133,6 +148,8 @@ def pack_to_parquet(
         "labels_column": labels_column,
         "template": None if template is None else getattr(template, "__qualname__", repr(template)),
         "tokenizer": None if tok is None else _tokenizer_id(tok, tok_path),
+        "engine": engine,
+        "block_rows": int(block_rows) if engine == "ray" else None,
     }
     writer = ShardWriter(output, settings=settings, fingerprint=inp.fingerprint(), shard_rows=shard_rows, overwrite=overwrite)
     if writer.state == "complete":
@@ -143,17 +160,31 @@ def pack_to_parquet(
 
         with atomic_path(Path(output) / "tokenizer.json") as tmp:
             tok.save(str(tmp))
-    packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
-    for tb in _stage(inp, tok, text_column, tokens_column, labels_column, template, progress):
-        for rows in packer.add(tb):
+    if engine == "local":
+        packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
+        for tb in _stage(inp, tok, text_column, tokens_column, labels_column, template, progress):
+            for rows in packer.add(tb):
+                writer.write(rows)
+        for rows in packer.finish():
             writer.write(rows)
-    for rows in packer.finish():
-        writer.write(rows)
-    if packer.stats.rows_in == 0:
+        stats = packer.stats
+    else:
+        from .ray_engine import RayPackRun, ray_session
+
+        with ray_session(ray_address):
+            run = RayPackRun(
+                inp, tokenizer=tok, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
+                template=template, max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
+                seed=seed, block_rows=block_rows, progress=progress,
+            )  # fmt: skip
+            for rows in run.rows():
+                writer.write(rows)
+        stats = run.stats
+    if stats.rows_in == 0:
         raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to pack")
-    if packer.stats.sequences == 0:
-        raise ValueError(f"input: {inp.name} has {packer.stats.rows_in} rows but no tokens: nothing to pack")
-    manifest = writer.close(packer.stats.to_dict())
+    if stats.sequences == 0:
+        raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
+    manifest = writer.close(stats.to_dict())
     return PackResult(Path(output), state, resumed, manifest)
 
 

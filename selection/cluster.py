@@ -206,6 +206,13 @@ def _centroid_index(centroids: np.ndarray, spherical: bool, factory: str, nprobe
     return _to_gpu(index, factory)
 
 
+def sample_rows(n: int, k: int, max_points_per_centroid: int, seed: int) -> np.ndarray | None:
+    """The rows ``kmeans`` trains on: ``None`` (all) when ``n <= k * max_points_per_centroid``, else a
+    sorted seeded draw. Public so another engine (Ray) can fetch exactly these rows and train alike."""
+    cap = int(k) * int(max_points_per_centroid)
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False)) if n > cap else None
+
+
 def kmeans(
     x: np.ndarray,
     k: int,
@@ -249,9 +256,8 @@ def kmeans(
     use_gpu = num_gpus() > 0 if gpu is None else bool(gpu)
     if use_gpu and num_gpus() == 0:
         raise ValueError("gpu=True but faiss sees no GPU; install faiss-gpu on a CUDA machine or pass gpu=None")
-    cap = int(k) * int(max_points_per_centroid)
-    sampled = n > cap
-    rows = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False)) if sampled else None
+    rows = sample_rows(n, k, max_points_per_centroid, seed)
+    sampled = rows is not None
     sample = np.asarray(x[rows] if sampled else x[:], dtype=np.float32)
     bad = ~np.isfinite(sample).all(axis=1)
     if bad.any():

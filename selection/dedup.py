@@ -181,12 +181,16 @@ def semantic_dedup(
     hashes: np.ndarray | None = None,
     seed: int = 0,
     block: int = 1024,
+    exact_of: np.ndarray | None = None,
 ) -> DedupResult:
     """Greedy in-cluster near-duplicate removal for one or several ``eps`` in one pass.
 
     ``labels``/``distances`` come from ``KMeans.assign``. ``order``: 'hard' processes the rows
     farthest from their centroid first (they are the ones kept), 'easy' closest first, 'random' a
     seeded shuffle, 'index' row order. ``hashes`` (from ``hash_rows``) also drops exact duplicates.
+    ``exact_of`` instead of ``hashes``: the exact-duplicate map computed over a larger dataset that
+    ``embeddings`` is part of (a row is dropped as exact where ``exact_of[i] != i``), so one cluster
+    can be deduplicated on its own (the Ray engine) with the whole dataset's exact duplicates.
     """
     check_vectors(embeddings)
     n = embeddings.shape[0]
@@ -214,6 +218,10 @@ def semantic_dedup(
         if hashes.shape != (n,):
             raise ValueError(f"hashes: expected one hash per row ({n},), got shape {hashes.shape}")
         exact_of = exact_duplicates(hashes)
+    elif exact_of is not None:
+        exact_of = np.asarray(exact_of, np.int64)
+        if exact_of.shape != (n,):
+            raise ValueError(f"exact_of: expected one entry per row ({n},), got shape {exact_of.shape}")
     else:
         exact_of = np.arange(n, dtype=np.int64)
 

@@ -1,0 +1,332 @@
+"""Offline selection of rows end to end (behind ``packwise select``): dedup, prototypes, balance,
+decontaminate, score; on the local engine or on Ray (``engine="ray"``).
+
+Two streaming passes over the input: the first reads embeddings (a vector column, or texts
+encoded with a local sentence-transformers model into ``OUTPUT/embeddings.npy``) or a score
+column; the decisions are computed with ``packwise.selection``; the second pass writes the kept
+rows as atomic Parquet shards. ``decisions.parquet`` (row_id, cluster, kept, reason, ...) and the
+clusters (``clusters/``) sit beside them; ``manifest.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+METHODS: tuple[str, ...] = ("dedup", "prototypes", "balance", "decontaminate", "score")
+MANIFEST = "manifest.json"
+FORMAT = "packwise.selected/1"
+
+
+@dataclass
+class SelectResult:
+    output: Path
+    method: str
+    rows_in: int
+    rows_out: int
+    seconds: float
+    per_cluster: list[tuple[int, int, int]] = field(default_factory=list)  # (cluster, rows in, rows kept)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+
+
+def _target(n: int, target: int | None, keep: float | None, method: str) -> int:
+    if (target is None) == (keep is None):
+        raise ValueError(f"--method {method}: pass exactly one of --target N (rows) or --keep F (fraction)")
+    if keep is not None:
+        if not 0.0 <= keep <= 1.0:
+            raise ValueError(f"--keep {keep}: must be a fraction in [0, 1]")
+        return int(round(keep * n))
+    if target < 0:
+        raise ValueError(f"--target {target}: must be >= 0")
+    return int(target)
+
+
+def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str, fmt: str | None, progress=None, name: str = "embeddings"):
+    """Embeddings of every input row: from ``column`` or by encoding ``text_column`` with ``model``."""
+    from ..pipeline import open_input
+    from .embed import EmbeddingWriter, embed_texts, iter_column_embeddings, load_model
+
+    if (column is None) == (model is None):
+        raise ValueError("pass exactly one of --embeddings-column C (vectors in the input) or --model PATH (encode --text-column)")
+    if column is not None:
+        inp = open_input(source, [column], format=fmt)
+        rows = inp.num_rows
+        if rows:  # Parquet says how many rows: stream straight into the memmap
+            w = None
+            for block in iter_column_embeddings((b.batch for b in inp.batches()), column):
+                w = w or EmbeddingWriter(output / f"{name}.npy", rows, block.shape[1])
+                w.write(block)
+                if progress:
+                    progress(len(block))
+            return w.close()
+        blocks = []
+        for block in iter_column_embeddings((b.batch for b in inp.batches()), column):
+            blocks.append(block)
+            if progress:
+                progress(len(block))
+        if not blocks:
+            raise ValueError(f"{source}: the input has no rows")
+        rows = sum(len(b) for b in blocks)
+        w = EmbeddingWriter(output / f"{name}.npy", rows, blocks[0].shape[1])
+        for b in blocks:
+            w.write(b)
+        return w.close()
+    inp = open_input(source, [text_column], format=fmt)
+    rows = inp.num_rows
+    if rows is None:
+        rows = sum(b.batch.num_rows for b in inp.batches())
+    if rows == 0:
+        raise ValueError(f"{source}: the input has no rows")
+    m = load_model(model)
+    texts = (b.batch.column(text_column).to_pylist() for b in inp.batches())
+    return embed_texts(m, texts, output / f"{name}.npy", rows, progress=progress)
+
+
+def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard_rows: int) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..pipeline import open_input
+    from ..pipeline.atomic import atomic_path
+
+    shards: list[dict] = []
+    pending: list = []
+    pending_rows = 0
+
+    def flush(tables):
+        name = f"shard-{len(shards):05d}.parquet"
+        table = pa.concat_tables(tables)
+        with atomic_path(output / name) as tmp:
+            pq.write_table(table, tmp)
+        shards.append({"name": name, "rows": table.num_rows})
+
+    for located in open_input(source, None, format=fmt).batches():
+        b = located.batch
+        mask = keep[located.row : located.row + b.num_rows]
+        if not mask.any():
+            continue
+        t = pa.Table.from_batches([b]).filter(pa.array(mask))
+        pending.append(t)
+        pending_rows += t.num_rows
+        while pending_rows >= shard_rows:
+            table = pa.concat_tables(pending)
+            flush([table.slice(0, shard_rows)])
+            rest = table.slice(shard_rows)
+            pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+    if pending_rows:
+        flush(pending)
+    return shards
+
+
+def run_select(
+    input: str,
+    output: Path,
+    *,
+    method: str,
+    embeddings_column: str | None = None,
+    model: Path | None = None,
+    text_column: str = "text",
+    k: int = 100,
+    eps: float = 0.05,
+    order: str = "hard",
+    target: int | None = None,
+    keep: float | None = None,
+    mode: str = "hard",
+    group_column: str | None = None,
+    alpha: float = 0.5,
+    exact_column: str | None = None,
+    eval_input: str | None = None,
+    threshold: float = 0.9,
+    score_column: str | None = None,
+    policy: str = "topk",
+    beta: float = 1.0,
+    seed: int = 0,
+    niter: int = 20,
+    max_points_per_centroid: int = 256,
+    shard_rows: int = 100_000,
+    input_format: str | None = None,
+    overwrite: bool = False,
+    progress=None,
+    engine: str = "local",
+    ray_address: str | None = None,
+) -> SelectResult:
+    """Run one selection method end to end; see the module docstring for the output layout.
+
+    ``engine="ray"`` (dedup, prototypes, balance on an ``embeddings_column``): the vectors stay on the
+    Ray workers; k-means trains on the driver on the same seeded sample as the local engine, rows
+    are assigned on the workers and dedup runs per cluster there, so the decisions are the local
+    engine's (tested). Only per-row decisions (a few bytes a row) reach the driver.
+    """
+    options = dict(locals())  # every keyword above, handed on as they are
+    for name in ("input", "output", "ray_address"):
+        options.pop(name)
+    if engine != "ray":
+        return _run_select(input, output, **options)
+    from ..pipeline.ray_engine import ray_session, require_ray
+
+    _check_ray_select(method, embeddings_column, model)
+    require_ray()
+    with ray_session(ray_address):
+        return _run_select(input, output, **options)
+
+
+RAY_METHODS: tuple[str, ...] = ("dedup", "prototypes", "balance")
+
+
+def _check_ray_select(method: str, embeddings_column: str | None, model) -> None:
+    if method in METHODS and method not in RAY_METHODS:
+        raise ValueError(f"--method {method} runs on --engine local only (it needs no clustering); --engine ray supports {', '.join(RAY_METHODS)}")
+    if model is not None or embeddings_column is None:
+        raise ValueError("--engine ray reads vectors from --embeddings-column C; embed the texts first (--engine local with --model writes OUTPUT/embeddings.npy)")
+
+
+def _run_select(input, output, *, method, embeddings_column, model, text_column, k, eps, order, target, keep, mode, group_column,
+                alpha, exact_column, eval_input, threshold, score_column, policy, beta, seed, niter, max_points_per_centroid,
+                shard_rows, input_format, overwrite, progress, engine) -> SelectResult:  # fmt: skip
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..pipeline import open_input
+    from ..pipeline.atomic import atomic_path
+    from .. import selection as sel
+    from ..pipeline.ray_engine import check_engine
+
+    t0 = time.perf_counter()
+    check_engine(engine)
+    if method not in METHODS:
+        raise ValueError(f"--method {method}: use one of {', '.join(METHODS)}")
+    if shard_rows < 1:
+        raise ValueError(f"--shard-rows {shard_rows}: must be >= 1")
+    output = Path(output)
+    if (output / MANIFEST).exists() and not overwrite:
+        raise ValueError(f"{output} already holds a selection (manifest.json); pass --overwrite to replace it")
+    if output.exists():
+        for old in list(output.glob("shard-*.parquet")) + [output / MANIFEST]:
+            old.unlink(missing_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    notes: list[tuple[str, str]] = []
+    per_cluster: list[tuple[int, int, int]] = []
+    cols: dict[str, object] = {}
+    settings = {"method": method, "seed": seed, "engine": engine}
+
+    if method == "score":
+        if score_column is None:
+            raise ValueError("--method score needs --score-column C (a numeric column, higher = more worth keeping)")
+        inp = open_input(input, [score_column], format=input_format)
+        scores = np.concatenate([b.batch.column(score_column).to_numpy(zero_copy_only=False).astype(np.float64) for b in inp.batches()])
+        n = scores.shape[0]
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            raise ValueError(f"--score-column {score_column}: row {int(np.flatnonzero(bad)[0])} is null or NaN; fill or drop it")
+        kk = None if policy == "threshold" else _target(n, target, keep, method)
+        ids, weights = sel.select_by_score(scores, kk, policy, beta, threshold=threshold if policy == "threshold" else None, seed=seed)
+        kept = np.zeros(n, bool)
+        kept[ids] = True
+        w = np.zeros(n, np.float32)
+        w[ids] = weights
+        cols = {"score": scores, "weight": w}
+        reason = np.where(kept, "kept", f"score:{policy}")
+        cluster = np.full(n, -1, np.int64)
+        settings.update(score_column=score_column, policy=policy, beta=beta, target=kk)
+    else:
+        if engine == "ray":
+            from ..pipeline.ray_engine import RaySelect
+
+            ray_sel = RaySelect(open_input(input, [embeddings_column], format=input_format), embeddings_column)
+            n = ray_sel.n
+            if progress:
+                progress(n)
+        else:
+            x = load_embeddings(input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, progress=progress)
+            n = x.shape[0]
+        settings.update(embeddings_column=embeddings_column, model=str(model) if model else None, rows=n)
+        if method == "decontaminate":
+            if eval_input is None:
+                raise ValueError("--method decontaminate needs --eval PATH (the evaluation set, same column or model)")
+            ev = load_embeddings(eval_input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, name="eval_embeddings")
+            res = sel.decontaminate(x, ev, threshold=threshold)
+            kept = ~res.flagged
+            cluster = np.full(n, -1, np.int64)
+            reason = np.where(kept, "kept", "contaminated")
+            cols = {"eval_row": res.eval_index, "similarity": res.similarity}
+            notes.append(("contaminated rows", f"{int(res.flagged.sum()):,} (cosine > {threshold})"))
+            settings.update(eval=str(eval_input), threshold=threshold)
+        else:
+            if engine == "ray":
+                km, labels, dist = ray_sel.cluster(k, seed=seed, niter=niter, max_points_per_centroid=max_points_per_centroid)
+            else:
+                km = sel.kmeans(x, k, spherical=True, seed=seed, niter=niter, max_points_per_centroid=max_points_per_centroid)
+                labels, dist = km.assign(x)
+            km.save(output / "clusters")
+            r = km.report
+            notes.append(("k-means", f"k={k}, trained on {r.train_rows:,} of {r.rows:,} rows{' (sampled)' if r.sampled else ''} in {r.seconds:.1f}s"))
+            cluster = labels
+            settings.update(k=k, niter=niter, max_points_per_centroid=max_points_per_centroid, train_rows=r.train_rows)
+            if method == "dedup":
+                hashes = None
+                if exact_column is not None:
+                    vals = [v for b in open_input(input, [exact_column], format=input_format).batches() for v in b.batch.column(exact_column).to_pylist()]
+                    hashes = sel.hash_rows(vals)
+                if engine == "ray":
+                    res = ray_sel.dedup(labels, dist, eps=eps, order=order, hashes=hashes, seed=seed)
+                else:
+                    res = sel.semantic_dedup(x, labels=labels, distances=dist, eps=eps, order=order, hashes=hashes, seed=seed)
+                kept = res.keep_mask(eps)
+                audit = res.to_arrow(eps)
+                reason = np.array(audit.column("reason").to_pylist(), dtype=object)
+                cols = {name: audit.column(name).to_numpy() for name in ("rank", "duplicate_of", "similarity", "nearest", "nearest_similarity")}
+                notes.append(("near duplicates", f"{int((reason == 'near').sum()):,} (cosine > {1 - eps:g})"))
+                notes.append(("exact duplicates", f"{int((reason == 'exact').sum()):,}"))
+                settings.update(eps=eps, order=order, exact_column=exact_column)
+            elif method == "prototypes":
+                if keep is None:
+                    raise ValueError("--method prototypes needs --keep F (fraction kept per cluster)")
+                ids = sel.prototype_prune(labels, dist, keep=keep, mode=mode)
+                kept = np.zeros(n, bool)
+                kept[ids] = True
+                reason = np.where(kept, "kept", f"prototype:{'easy' if mode == 'hard' else 'hard'}")
+                cols = {"distance": dist}
+                settings.update(keep=keep, mode=mode)
+            else:  # balance
+                tgt = _target(n, target, keep, method)
+                groups, weights = labels, None
+                if group_column is not None:
+                    vals = [v for b in open_input(input, [group_column], format=input_format).batches() for v in b.batch.column(group_column).to_pylist()]
+                    names, groups = np.unique(np.array([str(v) for v in vals]), return_inverse=True)
+                    weights = sel.group_weights(np.bincount(groups), alpha)
+                    notes.append(("groups", ", ".join(f"{nm}: {int(c):,}" for nm, c in zip(names, np.bincount(groups)))))
+                ids = sel.balanced_subset(groups.astype(np.int64), tgt, weights=weights, seed=seed)
+                kept = np.zeros(n, bool)
+                kept[ids] = True
+                reason = np.where(kept, "kept", "over_cap")
+                cols = {"distance": dist}
+                settings.update(target=tgt, group_column=group_column, alpha=alpha)
+            ids_, rows_in = np.unique(cluster, return_counts=True)
+            rows_kept = np.bincount(cluster, weights=kept, minlength=k)[ids_]
+            per_cluster = [(int(c), int(a), int(b)) for c, a, b in zip(ids_, rows_in, rows_kept)]
+
+    decisions = pa.table({"row_id": np.arange(n, dtype=np.int64), "cluster": cluster, "kept": kept, "reason": pa.array([str(v) for v in reason], pa.string()), **cols})
+    with atomic_path(output / "decisions.parquet") as tmp:
+        pq.write_table(decisions, tmp)
+    shards = _write_shards(input, output, kept, input_format, shard_rows)
+    if sum(s["rows"] for s in shards) != int(kept.sum()):
+        raise ValueError(f"{input}: the input changed between the two passes ({n} rows first); rerun")
+    seconds = time.perf_counter() - t0
+    manifest = {
+        "format": FORMAT,
+        "input": str(input),
+        "settings": settings,
+        "rows_in": int(n),
+        "rows_out": int(kept.sum()),
+        "shards": shards,
+        "decisions": "decisions.parquet",
+        "seconds": round(seconds, 3),
+    }
+    with atomic_path(output / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    return SelectResult(output, method, int(n), int(kept.sum()), seconds, per_cluster, notes, manifest)
