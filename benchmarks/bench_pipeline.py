@@ -11,8 +11,8 @@ call alone after imports, tokens/s of each, peak RSS, rows and padding.
     .venv/bin/python benchmarks/bench_pipeline.py                       # 20M tokens, TRL included
     .venv/bin/python benchmarks/bench_pipeline.py --tokens 100000000 --skip-trl   # peak RSS at 100M
 
-TRL lives in its own venv (heavy, benchmark-only):
-    python3 -m venv /tmp/bench-trl && /tmp/bench-trl/bin/pip install torch==2.13.0 trl datasets
+TRL lives in the benchmark venv (heavy, benchmark-only): ``scripts/bench_env.sh``, then
+``--trl-python /tmp/bench-packing/bin/python``.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=2048)
     ap.add_argument("--window", type=int, default=10_000, help="packwise window (the CLI default)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--trl-python", default="/tmp/bench-trl/bin/python")
+    ap.add_argument("--trl-python", default="/tmp/bench-packing/bin/python", help="a python with trl (scripts/bench_env.sh)")
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--workdir", default="/tmp/packwise-bench")
     args = ap.parse_args()

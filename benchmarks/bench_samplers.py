@@ -4,10 +4,11 @@ Lengths: 1M examples bootstrapped (with replacement, seeded) from the real token
 shared datasets (alpaca + glaive + c4 under a byte-level BPE trained on them), capped at
 ``--max-len``.  Every sampler gets the same padded-token budget per batch (``--max-tokens``).
 
-Competitors (install them in a separate venv, never in the project's):
-    python3 -m venv /tmp/bench-samplers
-    /tmp/bench-samplers/bin/pip install torch==2.13.0 -e /work/main lhotse urllib3 transformers pytest hypothesis
-    /tmp/bench-samplers/bin/python benchmarks/bench_samplers.py
+Competitors live in the benchmark venv, never in the project's (``scripts/bench_env.sh`` installs
+transformers, lhotse, pytest and hypothesis there)::
+
+    scripts/bench_env.sh
+    nice -n 10 /tmp/bench-packing/bin/python benchmarks/bench_samplers.py
 
 * HF transformers ``LengthGroupedSampler`` (``group_by_length=True``): fixed batch size, chosen as
   ``max_tokens // mean length`` so a batch holds the same real tokens on average.
