@@ -79,18 +79,19 @@ def ray_session(address: str | None = None):
         ray.init(log_to_driver=False, **kwargs)
         started = True
     ctx = ray.data.DataContext.get_current()
-    saved = ctx.execution_options.preserve_order
+    saved = ctx.execution_options.preserve_order, ctx.raise_original_map_exception
     ctx.execution_options.preserve_order = True
+    ctx.raise_original_map_exception = True  # a worker's ValueError reaches the driver (see _task_errors)
     try:
         yield ray
     finally:
-        ctx.execution_options.preserve_order = saved
+        ctx.execution_options.preserve_order, ctx.raise_original_map_exception = saved
         if started:
             ray.shutdown()
 
 
-def _unwrap(err: BaseException) -> BaseException:
-    """The ``ValueError`` raised inside a Ray task (wrapped in RayTaskError / UserCodeException), if any."""
+def _unwrap(err: BaseException) -> BaseException | None:
+    """The plain ``ValueError`` raised inside a Ray task (under RayTaskError / UserCodeException), if any."""
     seen = set()
     e: BaseException | None = err
     while e is not None and id(e) not in seen:
@@ -99,21 +100,22 @@ def _unwrap(err: BaseException) -> BaseException:
             return e
         cause = getattr(e, "cause", None)
         e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
-    return err
+    return None
 
 
 @contextmanager
 def _task_errors():
-    """Re-raise bad-input errors from workers as the plain ``ValueError`` the local engine raises."""
+    """Re-raise bad-input errors from workers as the plain ``ValueError`` the local engine raises
+    (its message without Ray's retry advice); anything else propagates as Ray raised it."""
     try:
         yield
-    except ValueError:
-        raise
     except Exception as err:
-        inner = _unwrap(err)
-        if inner is err:
+        if type(err) in (ValueError, RayMissing):
             raise
-        raise ValueError(str(inner)) from None
+        inner = _unwrap(err)
+        if inner is None:
+            raise
+        raise ValueError(str(inner).split("\nFailed to apply UDF", 1)[0]) from None
 
 
 # --- input -------------------------------------------------------------------------------------
@@ -121,7 +123,11 @@ def read_dataset(inp, columns: list[str] | None):
     """A Ray dataset over what ``open_input`` resolved (same files, same order, same columns)."""
     ray = require_ray()
     if inp.format == "hf":
-        return ray.data.from_huggingface(inp.ds)
+        import datasets
+
+        if isinstance(inp.ds, datasets.Dataset):  # its Arrow table (memory-mapped when on disk), rows in order
+            return ray.data.from_arrow(inp.ds.flatten_indices().data.table)
+        return ray.data.from_huggingface(inp.ds)  # a streaming IterableDataset
     files = [str(f) for f in inp.files]
     if inp.format == "parquet":
         ds = ray.data.read_parquet(files, file_extensions=None)
@@ -198,7 +204,8 @@ def _rows_of(table, row_offset: int, has_labels: bool) -> PackedRows:
     """Arrow packed rows -> ``PackedRows`` (values zero-copy), block-local rows made global."""
 
     def csr(name):
-        col = table.column(name).combine_chunks()
+        col = table.column(name)
+        col = col.combine_chunks() if hasattr(col, "combine_chunks") else col
         off = np.asarray(col.offsets, np.int64)
         vals = np.asarray(col.values)[off[0] : off[-1]]
         return off - off[0], vals
@@ -212,7 +219,16 @@ def _rows_of(table, row_offset: int, has_labels: bool) -> PackedRows:
 
 
 def merge_stats(parts: list[dict], capacity: int, algorithm: str) -> PackStats:
-    """One ``PackStats`` from per-block ones: counts add, maxima take the max, histograms add."""
+    """One ``PackStats`` from per-block ones: counts add, maxima take the max, histograms add.
+
+    Example:
+        >>> from packwise.pipeline.pack_stage import PackStats
+        >>> a = PackStats(8, "bfd", rows_in=3, tokens_out=10, max_length=5, length_histogram=[0, 2]).to_dict()
+        >>> b = PackStats(8, "bfd", rows_in=2, tokens_out=4, max_length=7, length_histogram=[1]).to_dict()
+        >>> m = merge_stats([a, b], 8, "bfd")
+        >>> m.rows_in, m.tokens_out, m.max_length, m.length_histogram
+        (5, 14, 7, [1, 2])
+    """
     total = PackStats(capacity, algorithm)
     hist = np.zeros(64, np.int64)
     for p in parts:
@@ -252,44 +268,55 @@ class RayPackRun:
         return ds.map_batches(_pack_block, batch_format="pyarrow", batch_size=None, fn_kwargs=self.pack_kwargs)
 
     def rows(self) -> Iterator[PackedRows]:
+        """Packed rows in input order, written by the caller; ``stats`` is set once they are all out."""
+        ctx = require_ray().data.DataContext.get_current()
+        bars = ctx.enable_progress_bars
+        ctx.enable_progress_bars = bars and self.progress is None  # a caller's progress bar replaces Ray's
+        try:
+            with _task_errors():
+                yield from self._blocks()
+        finally:
+            ctx.enable_progress_bars = bars
+
+    def _blocks(self) -> Iterator[PackedRows]:
         import pyarrow.compute as pc
 
         parts, row_offset, window_offset = [], 0, 0
-        with _task_errors():
-            for table in self.dataset().iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
-                ends = np.flatnonzero(np.asarray(pc.equal(table.column("_window"), _FOOTER).fill_null(False)))
-                lo = 0
-                for end in list(ends) + [table.num_rows]:
-                    seg = table.slice(lo, int(end) - lo)
-                    if seg.num_rows:
-                        yield from self._emit(seg, row_offset, window_offset)
-                    if end == table.num_rows:
-                        break
-                    stats = json.loads(table.column("_stats")[int(end)].as_py())
-                    if stats.get("error"):
-                        raise ValueError(_global_rows(stats["error"], row_offset))
-                    parts.append(stats)
-                    row_offset += stats["block_rows"]
-                    window_offset += stats["windows"]
-                    self.blocks += 1
-                    if self.progress is not None:
-                        self.progress(stats["rows_in"], stats["tokens_in"])
-                    lo = int(end) + 1
+        batches = (b for t in self.dataset().iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
+                   for b in t.to_batches())  # one record batch per packed window: no copy on the driver  # fmt: skip
+        for batch in batches:
+            ends = np.flatnonzero(np.asarray(pc.equal(batch.column("_window"), _FOOTER).fill_null(False)))
+            lo = 0
+            for end in list(ends) + [batch.num_rows]:
+                seg = batch.slice(lo, int(end) - lo)
+                if seg.num_rows:
+                    yield from self._emit(seg, row_offset, window_offset)
+                if end == batch.num_rows:
+                    break
+                stats = json.loads(batch.column("_stats")[int(end)].as_py())
+                if stats.get("error"):
+                    raise ValueError(_global_rows(stats["error"], row_offset))
+                parts.append(stats)
+                row_offset += stats["block_rows"]
+                window_offset += stats["windows"]
+                self.blocks += 1
+                if self.progress is not None:
+                    self.progress(stats["rows_in"], stats["tokens_in"])
+                lo = int(end) + 1
         self.stats = merge_stats(parts, self.max_tokens, self.algorithm)
 
     def _emit(self, seg, row_offset: int, window_offset: int) -> Iterator[PackedRows]:
         """Rows of one or more windows; with a seed each window's rows are shuffled like the local packer's."""
         if self.seed is None:
-            yield _rows_of(seg.drop_columns(["_window", "_stats"]), row_offset, self.has_labels)
+            yield _rows_of(seg, row_offset, self.has_labels)
             return
         import pyarrow as pa
 
-        win = np.asarray(seg.column("_window").combine_chunks())
+        win = np.asarray(seg.column("_window"))
         cuts = np.flatnonzero(np.diff(win)) + 1
         for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [win.shape[0]]])):
             perm = np.random.default_rng([self.seed, window_offset + int(win[a])]).permutation(int(b - a))
-            part = seg.slice(int(a), int(b - a)).drop_columns(["_window", "_stats"]).take(pa.array(perm))
-            yield _rows_of(part, row_offset, self.has_labels)
+            yield _rows_of(seg.slice(int(a), int(b - a)).take(pa.array(perm)), row_offset, self.has_labels)
 
 
 def _global_rows(message: str, row_offset: int) -> str:

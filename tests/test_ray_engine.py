@@ -138,6 +138,10 @@ def test_pack_ray_bad_input_names_the_global_row(tmp_path, corpus):
     r = runner.invoke(app, ["pack", str(d / "corpus.jsonl"), str(tmp_path / "o2"), "--max-tokens", "512", "--tokenizer",
                             str(d / "tokenizer.json"), "--engine", "spark"])  # fmt: skip
     assert r.exit_code == 2 and "--engine spark: use one of local, ray" in r.output
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_text('{"text": "fine"}\n{"text": null}\n')
+    r = runner.invoke(app, ["pack", str(nulls), str(tmp_path / "o3"), "--max-tokens", "512", "--tokenizer", str(d / "tokenizer.json"), "--engine", "ray"])
+    assert r.exit_code == 2 and "column 'text' is null; drop or fill that row" in r.output and "Failed to apply UDF" not in r.output
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +196,8 @@ def test_select_ray_refuses_what_it_does_not_run(tmp_path, embedded):
     assert r.exit_code == 2 and "--method score runs on --engine local only" in r.output
     r = runner.invoke(app, ["select", str(path), str(tmp_path / "b"), "--method", "dedup", "--model", "m", "--engine", "ray"])
     assert r.exit_code == 2 and "--engine ray reads vectors from --embeddings-column" in r.output
+    r = runner.invoke(app, ["select", str(path), str(tmp_path / "c"), "--method", "dedup", "--embeddings-column", "text", "--engine", "ray"])
+    assert r.exit_code == 2 and "column 'text': type string is not a list of floats" in r.output  # raised on a worker
 
 
 def test_without_ray_the_message_names_the_extra(tmp_path, corpus):
