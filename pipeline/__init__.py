@@ -1,7 +1,7 @@
 """Streaming preprocessing: read Arrow record batches, tokenize, pack in windows, write Parquet shards.
 
 ``read`` streams any supported input; ``pack_to_parquet`` runs the whole pipeline into an atomic,
-resumable shard folder; ``PackedDataset`` reads it back for training (torch is imported only
+resumable shard folder, in this process or on Ray Data (``engine="ray"``, see ``ray_engine``); ``PackedDataset`` reads it back for training (torch is imported only
 when ``PackedDataset`` / ``PackedIterableDataset`` are first used).
 
 Example:
@@ -14,6 +14,7 @@ Example:
 """
 
 from .pack_stage import ALGORITHMS, PackedRows, PackStats, StreamPacker
+from .ray_engine import ENGINES
 from .readers import FORMATS, open_input, read
 from .run import PackResult, dataset_lengths, pack_to_parquet
 from .tokens import TokenBatch, resolve_tokenizer, token_batches
@@ -21,6 +22,7 @@ from .writer import ShardWriter
 
 __all__ = [
     "ALGORITHMS",
+    "ENGINES",
     "FORMATS",
     "PackResult",
     "PackStats",
