@@ -52,7 +52,7 @@ _TRAIN_HELP = "Train a byte-level BPE on the input itself (offline, seconds)."
 _TOKENS_HELP = "Read token ids from this list<int> column instead of tokenizing."
 _TEMPLATE_HELP = "module:function rendering one value of the text column (e.g. chat messages) to text."
 _FORMAT_HELP = "Input format when the file names do not say: parquet, json, csv or arrow."
-_ENGINE_HELP = "local (in this process, no services) or ray (Ray Data; pip install 'packwise[ray]'; see docs/ray.md)."
+_ENGINE_HELP = "local (in this process, no services) or ray (Ray Data, the extra packwise\\[ray]; see docs/ray.md)."
 _ADDRESS_HELP = "With --engine ray: the cluster to join (host:port or 'auto'); default $RAY_ADDRESS, else a local Ray."
 
 

@@ -4,7 +4,8 @@ Why a separate engine and not a rewrite: the algorithms stay the local ones (``t
 ``StreamPacker``, ``ShardWriter``, ``kmeans`` / ``KMeans.assign``, ``semantic_dedup``); Ray only
 decides where they run.
 
-``pack``: ``ray.data.read_parquet`` / ``read_json`` / ``read_csv`` / ``from_huggingface`` ->
+``pack``: ``ray.data.read_parquet`` / ``read_json`` / ``read_csv`` / ``from_arrow`` (a Hugging Face
+``Dataset``'s Arrow table) / ``from_huggingface`` (a streaming ``IterableDataset``) ->
 tokenize and measure lengths in ``map_batches`` on Arrow batches -> ``repartition`` into blocks of
 exactly ``block_rows`` input rows (so the cut points depend on the input, never on the cluster) ->
 one ``StreamPacker`` per block in ``map_batches`` -> the driver reads the packed blocks in input
