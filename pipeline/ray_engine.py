@@ -19,7 +19,8 @@ so with a single block the output is byte-identical to the local engine's.
 ids; the k-means sample (the same rows the local engine draws) is pulled to the driver and trained
 there; the index is broadcast with ``ray.put`` and rows are assigned in ``map_batches``;
 semantic dedup runs per cluster in ``groupby("cluster").map_groups`` with the local
-``semantic_dedup`` on each cluster's rows in the local processing order.
+``semantic_dedup`` on each cluster's rows in the local processing order, and prototype / balance
+picks run there too with the local ``select_per_cluster`` and quotas computed on the driver.
 
 Example (needs ``pip install 'packwise[ray]'``)::
 
@@ -403,6 +404,24 @@ def _dedup_group(table, *, eps, order, key, exact):
                      "duplicate_similarity": res.duplicate_similarity[:, 0]})  # fmt: skip
 
 
+def _quota_group(table, *, quotas, within, key):
+    """The first ``quotas[cluster]`` rows of one cluster in the local ``select_per_cluster`` order."""
+    import pyarrow as pa
+    import ray
+
+    from ..selection.prototypes import select_per_cluster
+
+    order = np.argsort(np.asarray(table.column("row_id")), kind="stable")
+    rid = np.asarray(table.column("row_id"))[order]
+    if key[0] is not None:  # 'random': the whole input's seeded draw, so the order is the local engine's
+        within, d = "closest", ray.get(key[0])[rid]
+    else:
+        d = np.asarray(table.column("distance"), np.float64)[order]
+    quota = ray.get(quotas[0])[int(table.column("cluster")[0].as_py())]
+    picked = select_per_cluster(np.zeros(rid.shape[0], np.int64), np.array([quota], np.int64), within=within, distances=d)
+    return pa.table({"row_id": rid[picked]})
+
+
 class RaySelect:
     """Vectors of ``source`` on Ray, with global row ids, for k-means, assignment and per-cluster dedup."""
 
@@ -470,11 +489,27 @@ class RaySelect:
         kept = np.zeros((n, 1), np.bool_)
         dup_of = np.full((n, 1), -1, np.int64)
         dup_sim = np.full((n, 1), np.nan, np.float32)
-        with _task_errors():
-            parts = max(1, min(int(labels.max()) + 1, 200))  # one shuffle partition per cluster, at most Ray's default
-            groups = self.assigned.groupby("cluster", num_partitions=parts).map_groups(_dedup_group, batch_format="pyarrow", fn_kwargs=kwargs)
-            for b in groups.iter_batches(batch_size=None, batch_format="numpy"):
-                r = b["row_id"]
-                rank[r], nearest[r], similarity[r] = b["rank"], b["nearest"], b["similarity"]
-                kept[r, 0], dup_of[r, 0], dup_sim[r, 0] = b["kept"], b["duplicate_of"], b["duplicate_similarity"]
+        for b in self._per_cluster(_dedup_group, kwargs, int(labels.max()) + 1):
+            r = b["row_id"]
+            rank[r], nearest[r], similarity[r] = b["rank"], b["nearest"], b["similarity"]
+            kept[r, 0], dup_of[r, 0], dup_sim[r, 0] = b["kept"], b["duplicate_of"], b["duplicate_similarity"]
         return DedupResult(eps_t, labels, rank, nearest, similarity, kept, dup_of, dup_sim, exact_of, order)
+
+    def select_per_cluster(self, quotas: np.ndarray, *, within: str, seed: int = 0) -> np.ndarray:
+        """``selection.select_per_cluster`` of the whole input (ascending row ids), one cluster per group.
+
+        ``quotas`` come from the driver (``proportional_quotas`` / ``balanced_caps`` of the cluster
+        sizes); each group keeps its first ``quotas[c]`` rows in the local order."""
+        import ray
+
+        key = ray.put(np.random.default_rng(seed).random(self.n)) if within == "random" else None
+        kwargs = {"quotas": [ray.put(np.asarray(quotas, np.int64))], "within": within, "key": [key]}
+        parts = [b["row_id"] for b in self._per_cluster(_quota_group, kwargs, int(np.asarray(quotas).shape[0]))]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def _per_cluster(self, fn, kwargs: dict, k: int):
+        """``groupby("cluster").map_groups(fn)`` over the assigned rows; yields numpy batches."""
+        with _task_errors():
+            parts = max(1, min(k, 200))  # one shuffle partition per cluster, at most Ray's default
+            groups = self.assigned.groupby("cluster", num_partitions=parts).map_groups(fn, batch_format="pyarrow", fn_kwargs=kwargs)
+            yield from groups.iter_batches(batch_size=None, batch_format="numpy")

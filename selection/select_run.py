@@ -286,7 +286,11 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
             elif method == "prototypes":
                 if keep is None:
                     raise ValueError("--method prototypes needs --keep F (fraction kept per cluster)")
-                ids = sel.prototype_prune(labels, dist, keep=keep, mode=mode)
+                if engine == "ray" and mode in ("hard", "easy"):  # per cluster on the workers, the local rule
+                    within = "farthest" if mode == "hard" else "closest"
+                    ids = ray_sel.select_per_cluster(sel.proportional_quotas(np.bincount(labels), keep), within=within)
+                else:  # (also the error for a bad --mode)
+                    ids = sel.prototype_prune(labels, dist, keep=keep, mode=mode)
                 kept = np.zeros(n, bool)
                 kept[ids] = True
                 reason = np.where(kept, "kept", f"prototype:{'easy' if mode == 'hard' else 'hard'}")
@@ -300,7 +304,10 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
                     names, groups = np.unique(np.array([str(v) for v in vals]), return_inverse=True)
                     weights = sel.group_weights(np.bincount(groups), alpha)
                     notes.append(("groups", ", ".join(f"{nm}: {int(c):,}" for nm, c in zip(names, np.bincount(groups)))))
-                ids = sel.balanced_subset(groups.astype(np.int64), tgt, weights=weights, seed=seed)
+                if engine == "ray" and group_column is None:  # water-filled caps here, the rows per cluster on the workers
+                    ids = ray_sel.select_per_cluster(sel.balanced_caps(np.bincount(labels), tgt, seed=seed), within="random", seed=seed)
+                else:
+                    ids = sel.balanced_subset(groups.astype(np.int64), tgt, weights=weights, seed=seed)
                 kept = np.zeros(n, bool)
                 kept[ids] = True
                 reason = np.where(kept, "kept", "over_cap")
