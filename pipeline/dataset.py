@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch.utils.data
 
+from ._arrow import numpy_view
 from .writer import MANIFEST
 
 _LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start")
@@ -35,8 +36,8 @@ def _rows_of(table) -> list[dict]:
     for name in _LIST_COLUMNS:
         if name in table.column_names:
             col = table.column(name).combine_chunks()
-            offsets = np.asarray(col.offsets, dtype=np.int64)
-            values = np.asarray(col.values)[offsets[0] : offsets[-1]]
+            offsets = numpy_view(col.offsets, np.int32).astype(np.int64)
+            values = numpy_view(col.values, col.values.type.to_pandas_dtype())[offsets[0] : offsets[-1]]
             cols[name] = (offsets - offsets[0], values)
     n = table.num_rows
     return [{k: v[o[i] : o[i + 1]] for k, (o, v) in cols.items()} for i in range(n)]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ._prefetch import prefetched
+
 FORMATS: tuple[str, ...] = ("parquet", "json", "csv", "arrow")
 _SUFFIXES = {
     ".parquet": "parquet",
@@ -116,6 +118,10 @@ class _FileInput:
         return h.hexdigest()
 
     def batches(self) -> Iterator[Located]:
+        """The input's record batches in order, decoded one or two ahead on a background thread."""
+        return prefetched(self._batches())
+
+    def _batches(self) -> Iterator[Located]:
         row = 0
         for path in self.files:
             first = 0

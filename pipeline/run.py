@@ -160,26 +160,30 @@ def pack_to_parquet(
 
         with atomic_path(Path(output) / "tokenizer.json") as tmp:
             tok.save(str(tmp))
-    if engine == "local":
-        packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
-        for tb in _stage(inp, tok, text_column, tokens_column, labels_column, template, progress):
-            for rows in packer.add(tb):
+    try:
+        if engine == "local":
+            packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
+            for tb in _stage(inp, tok, text_column, tokens_column, labels_column, template, progress):
+                for rows in packer.add(tb):
+                    writer.write(rows)
+            for rows in packer.finish():
                 writer.write(rows)
-        for rows in packer.finish():
-            writer.write(rows)
-        stats = packer.stats
-    else:
-        from .ray_engine import RayPackRun, ray_session
+            stats = packer.stats
+        else:
+            from .ray_engine import RayPackRun, ray_session
 
-        with ray_session(ray_address):
-            run = RayPackRun(
-                inp, tokenizer=tok, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
-                template=template, max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
-                seed=seed, block_rows=block_rows, progress=progress,
-            )  # fmt: skip
-            for rows in run.rows():
-                writer.write(rows)
-        stats = run.stats
+            with ray_session(ray_address):
+                run = RayPackRun(
+                    inp, tokenizer=tok, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
+                    template=template, max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
+                    seed=seed, block_rows=block_rows, progress=progress,
+                )  # fmt: skip
+                for rows in run.rows():
+                    writer.write(rows)
+            stats = run.stats
+    except BaseException:
+        writer.wait()  # no shard write left running behind the error
+        raise
     if stats.rows_in == 0:
         raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to pack")
     if stats.sequences == 0:

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ._arrow import numpy_view
 from .tokenizer import load_tokenizer
 
 
@@ -173,14 +174,15 @@ def _csr(column) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    offsets = np.asarray(column.offsets, dtype=np.int64)
+    offsets = column.offsets
+    offsets = numpy_view(offsets, offsets.type.to_pandas_dtype()).astype(np.int64)
     values = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
     if values.type != pa.int32():
         try:
             values = pc.cast(values, pa.int32())
         except pa.ArrowInvalid as err:
             raise ValueError(f"token ids do not fit int32 ({err}); token ids must be < 2**31") from None
-    return offsets - offsets[0], np.asarray(values, dtype=np.int32)
+    return offsets - offsets[0], numpy_view(values, np.int32)
 
 
 def train_on_input(located_batches, text_column: str, template=None, vocab_size: int = 8192):

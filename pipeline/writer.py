@@ -7,7 +7,9 @@ Layout of an output folder::
     manifest.json             written last: fingerprint, settings, shards, statistics
 
 Each shard is written under a temporary name and renamed, so a shard file under its final name is
-complete.  A rerun with the same settings skips the rows of the complete shards (the packing is
+complete.  Rows are encoded into the open shard one Parquet row group at a time on one background
+thread (pyarrow releases the GIL while it encodes), so encoding overlaps reading and packing; the
+thread works in submission order with a bounded backlog, and the manifest waits for the last shard.  A rerun with the same settings skips the rows of the complete shards (the packing is
 deterministic, so the rows it replays are the same) and writes the rest; other settings are
 refused unless ``overwrite=True``.
 """
@@ -17,17 +19,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from ._arrow import arrow_array
+from .atomic import atomic_path, umask
 from .pack_stage import PackedRows
 
 MANIFEST = "manifest.json"
 RUN_MARKER = ".packwise-run.json"
 FORMAT = "packwise.packed/1"
 _ROW_GROUP = 1024
+_BACKLOG = 8  # row groups queued for the encoder at most (bounded memory)
 
 
 def shard_name(k: int) -> str:
@@ -88,8 +95,10 @@ class ShardWriter:
         self.skip_rows = 0
         self.state = "new"
         self._rows_seen = 0
-        self._buffer: list[PackedRows] = []
+        self._buffer: list = []  # Arrow tables of rows not yet sent to the encoder
         self._buffered = 0
+        self._shard: _OpenShard | None = None
+        self._encoder = _Encoder()
         self._has_labels: bool | None = None
         self.output.mkdir(parents=True, exist_ok=True)
         self._open(overwrite)
@@ -167,35 +176,45 @@ class ShardWriter:
             table = table.slice(self.skip_rows - start)
         self._buffer.append(table)
         self._buffered += table.num_rows
-        while self._buffered >= self.shard_rows:
-            self._flush(self.shard_rows)
+        self._send(final=False)
 
-    def _flush(self, n: int) -> None:
+    def _send(self, final: bool) -> None:
+        """Hand row groups to the encoder: full ones, and with ``final`` the remainder too."""
         import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
-        merged = pa.concat_tables(self._buffer)
-        head, tail = merged.slice(0, n), merged.slice(n)
-        self._buffer = [tail] if tail.num_rows else []
-        self._buffered = tail.num_rows
-        info = {
-            "rows": head.num_rows,
-            "tokens": int(pc.sum(pc.list_value_length(head.column("input_ids"))).as_py() or 0),
-            "sequences": int(pc.sum(pc.list_value_length(head.column("seq_lens"))).as_py() or 0),
-        }
-        head = head.replace_schema_metadata({"packwise": json.dumps(info, sort_keys=True)})
-        path = self.output / shard_name(len(self.shards))
-        with atomic_path(path) as tmp:
-            pq.write_table(head, tmp, compression="zstd", use_dictionary=False, row_group_size=_ROW_GROUP)
-        self.shards.append({"file": path.name, **info, "sha256": _sha256(path)})
+        while self._buffered:
+            room = self.shard_rows - (self._shard.rows if self._shard else 0)
+            take = min(_ROW_GROUP, room, self._buffered)
+            if take < min(_ROW_GROUP, room) and not final:
+                return
+            merged = pa.concat_tables(self._buffer)
+            group, rest = merged.slice(0, take), merged.slice(take)
+            self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
+            if self._shard is None:
+                self._shard = _OpenShard(self.output / shard_name(len(self.shards) + self._encoder.shards_queued))
+            self._shard.count(group)
+            self._encoder.submit(self._shard.write, group)
+            if self._shard.rows == self.shard_rows:
+                self._end_shard()
+
+    def _end_shard(self) -> None:
+        self._encoder.submit(self._shard.close, shard=True)
+        self._shard = None
+        self.shards += self._encoder.finished()
+
+    def wait(self) -> None:
+        """Block until every queued row group is on disk (re-raising an encoding error); call it
+        before giving up on a run so no write is left running behind the caller."""
+        self.shards += self._encoder.finished(wait=True)
 
     def close(self, stats: dict) -> dict:
         """Write the last shard, then ``manifest.json``; return the manifest."""
         if self.state == "complete":
             return self.manifest
-        if self._buffered:
-            self._flush(self._buffered)
+        self._send(final=True)
+        if self._shard is not None:
+            self._end_shard()
+        self.wait()
         manifest = {**self.run, "shard_rows": self.shard_rows, "shards": self.shards, "stats": stats}
         with atomic_path(self.output / MANIFEST) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -203,6 +222,78 @@ class ShardWriter:
         self.state = "complete"
         self.manifest = manifest
         return manifest
+
+
+class _OpenShard:
+    """A shard being written: a hidden temporary file until ``close`` renames it.
+
+    ``count`` runs on the caller's thread; ``write`` and ``close`` only on the encoder thread."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows, self.tokens, self.sequences = path, 0, 0, 0
+        self._tmp: str | None = None
+        self._writer = None
+
+    def count(self, group) -> None:
+        import pyarrow.compute as pc
+
+        self.rows += group.num_rows
+        self.tokens += int(pc.sum(pc.list_value_length(group.column("input_ids"))).as_py() or 0)
+        self.sequences += int(pc.sum(pc.list_value_length(group.column("seq_lens"))).as_py() or 0)
+
+    def write(self, group) -> None:
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            os.close(fd)
+            self._writer = pq.ParquetWriter(self._tmp, group.schema, compression="zstd", use_dictionary=False)
+        self._writer.write_table(group, row_group_size=_ROW_GROUP)
+
+    def close(self) -> dict:
+        info = {"rows": self.rows, "tokens": self.tokens, "sequences": self.sequences}
+        self._writer.add_key_value_metadata({"packwise": json.dumps(info, sort_keys=True)})
+        self._writer.close()
+        with open(self._tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(self._tmp, 0o666 & ~umask())
+        os.replace(self._tmp, self.path)
+        return {"file": self.path.name, **info, "sha256": _sha256(self.path)}
+
+
+class _Encoder:
+    """One background thread running jobs in submission order, with at most ``_BACKLOG`` queued."""
+
+    def __init__(self):
+        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: deque[tuple[Future, bool]] = deque()
+        self._closed: list[dict] = []  # entries of shards closed on disk, not yet collected
+        self.shards_queued = 0  # shard closes submitted and not yet collected
+
+    def submit(self, fn, *args, shard: bool = False) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="packwise-shard-encoder")
+        while len(self._jobs) >= _BACKLOG:
+            self._collect_oldest()
+        self._jobs.append((self._pool.submit(fn, *args), shard))
+        self.shards_queued += shard
+
+    def _collect_oldest(self) -> None:
+        future, shard = self._jobs.popleft()
+        result = future.result()  # re-raises the job's error here, on the caller's thread
+        if shard:
+            self._closed.append(result)
+
+    def finished(self, wait: bool = False) -> list[dict]:
+        """Entries of the shards closed so far, in order (every queued one with ``wait``)."""
+        while self._jobs and (wait or self._jobs[0][0].done()):
+            self._collect_oldest()
+        done, self._closed = self._closed, []
+        self.shards_queued -= len(done)
+        if wait and self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        return done
 
 
 def _table(rows: PackedRows, has_labels: bool):
@@ -216,7 +307,7 @@ def _table(rows: PackedRows, has_labels: bool):
         return pa.concat_tables([_table(_slice(rows, 0, cut), has_labels), _table(_slice(rows, cut, rows.num_rows), has_labels)])
 
     def lists(offsets, values, kind):
-        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=kind))
+        return pa.ListArray.from_arrays(arrow_array(offsets, pa.int32()), arrow_array(values, kind))
 
     columns = {"input_ids": lists(rows.token_offsets, rows.tokens, pa.int32())}
     if has_labels:

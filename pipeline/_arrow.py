@@ -1,0 +1,41 @@
+"""Zero-copy moves between NumPy and Arrow for primitive arrays without nulls.
+
+Why not ``np.asarray(arrow_array)``, ``Array.to_numpy()`` or ``pa.array(ndarray)``: each imports
+pandas on first use (about 0.3 s per process, paid by every CLI run and DataLoader worker).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def numpy_view(array, dtype) -> np.ndarray:
+    """A read-only NumPy view of a primitive Arrow ``array`` (no nulls) of NumPy type ``dtype``.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> numpy_view(pa.array([1, 2, 3], pa.int32()).slice(1), np.int32).tolist()
+        [2, 3]
+    """
+    dtype = np.dtype(dtype)
+    if array.null_count:
+        raise ValueError(f"cannot view an Arrow array with {array.null_count} nulls as NumPy; fill or drop them first")
+    if array.type.to_pandas_dtype() != dtype:
+        raise ValueError(f"Arrow array of type {array.type} is not {dtype}; cast it first")
+    view = np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    view.flags.writeable = False  # Arrow memory is immutable: writes would corrupt shared buffers
+    return view
+
+
+def arrow_array(values: np.ndarray, kind):
+    """A zero-copy Arrow array of type ``kind`` over ``values`` (copied once if not contiguous).
+
+    Example:
+        >>> import pyarrow as pa
+        >>> arrow_array(np.arange(3, dtype=np.int64), pa.int64()).to_pylist()
+        [0, 1, 2]
+    """
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values, dtype=kind.to_pandas_dtype())
+    return pa.Array.from_buffers(kind, values.shape[0], [None, pa.py_buffer(values)])
