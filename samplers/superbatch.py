@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from ..packing import pack
-from ..selection._checks import exact
+from ..selection._checks import check_same_settings, check_state, exact
 from ._lengths import resolve_lengths
 from ._planned import resolve_replicas
 from .bucket import BucketBatchSampler
@@ -138,15 +138,9 @@ class SuperBatch:
         return {"filter_ratio": self.filter_ratio, "packed": self.packed, "sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        missing = {"filter_ratio", "packed", "sampler"} - set(state)
-        if missing:
-            raise ValueError(f"state_dict is missing {sorted(missing)}; pass a dict saved by SuperBatch.state_dict()")
-        for field in ("filter_ratio", "packed"):
-            if state[field] != getattr(self, field):
-                raise ValueError(
-                    f"state_dict was saved with {field}={state[field]!r} but this SuperBatch has "
-                    f"{field}={getattr(self, field)!r}; rebuild it with the saved arguments"
-                )
+        check_state(state, {"filter_ratio", "packed", "sampler"}, "SuperBatch.state_dict()")
+        mine = {"filter_ratio": self.filter_ratio, "packed": self.packed}
+        check_same_settings({k: state[k] for k in mine}, mine, "SuperBatch")
         self.sampler.load_state_dict(state["sampler"])
 
     # --- one step ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 
 from . import _torch
-from ._checks import as_int, as_values, exact
+from ._checks import as_int, as_values, check_same_settings, check_state, exact
 from .policies import POLICIES
 
 
@@ -181,18 +181,8 @@ class _BatchSelector:
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from :meth:`state_dict`: the next selection is the one the saved run made next."""
-        missing = {"kind", "settings", "step"} - set(state)
-        if missing:
-            raise ValueError(f"state_dict is missing {sorted(missing)}; pass a dict saved by state_dict()")
-        if state["kind"] != self._kind:
-            raise ValueError(f"state_dict is a {state['kind']} state; this selector is a {self._kind}")
-        settings = self._settings()
-        for name, value in state["settings"].items():
-            if settings.get(name) != value:
-                raise ValueError(
-                    f"state_dict was saved with {name}={value!r} but this {self._kind} has "
-                    f"{name}={settings.get(name)!r}; rebuild it with the saved arguments"
-                )
+        check_state(state, {"kind", "settings", "step"}, "state_dict()", kind=self._kind, owner="selector")
+        check_same_settings(state["settings"], self._settings(), self._kind)
         self.step = as_int(state["step"], "state_dict['step']")
 
 

@@ -8,6 +8,25 @@ from fractions import Fraction
 import numpy as np
 
 
+def check_state(state: dict, required, saver: str, *, kind: str | None = None, owner: str | None = None) -> None:
+    """Refuse a state dict without the keys ``saver`` writes, or saved by another kind of object."""
+    missing = set(required) - set(state)
+    if missing:
+        raise ValueError(f"state_dict is missing {sorted(missing)}; pass a dict saved by {saver}")
+    if kind is not None and state["kind"] != kind:
+        raise ValueError(f"state_dict is a {state['kind']} state; this {owner} is a {kind}")
+
+
+def check_same_settings(saved: dict, current: dict, owner: str) -> None:
+    """Refuse to resume an object built with other arguments than the state was saved with."""
+    for name, value in saved.items():
+        if current.get(name) != value:
+            raise ValueError(
+                f"state_dict was saved with {name}={value!r} but this {owner} has {name}={current.get(name)!r}; "
+                f"rebuild it with the saved arguments"
+            )
+
+
 def as_int(value, field: str, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")

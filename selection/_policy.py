@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import _kernels, _torch
-from ._checks import as_ids, as_int, steps_for
+from ._checks import as_ids, as_int, check_same_settings, check_state, steps_for
 
 
 @dataclass(frozen=True)
@@ -172,18 +172,9 @@ class _EpochPolicy:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a policy saved by :meth:`state_dict` (built with the same arguments)."""
-        missing = {"kind", "settings", "epoch", "plan", "kept", "weights", "history"} - set(state)
-        if missing:
-            raise ValueError(f"state_dict is missing {sorted(missing)}; pass a dict saved by state_dict()")
-        if state["kind"] != self._kind:
-            raise ValueError(f"state_dict is a {state['kind']} state; this policy is a {self._kind}")
-        settings = self._settings()
-        for name, value in state["settings"].items():
-            if settings.get(name) != value:
-                raise ValueError(
-                    f"state_dict was saved with {name}={value!r} but this {self._kind} has "
-                    f"{name}={settings.get(name)!r}; rebuild it with the saved arguments"
-                )
+        required = {"kind", "settings", "epoch", "plan", "kept", "weights", "history"}
+        check_state(state, required, "state_dict()", kind=self._kind, owner="policy")
+        check_same_settings(state["settings"], self._settings(), self._kind)
         kept = as_ids(state["kept"], self.num_examples, "state_dict['kept']")
         table = np.zeros(self.num_examples, np.float32)
         table[kept] = np.asarray(state["weights"], np.float32)
