@@ -23,7 +23,6 @@ def load_template(spec: str | None):
 
 def render_summary(result) -> None:
     """The summary table of a pack run: rows in/out, padding before/after, distance to the bound."""
-    from rich.console import Console
     from rich.table import Table
 
     m = result.manifest

@@ -30,7 +30,6 @@ def report_dict(report: WasteReport, histogram: dict, source: str) -> dict:
 
 
 def render_report(report: WasteReport, title: str, histogram: dict | None = None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"padding waste at {report.capacity} tokens per row — {title}")

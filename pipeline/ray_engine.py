@@ -14,13 +14,7 @@ Each packed block ends with a footer row carrying its ``PackStats``; the driver 
 row numbers into global ones and applies ``--seed`` per window exactly as the local packer does,
 so with a single block the output is byte-identical to the local engine's.
 
-``select``: the vectors are read, cut into blocks of ``ASSIGN_ROWS`` rows (the local
-``KMeans.assign`` block, so faiss sees the same queries and returns the same bits) and given row
-ids; the k-means sample (the same rows the local engine draws) is pulled to the driver and trained
-there; the index is broadcast with ``ray.put`` and rows are assigned in ``map_batches``;
-semantic dedup runs per cluster in ``groupby("cluster").map_groups`` with the local
-``semantic_dedup`` on each cluster's rows in the local processing order, and prototype / balance
-picks run there too with the local ``select_per_cluster`` and quotas computed on the driver.
+``select`` runs in ``pipeline/ray_select.py`` on the session, input and error helpers here.
 
 Example (needs ``pip install 'packwise[ray]'``)::
 
@@ -34,7 +28,6 @@ import json
 import re
 from contextlib import contextmanager
 from dataclasses import fields
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -44,7 +37,6 @@ from .readers import Located
 from .tokens import _tokenize, token_batches
 
 ENGINES: tuple[str, ...] = ("local", "ray")
-ASSIGN_ROWS = 65_536  # rows per KMeans.assign block (its default batch_size): same blocks, same faiss bits
 _INSTALL = "pip install 'packwise[ray]'"
 _FOOTER = -1  # ``_window`` of the footer row that closes every packed block
 
@@ -324,192 +316,3 @@ class RayPackRun:
 def _global_rows(message: str, row_offset: int) -> str:
     """The packer names block-local rows ("input row 12"); the driver knows where the block starts."""
     return re.sub(r"input row (\d+)", lambda m: f"input row {int(m.group(1)) + row_offset}", message)
-
-
-# --- select --------------------------------------------------------------------------------------
-def _add_row_ids(block, row0: int, column: str):
-    """One block of the vector column -> ``row_id`` (global) and ``emb`` (fixed-size float32 lists, validated)."""
-    import pyarrow as pa
-    from ray.data.block import BlockAccessor
-
-    from ..selection.embed import _vector_block
-
-    table = BlockAccessor.for_block(block).to_arrow()
-    x = _vector_block(table.column(column).combine_chunks(), column, row0, None)
-    x = np.ascontiguousarray(x, np.float32)
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
-    return pa.table({"row_id": np.arange(row0, row0 + x.shape[0], dtype=np.int64), "emb": emb})
-
-
-def _matrix(table) -> np.ndarray:
-    col = table.column("emb").combine_chunks()
-    return np.asarray(col.values, np.float32).reshape(len(col), col.type.list_size)
-
-
-_KM_CACHE: dict = {}
-
-
-def _assign_block(table, *, km):
-    """Nearest centroid of every row of one ``ASSIGN_ROWS`` block (the broadcast index, cached per worker)."""
-    import ray
-
-    from ..selection.cluster import KMeans
-
-    key = km[0].hex()
-    if key not in _KM_CACHE:
-        centroids, spherical, factory, nprobe = ray.get(km[0])
-        _KM_CACHE.clear()
-        _KM_CACHE[key] = KMeans(centroids, spherical, factory, nprobe)
-    labels, dist = _KM_CACHE[key].assign(_matrix(table), batch_size=ASSIGN_ROWS)
-    return table.append_column("cluster", [labels]).append_column("distance", [dist])
-
-
-def _take_rows(table, *, rows):
-    import ray
-
-    wanted = ray.get(rows[0])
-    ids = np.asarray(table.column("row_id"))
-    return table.filter(np.isin(ids, wanted))
-
-
-def _dedup_group(table, *, eps, order, key, exact):
-    """Semantic dedup of one cluster, in the local engine's processing order (key, then row id)."""
-    import pyarrow as pa
-    import ray
-
-    from ..selection.dedup import semantic_dedup
-
-    rid = np.asarray(table.column("row_id"))
-    dist = np.asarray(table.column("distance"), np.float64)
-    if order == "hard":
-        k = -dist
-    elif order == "easy":
-        k = dist
-    elif order == "random":
-        k = ray.get(key[0])[rid]
-    else:
-        k = rid.astype(np.float64)
-    pos = np.lexsort((rid, k))
-    rid = rid[pos]
-    m = rid.shape[0]
-    is_exact = ray.get(exact[0])[rid] if exact[0] is not None else np.zeros(m, bool)
-    res = semantic_dedup(_matrix(table.take(pa.array(pos))), labels=np.zeros(m, np.int64), eps=eps, order="index",
-                         exact_of=np.where(is_exact, -1, np.arange(m)))  # fmt: skip
-
-    def glob(a):
-        return np.where(a >= 0, rid[np.maximum(a, 0)], -1)
-
-    return pa.table({"row_id": rid, "rank": res.rank, "kept": res.kept[:, 0], "nearest": glob(res.nearest),
-                     "similarity": res.similarity, "duplicate_of": glob(res.duplicate_of[:, 0]),
-                     "duplicate_similarity": res.duplicate_similarity[:, 0]})  # fmt: skip
-
-
-def _quota_group(table, *, quotas, within, key):
-    """The first ``quotas[cluster]`` rows of one cluster in the local ``select_per_cluster`` order."""
-    import pyarrow as pa
-    import ray
-
-    from ..selection.prototypes import select_per_cluster
-
-    order = np.argsort(np.asarray(table.column("row_id")), kind="stable")
-    rid = np.asarray(table.column("row_id"))[order]
-    if key[0] is not None:  # 'random': the whole input's seeded draw, so the order is the local engine's
-        within, d = "closest", ray.get(key[0])[rid]
-    else:
-        d = np.asarray(table.column("distance"), np.float64)[order]
-    quota = ray.get(quotas[0])[int(table.column("cluster")[0].as_py())]
-    picked = select_per_cluster(np.zeros(rid.shape[0], np.int64), np.array([quota], np.int64), within=within, distances=d)
-    return pa.table({"row_id": rid[picked]})
-
-
-class RaySelect:
-    """Vectors of ``source`` on Ray, with global row ids, for k-means, assignment and per-cluster dedup."""
-
-    def __init__(self, inp, column: str):
-        ray = require_ray()
-        with _task_errors():
-            base = read_dataset(inp, [column]).repartition(target_num_rows_per_block=ASSIGN_ROWS, strict=True).materialize()
-            add = ray.remote(_add_row_ids)
-            refs, row = [], 0
-            for bundle in base.iter_internal_ref_bundles():
-                for ref, meta in zip(bundle.block_refs, bundle.metadata):
-                    refs.append(add.remote(ref, row, column))
-                    row += meta.num_rows
-            if row == 0:
-                raise ValueError(f"{inp.name}: the input has no rows")
-            self.ds = ray.data.from_arrow_refs(refs)
-        self.n = row
-        self.assigned = None
-
-    def cluster(self, k: int, *, seed: int, niter: int, max_points_per_centroid: int):
-        """Train on the local engine's sample (pulled to the driver), assign every row on the workers."""
-        import dataclasses
-
-        import ray
-
-        from ..selection.cluster import kmeans, sample_rows
-
-        rows = sample_rows(self.n, k, max_points_per_centroid, seed) if k >= 1 and max_points_per_centroid >= 1 else None
-        part = self.ds if rows is None else self.ds.map_batches(_take_rows, batch_format="pyarrow", fn_kwargs={"rows": [ray.put(rows)]})
-        with _task_errors():
-            got = part.to_arrow_refs()
-            import pyarrow as pa
-
-            table = pa.concat_tables(ray.get(got)).sort_by("row_id")
-        sample = _matrix(table)
-        km = kmeans(sample, k, spherical=True, seed=seed, niter=niter, max_points_per_centroid=max_points_per_centroid)
-        km.report = dataclasses.replace(km.report, rows=self.n, sampled=rows is not None)
-        ref = ray.put((km.centroids, km.spherical, km.index_factory, km.nprobe))
-        with _task_errors():
-            self.assigned = self.ds.map_batches(_assign_block, batch_format="pyarrow", batch_size=None, fn_kwargs={"km": [ref]}).materialize()
-        labels = np.empty(self.n, np.int64)
-        dist = np.empty(self.n, np.float32)
-        for b in self.assigned.select_columns(["row_id", "cluster", "distance"]).iter_batches(batch_size=None, batch_format="numpy"):
-            labels[b["row_id"]] = b["cluster"]
-            dist[b["row_id"]] = b["distance"]
-        return km, labels, dist
-
-    def dedup(self, labels, dist, *, eps: float, order: str, hashes=None, seed: int = 0):
-        """``semantic_dedup`` of the whole input, computed per cluster in ``groupby("cluster").map_groups``."""
-        import ray
-
-        from ..selection.dedup import ORDERS, DedupResult, _eps_tuple, exact_duplicates
-
-        eps_t = _eps_tuple(eps)
-        if order not in ORDERS:
-            raise ValueError(f"order={order!r}: use one of {', '.join(ORDERS)}")
-        n = self.n
-        exact_of = exact_duplicates(hashes) if hashes is not None else np.arange(n, dtype=np.int64)
-        is_exact = exact_of != np.arange(n)
-        key = ray.put(np.random.default_rng(seed).random(n)) if order == "random" else None
-        kwargs = {"eps": eps_t[0], "order": order, "key": [key], "exact": [ray.put(is_exact) if hashes is not None else None]}
-        rank = np.empty(n, np.int64)
-        nearest = np.full(n, -1, np.int64)
-        similarity = np.full(n, np.nan, np.float32)
-        kept = np.zeros((n, 1), np.bool_)
-        dup_of = np.full((n, 1), -1, np.int64)
-        dup_sim = np.full((n, 1), np.nan, np.float32)
-        for b in self._per_cluster(_dedup_group, kwargs, int(labels.max()) + 1):
-            r = b["row_id"]
-            rank[r], nearest[r], similarity[r] = b["rank"], b["nearest"], b["similarity"]
-            kept[r, 0], dup_of[r, 0], dup_sim[r, 0] = b["kept"], b["duplicate_of"], b["duplicate_similarity"]
-        return DedupResult(eps_t, labels, rank, nearest, similarity, kept, dup_of, dup_sim, exact_of, order)
-
-    def select_per_cluster(self, quotas: np.ndarray, *, within: str, seed: int = 0) -> np.ndarray:
-        """``selection.select_per_cluster`` of the whole input (ascending row ids), one cluster per group.
-
-        ``quotas`` come from the driver (``proportional_quotas`` / ``balanced_caps`` of the cluster
-        sizes); each group keeps its first ``quotas[c]`` rows in the local order."""
-        import ray
-
-        key = ray.put(np.random.default_rng(seed).random(self.n)) if within == "random" else None
-        kwargs = {"quotas": [ray.put(np.asarray(quotas, np.int64))], "within": within, "key": [key]}
-        parts = [b["row_id"] for b in self._per_cluster(_quota_group, kwargs, int(np.asarray(quotas).shape[0]))]
-        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-
-    def _per_cluster(self, fn, kwargs: dict, k: int):
-        """``groupby("cluster").map_groups(fn)`` over the assigned rows; yields numpy batches."""
-        with _task_errors():
-            parts = max(1, min(k, 200))  # one shuffle partition per cluster, at most Ray's default
-            groups = self.assigned.groupby("cluster", num_partitions=parts).map_groups(fn, batch_format="pyarrow", fn_kwargs=kwargs)
-            yield from groups.iter_batches(batch_size=None, batch_format="numpy")

@@ -235,7 +235,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         settings.update(score_column=score_column, policy=policy, beta=beta, target=kk)
     else:
         if engine == "ray":
-            from ..pipeline.ray_engine import RaySelect
+            from ..pipeline.ray_select import RaySelect
 
             ray_sel = RaySelect(open_input(input, [embeddings_column], format=input_format), embeddings_column)
             n = ray_sel.n

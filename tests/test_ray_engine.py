@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -105,7 +104,6 @@ def test_pack_ray_parquet_token_column_with_labels_resumes_like_local(tmp_path, 
     got = read_shards(tmp_path / "full")
     flat_ids = [t for row in got["input_ids"] for t in row]
     flat_lab = [t for row in got["labels"] for t in row]
-    by_row = {}
     for r, (src_rows, starts, lens) in enumerate(zip(got["source_index"], got["source_start"], got["seq_lens"])):
         pos = 0
         for s_, st, n in zip(src_rows, starts, lens):

@@ -4,7 +4,6 @@ resume in a fresh process (plain sampler state and StatefulDataLoader with 2 wor
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
