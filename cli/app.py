@@ -208,7 +208,8 @@ def select(
 ) -> None:
     """Select rows offline: semantic dedup, prototype pruning, cluster balance, decontamination or score policies."""
     from ._progress import progress_bar
-    from .select_cmd import render_select_summary, run_select
+    from ..selection.select_run import run_select
+    from .select_cmd import render_select_summary
 
     with progress_bar("embeddings", None) as update:
         result = run_select(

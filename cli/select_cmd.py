@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..selection.select_run import METHODS, SelectResult, load_embeddings, run_select  # noqa: F401  (re-exported)
+from ..selection.select_run import SelectResult
 
 
 def render_select_summary(result: SelectResult, max_clusters: int = 20) -> None:

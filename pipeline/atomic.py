@@ -28,21 +28,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_beside(path)
+    try:
+        yield tmp
+        publish(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def temp_beside(path: Path) -> Path:
+    """A new hidden ``.<name>.*.tmp`` file beside ``path`` with the mode a plain ``open`` would give
+    (``mkstemp`` makes 0600); a run that dies leaves only this name, which reruns remove."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~umask())
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def umask() -> int:
-    """The process umask (read without changing it), for files made with ``mkstemp`` (mode 0600)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(tmp, 0o666 & ~mask)
+    return Path(tmp)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """fsync ``tmp`` and rename it to ``path``: readers see the whole file under its name or nothing."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -9,7 +9,8 @@ Layout of an output folder::
 Each shard is written under a temporary name and renamed, so a shard file under its final name is
 complete.  Rows are encoded into the open shard one Parquet row group at a time on one background
 thread (pyarrow releases the GIL while it encodes), so encoding overlaps reading and packing; the
-thread works in submission order with a bounded backlog, and the manifest waits for the last shard.  A rerun with the same settings skips the rows of the complete shards (the packing is
+thread works in submission order with a bounded backlog, and the manifest waits for the last
+shard.  A rerun with the same settings skips the rows of the complete shards (the packing is
 deterministic, so the rows it replays are the same) and writes the rest; other settings are
 refused unless ``overwrite=True``.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ._arrow import arrow_array
-from .atomic import atomic_path, umask
+from .atomic import atomic_path, publish, temp_beside
 from .pack_stage import PackedRows
 
 MANIFEST = "manifest.json"
@@ -231,7 +231,7 @@ class _OpenShard:
 
     def __init__(self, path: Path):
         self.path, self.rows, self.tokens, self.sequences = path, 0, 0, 0
-        self._tmp: str | None = None
+        self._tmp: Path | None = None
         self._writer = None
 
     def count(self, group) -> None:
@@ -245,8 +245,7 @@ class _OpenShard:
         import pyarrow.parquet as pq
 
         if self._writer is None:
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            os.close(fd)
+            self._tmp = temp_beside(self.path)
             self._writer = pq.ParquetWriter(self._tmp, group.schema, compression="zstd", use_dictionary=False)
         self._writer.write_table(group, row_group_size=_ROW_GROUP)
 
@@ -254,10 +253,7 @@ class _OpenShard:
         info = {"rows": self.rows, "tokens": self.tokens, "sequences": self.sequences}
         self._writer.add_key_value_metadata({"packwise": json.dumps(info, sort_keys=True)})
         self._writer.close()
-        with open(self._tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(self._tmp, 0o666 & ~umask())
-        os.replace(self._tmp, self.path)
+        publish(self._tmp, self.path)
         return {"file": self.path.name, **info, "sha256": _sha256(self.path)}
 
 

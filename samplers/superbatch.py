@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from ..packing import pack
-from ..selection._checks import check_same_settings, check_state, exact
+from ..selection._checks import as_int, check_same_settings, check_state, exact
 from ._lengths import resolve_lengths
 from ._planned import resolve_replicas
 from .bucket import BucketBatchSampler
@@ -95,9 +95,7 @@ class SuperBatch:
         if self.packed:
             if max_tokens is None or batch_size is not None:
                 raise ValueError("packed=True takes max_tokens (tokens per row) and rows_per_batch (rows per rank), not batch_size")
-            if isinstance(rows_per_batch, bool) or not isinstance(rows_per_batch, (int, np.integer)) or rows_per_batch < 1:
-                raise ValueError(f"rows_per_batch must be a positive integer, got {rows_per_batch!r}")
-            self.rows_per_batch = int(rows_per_batch)
+            self.rows_per_batch = as_int(rows_per_batch, "rows_per_batch", 1)
             super_rows = math.ceil(Fraction(self.rows_per_batch * world) / self._keep)
             self.sampler = PackedBatchSampler(
                 self.lengths, max_tokens, super_rows, algorithm, shuffle=shuffle, seed=seed, drop_last=drop_last,
