@@ -43,6 +43,19 @@ def _reference(x, labels, key, eps_list, exact_of):
     return kept, dup, nearest
 
 
+def _assert_same_nearest(x, actual, expected, order):
+    """Equal, except where the two candidates are identical vectors (a planted exact copy).
+
+    Their similarities to a third row tie in exact arithmetic, and BLAS may round them a last
+    ulp apart depending on where the rows fall in a GEMM tile, so either index is a right answer.
+    """
+    for j in np.flatnonzero(actual != expected):
+        a, e = int(actual[j]), int(expected[j])
+        assert a >= 0 and e >= 0 and np.array_equal(x[a], x[e]), (
+            f"{order}: nearest[{j}] = {a}, expected {e} (not identical vectors)"
+        )
+
+
 def test_planted_duplicates_found_and_nothing_else(data):
     c, labels, dist = data
     planted = {**c.near, **c.exact}
@@ -80,7 +93,7 @@ def test_matches_brute_force_greedy_for_every_order_and_eps(data):
         kept, dup, nearest = _reference(c.embeddings, labels, key, eps_list, exact_of)
         np.testing.assert_array_equal(r.kept, kept, err_msg=order)
         np.testing.assert_array_equal(r.duplicate_of, dup, err_msg=order)
-        np.testing.assert_array_equal(r.nearest, nearest, err_msg=order)
+        _assert_same_nearest(c.embeddings, r.nearest, nearest, order)
     # looser eps drops strictly more on real data (natural pairs above 0.8 exist in ag_news)
     assert r.kept[:, 0].sum() > r.kept[:, 1].sum() > r.kept[:, 2].sum()
 
