@@ -21,7 +21,7 @@ Example:
     >>> from packwise.selection import InfoBatch
     >>> ib = InfoBatch(6, num_epochs=2, delta=0.5)
     >>> ids = ib.indices_for_epoch(0)
-    >>> ib.update(ids, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])).item()
+    >>> round(ib.update(ids, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])).item(), 6)  # float32: 1/B folded into the weights
     3.5
 """
 
