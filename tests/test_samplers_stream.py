@@ -158,3 +158,22 @@ def test_packed_stream_oversize_truncate_split_drop(docs):
         PackedIterable(rows, max_tokens=256, length=lambda e: len(e["input_ids"]), oversize="split")
     with pytest.raises(ValueError, match=r"oversize must be 'error', 'truncate', 'split' or 'drop', got 'cut'"):
         PackedIterable(rows, max_tokens=256, oversize="cut")
+
+
+def test_hf_streaming_dataset_is_sharded_once_by_its_own_workers(docs, tmp_path):
+    """datasets shards an IterableDataset by DataLoader worker itself; sharding again by position
+    lost every other document (150 of 300 with 2 workers).  A pre-split source must match the rank."""
+    import json
+
+    import datasets
+    from datasets.distributed import split_dataset_by_node
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"index": i, "input_ids": x}) + "\n" for i, x in enumerate(docs[:300])))
+    source = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+    stream = PackedIterable(source, max_tokens=2048, window=64, num_replicas=1, rank=0)
+    loader = DataLoader(stream, batch_size=None, collate_fn=identity, num_workers=2)
+    assert sorted(i for b in _indices(loader) for i in b) == list(range(300))
+    split = split_dataset_by_node(source, rank=1, world_size=2)
+    with pytest.raises(ValueError, match=r"split_dataset_by_node\(rank=1, world_size=2\) but this stream is rank 0 of num_replicas=2"):
+        list(PackedIterable(split, max_tokens=2048, num_replicas=2, rank=0))
