@@ -110,6 +110,41 @@ def _accelerate_scenarios(acc, ids, lengths) -> dict:
     except ValueError as e:
         rec["refused"] = str(e)
 
+    # dispatch_batches=True: process 0 reads the global plan, accelerate concatenates and slices rows
+    from packwise.packing import PackedCollator
+
+    packer = PackedCollator(layout="position_ids", capacity=2048)
+
+    def fixed_shape(examples):
+        batch = packer([{"input_ids": e["input_ids"].tolist()} for e in examples])
+        index = torch.full((1, 256), -1, dtype=torch.long)
+        index[0, : len(examples)] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
+        batch["index"] = index
+        return batch
+
+    sampler = cls(lengths, **kw)
+    base = DataLoader(TokenDataset(ids), batch_sampler=sampler, collate_fn=fixed_shape)
+    loader = prepare_data_loader(base, device=torch.device("cpu"), put_on_device=True, dispatch_batches=True)
+    rec["dispatch/len"] = len(loader)
+    rec["dispatch"] = [[i for i in b["index"][0].tolist() if i >= 0] for b in loader]
+
+    # samplers that must not be dealt again are refused with their fix
+    from packwise.samplers import PruningSampler, SuperBatch
+    from packwise.selection import InfoBatch
+
+    for name, make in (
+        ("pruning", lambda: PruningSampler(InfoBatch(lengths.shape[0], num_epochs=2, seed=0), seed=0)),
+        ("superbatch", lambda: SuperBatch(lengths, batch_size=8, filter_ratio=0.5)),
+    ):
+        base = make()
+        kwargs = {"sampler": base, "batch_size": 4} if name == "pruning" else {"batch_sampler": base}
+        loader = acc.prepare(DataLoader(TokenDataset(ids), collate_fn=pad_collate, **kwargs))
+        try:
+            next(iter(loader))
+            rec[f"refused/{name}"] = None
+        except ValueError as e:
+            rec[f"refused/{name}"] = str(e)
+
     # the coverage guard: passes here, raises on accelerate's own even_batches wrap-around
     rec["audit"] = list(audit(_prepared(acc, cls(lengths, **kw), ids), epochs=2).examples)
     plain = acc.prepare(DataLoader(TokenDataset(ids), batch_size=4, collate_fn=pad_collate))
@@ -317,6 +352,25 @@ def test_a_sampler_planned_for_one_rank_is_refused_with_the_fix(record):
             f"PackedBatchSampler plans for num_replicas=1, rank=0 but accelerate deals its batches to 2 processes "
             f"(this is process {rank}); build it with num_replicas=2, rank={rank} (the default once "
             f"torch.distributed is initialised) so every rank gets its token-balanced share exactly once"
+        )
+
+
+def test_dispatch_batches_hands_each_rank_its_planned_batches(record):
+    _no_error(record, "accelerate")
+    lengths, ranks = record["lengths"], record["ranks"]
+    plans = _plans("packed", lengths, 0)
+    assert [rec["dispatch"] for rec in ranks] == plans
+    assert [rec["dispatch/len"] for rec in ranks] == [len(plans[0])] * WORLD
+
+
+def test_samplers_that_deal_ranks_themselves_are_refused_under_accelerate(record):
+    _no_error(record, "accelerate")
+    for rec in record["ranks"]:
+        assert rec["refused/pruning"].startswith(
+            "PruningSampler deals ranks itself (num_replicas=2) and accelerate deals its batches again over 2 processes"
+        )
+        assert rec["refused/superbatch"].startswith(
+            "SuperBatch gives every rank the same super-batch, but accelerate deals its batches over 2 processes"
         )
 
 
