@@ -2,7 +2,8 @@
 
 Hand a sampler to ``DataLoader(dataset, batch_sampler=sampler, collate_fn=...)``; call
 ``sampler.set_epoch(epoch)`` each epoch; save ``sampler.state_dict()`` (or a
-``StatefulDataLoader``'s) to resume mid-epoch exactly.
+``StatefulDataLoader``'s) to resume mid-epoch exactly.  Under accelerate / HF Trainer the batch
+samplers cooperate with ``Accelerator.prepare``; ``audit(loader)`` checks every example arrives once.
 
 Example:
     >>> import numpy as np
@@ -13,6 +14,7 @@ Example:
 """
 
 from ._lengths import resolve_lengths
+from .audit import AuditReport, audit
 from .bucket import BucketBatchSampler, estimate_boundaries
 from .cluster import ClusterBatchSampler
 from .packed import PackedBatchSampler
@@ -23,6 +25,8 @@ from .superbatch import SuperBatch, TrainBatch
 from .with_index import WithIndex
 
 __all__ = [
+    "AuditReport",
+    "audit",
     "BucketBatchSampler",
     "ClusterBatchSampler",
     "BucketedIterable",

@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from . import _kernels
+from . import _kernels, _wrapped
 from .stats import EpochStats
 
 _EMPTY = np.zeros(0, np.int64)
@@ -67,8 +67,15 @@ def epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, stream])))
 
 
-class _PlannedBatchSampler(Sampler):
-    """Base class: subclasses build ``_batches(epoch)``; this class deals, iterates and resumes."""
+class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
+    """Base class: subclasses build ``_batches(epoch)``; this class deals, iterates and resumes.
+
+    Under accelerate (``Accelerator.prepare`` on a ``DataLoader(batch_sampler=...)``, HF Trainer)
+    the sampler cooperates with the wrapper it finds around it: ``BatchSamplerShard`` or
+    ``DataLoaderDispatcher`` over ``n`` processes get the whole global plan, step by step (rank 0's
+    batch, rank 1's, ...), so accelerate's dealing hands each rank exactly its token-balanced
+    batches; a sampler built for another world size is refused with the fix.
+    """
 
     def __init__(
         self,
@@ -99,6 +106,8 @@ class _PlannedBatchSampler(Sampler):
         self._yielded = 0
         self._plan: _EpochPlan | None = None
         self._fingerprint: str | None = None
+        self._caller: _wrapped.Caller | None = None
+        self._start = 0
 
     # --- to implement -----------------------------------------------------------------------
     def _batches(self, epoch: int) -> _Batches:  # pragma: no cover - abstract
@@ -169,36 +178,67 @@ class _PlannedBatchSampler(Sampler):
         return [order[offsets[b] : offsets[b + 1]].tolist() if b >= 0 else [] for b in plan.table[rank].tolist()]
 
     # --- the torch protocol -----------------------------------------------------------------
+    @property
+    def sampler(self) -> "_PlannedBatchSampler":
+        """Itself: accelerate forwards ``set_epoch`` to ``batch_sampler.sampler`` (through its
+        ``BatchSamplerShard``), so the epoch reaches this sampler however it is wrapped."""
+        return self
+
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch the next ``__iter__`` plays (the plan is seeded by ``(seed, epoch)``)."""
+        """Choose the epoch the next pass plays (the plan is seeded by ``(seed, epoch)``).
+
+        The plan is fixed at the pass's first batch, so a ``set_epoch`` between ``iter(loader)``
+        and the first ``next`` still counts.  Under accelerate an explicit call wins over the
+        prepared loader's pass counter; later passes count on from it.
+        """
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        if int(epoch) != self.epoch:  # a new epoch starts from its first batch
+        epoch = self.follow(int(epoch), from_loader=_wrapped.loader_counting())
+        if epoch != self.epoch:  # a new epoch starts from its first batch
             self._resume_at = 0
             self._yielded = 0
-        self.epoch = int(epoch)
+            self._caller = None
+        self.epoch = epoch
+
+    def _dealt_by(self, dealer: _wrapped.Dealer | None) -> int:
+        """How many ranks' batches this process hands to accelerate per step (1: only its own)."""
+        if dealer is None or dealer.processes == 1:
+            return 1
+        if self.num_replicas != dealer.processes or self.rank != dealer.index:
+            raise ValueError(
+                f"{type(self).__name__} plans for num_replicas={self.num_replicas}, rank={self.rank} but accelerate "
+                f"deals its batches to {dealer.processes} processes (this is process {dealer.index}); build it with "
+                f"num_replicas={dealer.processes}, rank={dealer.index} (the default once torch.distributed is "
+                f"initialised) so every rank gets its token-balanced share exactly once"
+            )
+        return dealer.processes
 
     def __len__(self) -> int:
-        """Batches this rank yields this epoch (the same on every rank)."""
-        return self.plan().stats.batches_per_rank
+        """Batches this rank yields this epoch (the same on every rank); under accelerate's
+        dealing, the global count it deals (``num_replicas`` times as many)."""
+        steps = self.plan().stats.batches_per_rank
+        return steps * self._dealt_by(_wrapped.find_caller().dealer)
 
     def __iter__(self) -> Iterator[list[int]]:
-        plan = self.plan()
+        caller = _wrapped.find_caller()
+        dealt = self._dealt_by(caller.dealer)  # refuse now, before the loader starts
+        return self._play(caller, dealt)
+
+    def _play(self, caller: _wrapped.Caller, dealt: int) -> Iterator[list[int]]:
+        plan = self.plan()  # at the first next(): an early iter() (StatefulDataLoader) plays the right epoch
         start = self._resume_at
         self._resume_at = 0
-        row = plan.table[self.rank][start:]
-        order = plan.batches.order
-        real = row >= 0
-        lo = np.zeros(row.shape[0], np.int64)
-        hi = np.zeros(row.shape[0], np.int64)
-        lo[real] = plan.batches.offsets[row[real]]
-        hi[real] = plan.batches.offsets[row[real] + 1]
-        self._yielded = start
-        return self._play(order, lo.tolist(), hi.tolist(), start)
-
-    def _play(self, order: np.ndarray, lo: list, hi: list, start: int) -> Iterator[list[int]]:
-        for k, (a, b) in enumerate(zip(lo, hi), start + 1):
-            self._yielded = k
+        self._caller, self._start, self._yielded = caller, start, start
+        rows = plan.table[self.rank : self.rank + 1] if dealt == 1 else plan.table
+        flat = rows[:, start:].T.reshape(-1)  # step by step: rank 0's batch, rank 1's, ...
+        order, offsets = plan.batches.order, plan.batches.offsets
+        real = flat >= 0
+        lo = np.zeros(flat.shape[0], np.int64)
+        hi = np.zeros(flat.shape[0], np.int64)
+        lo[real] = offsets[flat[real]]
+        hi[real] = offsets[flat[real] + 1]
+        for k, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
+            self._yielded = start + k // dealt + 1
             yield order[a:b].tolist()
 
     # --- resume -----------------------------------------------------------------------------
@@ -211,10 +251,18 @@ class _PlannedBatchSampler(Sampler):
         return self._fingerprint
 
     def state_dict(self) -> dict:
-        """Two counters and what they are valid for: ``epoch`` and ``batches_yielded`` this epoch."""
+        """Two counters and what they are valid for: ``epoch`` and ``batches_yielded`` this epoch.
+
+        ``batches_yielded`` counts batches the training loop received, not those a DataLoader's
+        workers or accelerate prefetched (read from the torch DataLoader iterator that pulls this
+        sampler); a ``StatefulDataLoader`` asking for its own snapshots gets the handed-out count.
+        """
+        done = self._yielded
+        if not _wrapped.called_from("torchdata"):
+            done = _wrapped.consumed_steps(self._caller, self._yielded, self._start)
         return {
             "epoch": self.epoch,
-            "batches_yielded": int(self._yielded),
+            "batches_yielded": int(done),
             "seed": self.seed,
             "num_replicas": self.num_replicas,
             "rank": self.rank,
@@ -244,3 +292,4 @@ class _PlannedBatchSampler(Sampler):
             raise ValueError(f"state_dict batches_yielded={done} is outside [0, {total}] for epoch {self.epoch}")
         self._resume_at = done
         self._yielded = done
+        self._caller = None

@@ -10,6 +10,7 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+from . import _wrapped
 from ._planned import resolve_replicas
 
 
@@ -17,7 +18,7 @@ def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, 7])))
 
 
-class PruningSampler(Sampler):
+class PruningSampler(Sampler, _wrapped.LoaderEpoch):
     """Yield this rank's share of ``policy.indices_for_epoch(epoch)``, shuffled.
 
     Every rank computes the same kept set (same scores, gathered by ``policy.update``, and same
@@ -65,10 +66,11 @@ class PruningSampler(Sampler):
         """Choose the epoch the next ``__iter__`` plays (plans it from the policy's current scores)."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        if int(epoch) != self.epoch:
+        epoch = self.follow(int(epoch), from_loader=_wrapped.loader_counting())
+        if epoch != self.epoch:
             self._resume_at = 0
             self._yielded = 0
-        self.epoch = int(epoch)
+        self.epoch = epoch
 
     def global_order(self, epoch: int | None = None) -> np.ndarray:
         """The epoch's kept ids in play order before dealing (int64), padded or truncated."""
@@ -93,6 +95,13 @@ class PruningSampler(Sampler):
         return int(self.rank_indices().shape[0])
 
     def __iter__(self) -> Iterator[int]:
+        dealer = _wrapped.find_caller().dealer
+        if dealer is not None and dealer.processes > 1 and self.num_replicas > 1:
+            raise ValueError(
+                f"PruningSampler deals ranks itself (num_replicas={self.num_replicas}) and accelerate deals its "
+                f"batches again over {dealer.processes} processes, so each rank would see half of its share; "
+                f"build it with num_replicas=1, rank=0 under accelerate (every rank holds the same policy)"
+            )
         ids = self.rank_indices()
         start = self._resume_at
         self._resume_at = 0

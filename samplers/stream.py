@@ -1,9 +1,11 @@
 """Streaming batching for ``IterableDataset`` sources: windowed packing and bucketing with a
-bounded buffer, sharded by DataLoader worker and by DDP rank."""
+bounded buffer, sharded by DataLoader worker and by DDP rank (once: an HF ``IterableDataset``
+shards itself by worker, and by rank through ``split_dataset_by_node``)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -50,12 +52,33 @@ class _ShardedStream(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         return self.rank * workers + worker, self.num_replicas * workers
 
+    def _reader(self) -> tuple[Iterable, int, int]:
+        """``(source to read, shard, shards)``: an HF ``IterableDataset`` is split by node with its own
+        ``split_dataset_by_node`` (unless it already was) and shards itself by DataLoader worker, so
+        it is read whole here; any other source is sharded by position over (rank, worker)."""
+        if not _is_hf_stream(self.source):
+            return (self.source, *self._shard())
+        split = getattr(self.source, "_distributed", None)
+        if split is not None:
+            if self.num_replicas > 1 and (split.world_size, split.rank) != (self.num_replicas, self.rank):
+                raise ValueError(
+                    f"the source was split with split_dataset_by_node(rank={split.rank}, world_size={split.world_size}) "
+                    f"but this stream is rank {self.rank} of num_replicas={self.num_replicas}; split it for this rank, "
+                    f"or pass the unsplit dataset (the stream then splits it once)"
+                )
+            return self.source, 0, 1
+        if self.num_replicas == 1:
+            return self.source, 0, 1
+        from datasets.distributed import split_dataset_by_node
+
+        return split_dataset_by_node(self.source, rank=self.rank, world_size=self.num_replicas), 0, 1
+
     def _windows(self) -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
-        """``(examples, lengths, stream rows)`` per window of this shard."""
-        shard, shards = self._shard()
+        """``(examples, lengths, stream rows)`` per window of this shard (rows count the read source)."""
+        source, shard, shards = self._reader()
         held: list = []
         rows: list[int] = []
-        for i, example in enumerate(self.source):
+        for i, example in enumerate(source):
             if i % shards != shard:
                 continue
             held.append(example)
@@ -77,6 +100,23 @@ class _ShardedStream(IterableDataset):
         return out
 
 
+def _is_hf_stream(source) -> bool:
+    """An HF ``datasets.IterableDataset`` (it knows its shards and splits itself by worker)."""
+    return type(source).__module__.startswith("datasets.") and hasattr(source, "n_shards") and hasattr(source, "shard")
+
+
+def _cut(example, length: int, start: int, stop: int):
+    """``example`` with every sequence field of ``length`` items cut to ``[start, stop)``."""
+    if not isinstance(example, Mapping):
+        raise ValueError(
+            f"oversize='truncate' or 'split' cuts dict examples, got {type(example).__name__}; cut long examples upstream"
+        )
+    return {
+        k: v[start:stop] if not isinstance(v, (str, bytes)) and hasattr(v, "__len__") and len(v) == length else v
+        for k, v in example.items()
+    }
+
+
 def _too_long(lengths: np.ndarray, rows: np.ndarray, max_tokens: int, fix: str) -> None:
     i = int(np.flatnonzero(lengths > max_tokens)[0])
     raise ValueError(f"stream row {int(rows[i])} has length {int(lengths[i])} > max_tokens={max_tokens}; {fix}")
@@ -89,6 +129,15 @@ class PackedIterable(_ShardedStream):
     about ``max_age * window`` examples whatever the stream's size.  Each (rank, worker) shard
     reads every ``num_replicas * num_workers``-th example; closed bins are shuffled per window with
     ``(seed, epoch, shard)``.  Use with ``DataLoader(stream, batch_size=None, collate_fn=...)``.
+    An HF ``IterableDataset`` (``load_dataset(..., streaming=True)``) is not sharded by position:
+    it shards itself by worker, and by rank through ``split_dataset_by_node`` (applied here unless
+    the source already was split, which is then checked against ``rank``/``num_replicas``).
+
+    ``oversize``: ``"error"`` (default), ``"truncate"`` (keep the first ``max_tokens`` tokens),
+    ``"split"`` (cut into ``max_tokens``-token pieces, each packed on its own) or ``"drop"``, as in
+    ``packwise pack``; cutting needs ``length`` to be a field name and dict examples (every sequence
+    field as long as that field is cut, other fields are copied).  ``truncated_tokens`` and
+    ``dropped`` count what the last pass lost (in this process: workers keep their own).
 
     Example:
         >>> from packwise.samplers import PackedIterable
@@ -107,6 +156,7 @@ class PackedIterable(_ShardedStream):
         window: int = 1000,
         max_age: int = 4,
         rows_per_batch: int = 1,
+        oversize: Literal["error", "truncate", "split", "drop"] = "error",
         shuffle: bool = True,
         seed: int = 0,
         num_replicas: int | None = None,
@@ -116,23 +166,55 @@ class PackedIterable(_ShardedStream):
         self.max_tokens = validate_capacity(max_tokens, "max_tokens")
         self.max_age = validate_capacity(max_age, "max_age")
         self.rows_per_batch = validate_capacity(rows_per_batch, "rows_per_batch")
+        if oversize not in ("error", "truncate", "split", "drop"):
+            raise ValueError(f"oversize must be 'error', 'truncate', 'split' or 'drop', got {oversize!r}")
+        if oversize in ("truncate", "split") and not isinstance(length, str):
+            raise ValueError(
+                f"oversize={oversize!r} cuts the token field: pass length=<field name> (e.g. 'input_ids'), not a function"
+            )
+        self.oversize = oversize
         self.shuffle = bool(shuffle)
+        self.truncated_tokens = 0
+        self.dropped = 0
 
     def __iter__(self) -> Iterator[list]:
         shard, _ = self._shard()
         rng = epoch_rng(self.seed, self.epoch, 100 + shard)
         packer = WindowPacker(self.max_tokens, window=self.window, max_age=self.max_age)
+        self.truncated_tokens = self.dropped = 0
         held: dict[int, Any] = {}
         next_id = 0
         pending: list[list] = []  # closed bins waiting to fill a batch of rows_per_batch
         for examples, lengths, rows in self._windows():
             if int(lengths.max()) > self.max_tokens:
-                _too_long(lengths, rows, self.max_tokens, "truncate or split long examples before streaming them")
+                examples, lengths = self._fit(examples, lengths, rows)
+                if not examples:
+                    continue
             held.update(zip(range(next_id, next_id + len(examples)), examples))
             done = packer.add(lengths, start=next_id)
             next_id += len(examples)
             yield from self._emit(done, held, pending, rng, final=False)
         yield from self._emit(packer.flush(), held, pending, rng, final=True)
+
+    def _fit(self, examples: list, lengths: np.ndarray, rows: np.ndarray) -> tuple[list, np.ndarray]:
+        """Apply ``oversize`` to a window holding examples longer than ``max_tokens``."""
+        cap = self.max_tokens
+        if self.oversize == "error":
+            _too_long(lengths, rows, cap, "pass oversize='truncate' or 'split', or cut long examples before streaming")
+        out, sizes = [], []
+        for example, n in zip(examples, lengths.tolist()):
+            if n <= cap:
+                out.append(example)
+                sizes.append(n)
+            elif self.oversize == "drop":
+                self.dropped += 1
+            else:
+                stops = range(cap, n + cap, cap) if self.oversize == "split" else (cap,)
+                for stop in stops:
+                    out.append(_cut(example, n, stop - cap, min(stop, n)))
+                    sizes.append(min(stop, n) - stop + cap)
+                self.truncated_tokens += n - cap if self.oversize == "truncate" else 0
+        return out, np.asarray(sizes, np.int64)
 
     def _emit(self, done, held: dict, rows: list, rng, final: bool) -> Iterator[list]:
         bins = np.arange(done.num_bins)

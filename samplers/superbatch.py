@@ -18,6 +18,7 @@ import numpy as np
 from ..packing import pack
 from ..selection._checks import as_int, check_same_settings, check_state, exact
 from ._lengths import resolve_lengths
+from . import _wrapped
 from ._planned import resolve_replicas
 from .bucket import BucketBatchSampler
 from .packed import PackedBatchSampler
@@ -124,6 +125,13 @@ class SuperBatch:
     # --- the torch protocol -----------------------------------------------------------------
     def __iter__(self) -> Iterator[list[int]]:
         """Global super-batches (the same list on every rank)."""
+        dealer = _wrapped.find_caller().dealer
+        if dealer is not None and dealer.processes > 1:
+            raise ValueError(
+                f"SuperBatch gives every rank the same super-batch, but accelerate deals its batches over "
+                f"{dealer.processes} processes (each would score different ones); iterate the SuperBatch yourself "
+                f"(for super_ids in sb: ...) and load sb.train_batch(...).ids from the dataset, without prepare"
+            )
         return iter(self.sampler)
 
     def __len__(self) -> int:

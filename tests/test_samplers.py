@@ -506,3 +506,31 @@ def test_any_lengths_any_world_cover_once_within_budget(lengths, replicas, seed,
             if b:
                 cost = int(lengths[b].sum()) if packed else len(b) * int(lengths[b].max())
                 assert cost <= 600
+
+
+def test_state_dict_counts_consumed_not_prefetched_batches_with_workers(tokenizer):
+    """Two workers prefetch four batches ahead; the saved state is what the loop received."""
+    from conftest import load_texts
+
+    ids = [e.ids for e in tokenizer.encode_batch(load_texts("alpaca")[:300], add_special_tokens=False)]
+    lengths = np.array([len(x) for x in ids])
+    sampler = PackedBatchSampler(lengths, max_tokens=1024, seed=1, num_replicas=1, rank=0)
+    loader = DataLoader(TokenDataset(ids), batch_sampler=sampler, collate_fn=pad_collate, num_workers=2)
+    head = []
+    for batch in loader:
+        head.append(batch["index"].tolist())
+        if len(head) == 5:
+            break
+    state = sampler.state_dict()
+    assert state["batches_yielded"] == 5
+    fresh = PackedBatchSampler(lengths, max_tokens=1024, seed=1, num_replicas=1, rank=0)
+    fresh.load_state_dict(state)
+    tail = [b["index"].tolist() for b in DataLoader(TokenDataset(ids), batch_sampler=fresh, collate_fn=pad_collate)]
+    assert head + tail == sampler.rank_batches()
+
+
+def test_plan_is_fixed_at_the_first_batch_not_at_iter(alpaca):
+    s = PackedBatchSampler(alpaca, max_tokens=2048, seed=4, num_replicas=2, rank=1)
+    it = iter(s)  # a StatefulDataLoader's early state_dict() does this before the user's set_epoch
+    s.set_epoch(1)
+    assert list(it) == s.rank_batches(epoch=1) != s.rank_batches(epoch=0)

@@ -110,7 +110,7 @@ def test_bucketed_stream_batches_share_a_bucket_and_fixed_sizes(docs):
 
 def test_stream_errors(docs):
     first_long = next(i for i, x in enumerate(docs) if len(x) > 512)
-    with pytest.raises(ValueError, match=rf"stream row {first_long} has length {len(docs[first_long])} > max_tokens=512; truncate or split"):
+    with pytest.raises(ValueError, match=rf"stream row {first_long} has length {len(docs[first_long])} > max_tokens=512; pass oversize='truncate' or 'split'"):
         list(PackedIterable(Docs(docs), max_tokens=512, window=2000, num_replicas=1, rank=0))
     with pytest.raises(ValueError, match=rf"stream row {first_long} has length \d+ > max_tokens=512; .*oversize='drop'"):
         list(BucketedIterable(Docs(docs), max_tokens=512, window=2000, num_replicas=1, rank=0))
@@ -121,3 +121,59 @@ def test_stream_errors(docs):
         list(PackedIterable(Docs([[1, 2], []]), max_tokens=8, num_replicas=1, rank=0))
     with pytest.raises(ValueError, match=r"give max_tokens"):
         BucketedIterable(Docs(docs))
+
+
+def test_packed_stream_oversize_truncate_split_drop(docs):
+    """Like ``packwise pack``: truncate keeps the head, split cuts max_tokens pieces (each packed on its
+    own, other fields copied), drop leaves the example out; every field as long as the tokens is cut."""
+    rows = [{"index": i, "input_ids": x, "labels": x} for i, x in enumerate(docs[:400])]
+    long = [r for r in rows if len(r["input_ids"]) > 256]
+    assert long
+    seen = {}
+    for how in ("truncate", "split", "drop"):
+        stream = PackedIterable(rows, max_tokens=256, window=64, oversize=how, num_replicas=1, rank=0, seed=2)
+        got = [e for batch in stream for e in batch]
+        assert all(sum(len(e["input_ids"]) for e in b) <= 256 for b in stream)
+        assert all(e["labels"] == e["input_ids"] for e in got)
+        seen[how] = (got, stream.truncated_tokens, stream.dropped)
+    got, truncated, dropped = seen["truncate"]
+    assert sorted((e["index"], tuple(e["input_ids"])) for e in got) == sorted(
+        (r["index"], tuple(r["input_ids"][:256])) for r in rows
+    )
+    assert (truncated, dropped) == (sum(len(r["input_ids"]) - 256 for r in long), 0)
+    got, truncated, dropped = seen["split"]
+    pieces = {}
+    for e in got:
+        pieces.setdefault(e["index"], []).append(e["input_ids"])
+    for r in rows:  # the pieces, in order of their first token, rebuild the example
+        parts = pieces[r["index"]]
+        assert sorted(tuple(p) for p in parts) == sorted(
+            tuple(r["input_ids"][a : a + 256]) for a in range(0, len(r["input_ids"]), 256)
+        )
+    assert (truncated, dropped) == (0, 0)
+    got, truncated, dropped = seen["drop"]
+    assert sorted(e["index"] for e in got) == sorted(r["index"] for r in rows if len(r["input_ids"]) <= 256)
+    assert (truncated, dropped) == (0, len(long))
+    with pytest.raises(ValueError, match=r"oversize='split' cuts the token field: pass length=<field name>"):
+        PackedIterable(rows, max_tokens=256, length=lambda e: len(e["input_ids"]), oversize="split")
+    with pytest.raises(ValueError, match=r"oversize must be 'error', 'truncate', 'split' or 'drop', got 'cut'"):
+        PackedIterable(rows, max_tokens=256, oversize="cut")
+
+
+def test_hf_streaming_dataset_is_sharded_once_by_its_own_workers(docs, tmp_path):
+    """datasets shards an IterableDataset by DataLoader worker itself; sharding again by position
+    lost every other document (150 of 300 with 2 workers).  A pre-split source must match the rank."""
+    import json
+
+    import datasets
+    from datasets.distributed import split_dataset_by_node
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"index": i, "input_ids": x}) + "\n" for i, x in enumerate(docs[:300])))
+    source = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+    stream = PackedIterable(source, max_tokens=2048, window=64, num_replicas=1, rank=0)
+    loader = DataLoader(stream, batch_size=None, collate_fn=identity, num_workers=2)
+    assert sorted(i for b in _indices(loader) for i in b) == list(range(300))
+    split = split_dataset_by_node(source, rank=1, world_size=2)
+    with pytest.raises(ValueError, match=r"split_dataset_by_node\(rank=1, world_size=2\) but this stream is rank 0 of num_replicas=2"):
+        list(PackedIterable(split, max_tokens=2048, num_replicas=2, rank=0))
