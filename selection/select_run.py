@@ -11,6 +11,7 @@ clusters (``clusters/``) sit beside them; ``manifest.json`` is written last.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,9 +319,16 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
             per_cluster = [(int(c), int(a), int(b)) for c, a, b in zip(ids_, rows_in, rows_kept)]
 
     decisions = pa.table({"row_id": np.arange(n, dtype=np.int64), "cluster": cluster, "kept": kept, "reason": pa.array([str(v) for v in reason], pa.string()), **cols})
-    with atomic_path(output / "decisions.parquet") as tmp:
-        pq.write_table(decisions, tmp)
-    shards = _write_shards(input, output, kept, input_format, shard_rows)
+    if engine == "ray":  # the workers write the kept rows and the decisions, block by block
+        from ..pipeline.ray_select import write_selection
+
+        shards, parts = write_selection(open_input(input, None, format=input_format), output, decisions, shard_rows)
+    else:
+        if (output / "decisions.parquet").is_dir():  # a Ray run's parts
+            shutil.rmtree(output / "decisions.parquet")
+        with atomic_path(output / "decisions.parquet") as tmp:
+            pq.write_table(decisions, tmp)
+        shards, parts = _write_shards(input, output, kept, input_format, shard_rows), None
     if sum(s["rows"] for s in shards) != int(kept.sum()):
         raise ValueError(f"{input}: the input changed between the two passes ({n} rows first); rerun")
     seconds = time.perf_counter() - t0
@@ -332,6 +340,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         "rows_out": int(kept.sum()),
         "shards": shards,
         "decisions": "decisions.parquet",
+        **({"decisions_parts": parts} if parts is not None else {}),
         "seconds": round(seconds, 3),
     }
     with atomic_path(output / MANIFEST) as tmp:
