@@ -4,7 +4,8 @@ decontaminate, score; on the local engine or on Ray (``engine="ray"``).
 Two streaming passes over the input: the first reads embeddings (a vector column, or texts
 encoded with a local sentence-transformers model into ``OUTPUT/embeddings.npy``) or a score
 column; the decisions are computed with ``packwise.selection``; the second pass writes the kept
-rows as atomic Parquet shards. ``decisions.parquet`` (row_id, cluster, kept, reason, ...) and the
+rows as atomic Parquet shards (on Ray, the workers write them and the decisions block by block).
+``decisions.parquet`` (row_id, cluster, kept, reason, ...; on Ray a folder of parts) and the
 clusters (``clusters/``) sit beside them; ``manifest.json`` is written last.
 """
 
@@ -161,7 +162,8 @@ def run_select(
     ``engine="ray"`` (dedup, prototypes, balance on an ``embeddings_column``): the vectors stay on the
     Ray workers; k-means trains on the driver on the same seeded sample as the local engine, rows
     are assigned on the workers and dedup runs per cluster there, so the decisions are the local
-    engine's (tested). Only per-row decisions (a few bytes a row) reach the driver.
+    engine's (tested). Only per-row decisions (a few bytes a row) reach the driver; the workers
+    write the kept rows and ``decisions.parquet/part-*.parquet``.
     """
     options = dict(locals())  # every keyword above, handed on as they are
     for name in ("input", "output", "ray_address"):
