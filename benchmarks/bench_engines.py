@@ -1,5 +1,6 @@
-"""``packwise pack`` on the local engine vs Ray Data on 1 and 2 workers of this machine, plus a paper
-estimate for 1T tokens on N nodes from measured per-block costs.
+"""``packwise pack`` on the local engine vs Ray Data on 1 and 2 workers of this machine (the workers
+write the shards, the driver only commits), plus a paper estimate for 1T tokens on N nodes from
+measured per-block costs.
 
 The input is the bootstrapped real token column of ``bench_pipeline.build_input`` (real token
 sequences of c4, alpaca, glaive and ag_news, rows drawn with replacement), packed with
@@ -11,11 +12,13 @@ reported on its own). Each run's output is checked: every input token is in it e
     nice -n 10 .venv/bin/python benchmarks/bench_engines.py                      # 100M tokens
     nice -n 10 .venv/bin/python benchmarks/bench_engines.py --tokens 20000000    # quicker
 
-The estimate: a worker packs one block of ``--block-rows`` rows in ``t_block`` seconds (measured
-here, in this process, on real blocks of the input, with the same functions the Ray tasks run);
-the driver turns packed blocks into shards at ``r_write`` tokens/s (measured the same way). For
-``T`` tokens on ``N`` nodes of ``C`` cores: ``max(blocks(T) * t_block / (N * C - 1), T / r_write)``;
-the second term does not shrink with N (one writer, one manifest) and is where scaling stops.
+The estimate: a worker reads, packs and writes one block of ``--block-rows`` rows in ``t_block``
+seconds, and the driver spends ``t_commit`` seconds per block (checking its record; with the tail
+pass also repacking and writing its open rows), both measured here on real blocks of the input
+with the functions the run uses. For ``T`` tokens on ``N`` nodes of ``C`` cores:
+``blocks(T) * t_block / (N * C - 1) + blocks(T) * t_commit``; only the second term is serial, and
+it is two to three orders of magnitude smaller, so the hours fall with N until storage bandwidth
+(not modelled) or the commit term is reached.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 _RUN = r"""
 import json, os, sys, time, logging
-engine, src, out, max_tokens, window, block_rows, cpus, tokenizer = sys.argv[1:9]
+engine, src, out, max_tokens, window, block_rows, cpus, tokenizer, tail = sys.argv[1:10]
 column = {"tokens_column": "input_ids"} if tokenizer == "-" else {"tokenizer": tokenizer}
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from packwise.pipeline import pack_to_parquet
@@ -50,7 +53,8 @@ if engine == "ray":
     startup = time.perf_counter() - t
 t = time.perf_counter()
 r = pack_to_parquet(src, out, max_tokens=int(max_tokens), **column, oversize="split",
-                    window=int(window), overwrite=True, engine=engine, block_rows=int(block_rows))
+                    window=int(window), overwrite=True, engine=engine, block_rows=int(block_rows),
+                    **({"tail_pass": tail == "1"} if engine == "ray" else {}))
 s = r.manifest["stats"]
 print(json.dumps({"seconds": time.perf_counter() - t, "startup": startup, "tokens_in": s["tokens_in"],
                   "tokens_out": s["tokens_out"], "truncated": s["truncated_tokens"], "dropped": s["dropped_tokens"],
@@ -83,9 +87,10 @@ def build_text_input(path: Path, target_tokens: int, seed: int = 0) -> dict:
     return {"tokens": total, "rows": len(texts)}
 
 
-def run(engine: str, src: Path, out: Path, args, cpus: int) -> dict:
+def run(engine: str, src: Path, out: Path, args, cpus: int, tail: bool) -> dict:
     tok = str(src.with_name("tokenizer.json")) if args.text else "-"
-    cmd = [sys.executable, "-c", _RUN, engine, str(src), str(out), str(args.max_tokens), str(args.window), str(args.block_rows), str(cpus), tok]
+    cmd = [sys.executable, "-c", _RUN, engine, str(src), str(out), str(args.max_tokens), str(args.window), str(args.block_rows), str(cpus), tok,
+           "1" if tail else "0"]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{engine} x{cpus} failed: {p.stderr[-3000:]}")
@@ -95,45 +100,77 @@ def run(engine: str, src: Path, out: Path, args, cpus: int) -> dict:
 
 
 def per_block_costs(src: Path, args, blocks: int = 3) -> dict:
-    """Seconds per pack block on one core (the Ray task's functions) and the driver's write rate."""
+    """Seconds per block on one worker core (read, pack, write its shards: the Ray task's function)
+    and on the driver (commit; with the tail pass also repacking and writing the block's open rows)."""
     import tempfile
+    from types import SimpleNamespace
 
     import pyarrow.parquet as pq
 
-    from packwise.pipeline.ray_engine import RayPackRun, _pack_block, _tokenize_batch
-    from packwise.pipeline.writer import ShardWriter
+    from packwise.pipeline.ray_engine import RayPackRun, RayShards, _pack_write_block, _tokenize_batch
 
     t = time.perf_counter()  # reading is part of a worker's block: Parquet decode of the token column, per row
     full = pq.read_table(src, columns=["input_ids"], pre_buffer=False)
     read_per_row = (time.perf_counter() - t) / full.num_rows
     tok = dict(tokenizer=None, text_column="text", tokens_column="input_ids", labels_column=None, template=None, source="bench")
-    pk = dict(max_tokens=args.max_tokens, algorithm="window_bfd", oversize="split", window=args.window, has_labels=False, source="bench")
-    work = write = tokens = 0.0
+    out = {"t_block": 0.0, "t_commit": 0.0, "t_commit_tail": 0.0, "tokens_per_block": 0.0, "tail_tokens": 0.0}
+    out["t_task"] = _task_round_trip()
     for k in range(blocks):
         table = full.slice(k * args.block_rows, args.block_rows)
-        work += read_per_row * table.num_rows
+        for tail in (False, True):
+            with tempfile.TemporaryDirectory() as d:
+                shards = RayShards(d, settings={}, fingerprint="bench", shard_rows=8192)
+                run = RayPackRun(SimpleNamespace(name="bench"), **{k_: v for k_, v in tok.items() if k_ != "source"}, max_tokens=args.max_tokens,
+                                 algorithm="window_bfd", oversize="split", window=args.window, seed=None, block_rows=args.block_rows,
+                                 tail_pass=tail)  # fmt: skip
+                cfg = {**run.block_kwargs, "output": d, "shard_rows": 8192}
+                t = time.perf_counter()
+                rec = _pack_write_block(_tokenize_batch(table, **tok), k, k * args.block_rows, cfg)
+                work = time.perf_counter() - t + read_per_row * table.num_rows
+                t = time.perf_counter()  # the driver's work for one block: its record into the manifest's shard list
+                shards.commit_blocks([rec])
+                json.dumps(rec["shards"])
+                if tail:  # the block's open rows repacked and written here (the encoder finishing included)
+                    run._tail(shards, [rec])
+                    shards.wait()
+                commit = time.perf_counter() - t + out.get("t_task", 0.0)
+                shards.close({})
+            if tail:
+                out["t_commit_tail"] += commit / blocks
+                out["tail_tokens"] += (rec["tail"] or {}).get("tokens", 0) / blocks
+            else:
+                out["t_block"] += work / blocks
+                out["t_commit"] += commit / blocks
+                out["tokens_per_block"] += rec["stats"]["tokens_in"] / blocks
+    return out
+
+
+def _task_round_trip(n: int = 300) -> float:
+    """Driver seconds per Ray task that returns a block record (submit, wait, get), on a local Ray."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        record = ray.remote(lambda k: {"block": k, "shards": [{"file": f"shard-{k:06d}-0000.parquet", "rows": 8192}] * 2})
+        ray.get([record.remote(k) for k in range(20)])  # workers started
         t = time.perf_counter()
-        packed = _pack_block(_tokenize_batch(table, **tok), **pk)
-        work += time.perf_counter() - t
-        tokens += json.loads(packed.column("_stats")[-1].as_py())["tokens_in"]
-        run = RayPackRun.__new__(RayPackRun)
-        run.seed, run.has_labels = None, False
-        with tempfile.TemporaryDirectory() as d:
-            w = ShardWriter(d, settings={}, fingerprint="bench", shard_rows=8192)
-            t = time.perf_counter()
-            for rows in run._emit(packed.slice(0, packed.num_rows - 1).combine_chunks().to_batches()[0], 0, 0):
-                w.write(rows)
-            w.close({})
-            write += time.perf_counter() - t
-    return {"t_block": work / blocks, "tokens_per_block": tokens / blocks, "r_write": tokens / write}
+        pending = [record.remote(k) for k in range(n)]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done[0])
+        return (time.perf_counter() - t) / n
+    finally:
+        ray.shutdown()
 
 
-def estimate(costs: dict, total_tokens: float, nodes: int, cores: int, price: float) -> tuple[float, float, float]:
+def estimate(costs: dict, total_tokens: float, nodes: int, cores: int, commit: float) -> tuple[float, float]:
+    """Wall seconds for ``total_tokens`` on ``nodes`` nodes, and the serial (driver) part of it."""
     blocks = total_tokens / costs["tokens_per_block"]
-    pack_s = blocks * costs["t_block"] / max(nodes * cores - 1, 1)  # one core per cluster runs the driver
-    write_s = total_tokens / costs["r_write"]
-    wall = max(pack_s, write_s)
-    return wall, wall / 3600 * nodes * price, pack_s / write_s
+    parallel = blocks * costs["t_block"] / max(nodes * cores - 1, 1)  # one core per cluster runs the driver
+    serial = blocks * commit
+    return parallel + serial, serial
 
 
 def main() -> None:
@@ -158,32 +195,38 @@ def main() -> None:
         info = (build_text_input if args.text else build_input)(src, args.tokens)
         print(f"built {src}: {info['rows']:,} rows, {info['tokens']:,} tokens in {time.perf_counter() - t0:.1f}s", flush=True)
     results = []
-    for name, engine, cpus in (("local engine", "local", 0), ("ray, 1 worker", "ray", 1), ("ray, 2 workers", "ray", 2)):
-        r = run(engine, src, work / f"out-{engine}-{cpus}", args, cpus)
+    runs = (("local engine", "local", 0, False), ("ray, 1 worker", "ray", 1, False), ("ray, 2 workers", "ray", 2, False),
+            ("ray, 2, tail pass", "ray", 2, True))  # fmt: skip
+    for name, engine, cpus, tail in runs:
+        r = run(engine, src, work / f"out-{engine}-{cpus}-{int(tail)}", args, cpus, tail)
         r["name"] = name
         results.append(r)
         print(json.dumps(r), flush=True)
     local, one = results[0], results[1]
     print()
-    print(f"{'engine':<16} {'seconds':>8} {'Mtok/s':>7} {'vs 1 worker':>11} {'ray start s':>11} {'padding':>8} {'rows':>9} {'windows':>8}")
+    print(f"{'engine':<18} {'seconds':>8} {'Mtok/s':>7} {'vs 1 worker':>11} {'ray start s':>11} {'padding':>8} {'rows':>9} {'windows':>8}")
     for r in results:
         ratio = f"{one['seconds'] / r['seconds']:.2f}x" if r["name"].startswith("ray") else "-"
-        print(f"{r['name']:<16} {r['seconds']:>8.2f} {r['tokens_in'] / r['seconds'] / 1e6:>7.2f} {ratio:>11} "
+        print(f"{r['name']:<18} {r['seconds']:>8.2f} {r['tokens_in'] / r['seconds'] / 1e6:>7.2f} {ratio:>11} "
               f"{r['startup']:>11.1f} {100 * r['padding']:>7.3f}% {r['rows_out']:>9,} {r['windows']:>8,}")  # fmt: skip
     print(f"input: {local['tokens_in']:,} tokens; --block-rows {args.block_rows}, window {args.window}, {args.max_tokens} tokens per row;"
-          f" this machine has {os.cpu_count()} cores (the driver shares them with the workers)")  # fmt: skip
+          f" this machine has {os.cpu_count()} cores (the driver shares them with the workers); load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     if args.text:
         return  # the per-block estimate below is for the token-column input
     costs = per_block_costs(src, args)
     print()
     print(f"measured per block ({args.block_rows:,} rows, {costs['tokens_per_block'] / 1e6:.2f}M tokens): "
-          f"{costs['t_block']:.3f}s on one core; driver writes {costs['r_write'] / 1e6:.1f}M tokens/s")
+          f"{costs['t_block']:.3f}s on one worker core (read, pack, write shards); driver {1000 * costs['t_commit']:.2f} ms "
+          f"(Ray task round trip {1000 * costs['t_task']:.2f} ms + record), "
+          f"with the tail pass {1000 * costs['t_commit_tail']:.1f} ms ({costs['tail_tokens'] / 1e3:.0f}k tail tokens)")  # fmt: skip
     print(f"paper estimate, 1T tokens, {args.cores_per_node}-core nodes at ${args.node_hour_usd}/node-hour:")
-    print(f"{'nodes':>6} {'hours':>8} {'USD':>9} {'pack/write time':>16}")
-    for nodes in (1, 4, 16, 64):
-        wall, usd, ratio = estimate(costs, 1e12, nodes, args.cores_per_node, args.node_hour_usd)
-        print(f"{nodes:>6} {wall / 3600:>8.2f} {usd:>9.2f} {ratio:>16.2f}")
-    print("pack/write < 1: the single driver-side writer is the bottleneck; more nodes no longer help.")
+    print(f"{'nodes':>6} {'hours':>8} {'USD':>9} {'serial h':>9} {'hours, tail':>12} {'serial h, tail':>15}")
+    for nodes in (1, 4, 16, 64, 256):
+        wall, serial = estimate(costs, 1e12, nodes, args.cores_per_node, costs["t_commit"])
+        wall_t, serial_t = estimate(costs, 1e12, nodes, args.cores_per_node, costs["t_commit_tail"])
+        print(f"{nodes:>6} {wall / 3600:>8.2f} {wall / 3600 * nodes * args.node_hour_usd:>9.2f} {serial / 3600:>9.3f} "
+              f"{wall_t / 3600:>12.2f} {serial_t / 3600:>15.3f}")  # fmt: skip
+    print("serial: the driver's commit (and tail pass); the rest is spread over N * C - 1 worker cores. Storage bandwidth is not modelled.")
 
 
 if __name__ == "__main__":

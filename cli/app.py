@@ -83,6 +83,9 @@ def pack(
     block_rows: int = typer.Option(
         100_000, "--block-rows", help="With --engine ray: input rows per pack block (blocks are packed in parallel, each on its own)."
     ),
+    tail_pass: bool = typer.Option(
+        False, "--tail-pass", help="With --engine ray: repack the open rows left at every block's end together (padding as local)."
+    ),
 ) -> None:
     """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
     from ..pipeline import open_input, pack_to_parquet
@@ -114,6 +117,7 @@ def pack(
             engine=engine,
             ray_address=ray_address,
             block_rows=block_rows,
+            tail_pass=tail_pass,
         )
     if result.state == "complete":
         typer.echo(f"{output} is up to date (manifest.json with the same settings and inputs); nothing to do")

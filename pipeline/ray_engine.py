@@ -8,10 +8,15 @@ decides where they run.
 ``Dataset``'s Arrow table) / ``from_huggingface`` (a streaming ``IterableDataset``) ->
 tokenize and measure lengths in ``map_batches`` on Arrow batches -> ``repartition`` into blocks of
 exactly ``block_rows`` input rows (so the cut points depend on the input, never on the cluster) ->
-one ``StreamPacker`` per block in ``map_batches`` -> the driver reads the packed blocks in input
-order and writes them through the one ``ShardWriter`` (atomic shards, manifest last, resume).
-Each packed block ends with a footer row carrying its ``PackStats``; the driver turns block-local
-row numbers into global ones and applies ``--seed`` per window exactly as the local packer does,
+one task per block (``_pack_write_block``) packs it with its own ``StreamPacker`` and writes its
+own shards, ``shard-<block>-<k>.parquet``, through the local writer's ``_OpenShard`` (temporary
+name, fsync, rename), then a small record of its stats and shards. The driver sees only block
+references and records: ``RayShards`` (a ``ShardWriter``) commits the shard list and writes the
+manifest last, so no packed row passes through it. A rerun keeps the blocks whose record and
+shards are intact and redoes the rest; the packing is deterministic, so the result is the same
+bytes. With ``tail_pass`` each block's last window's open rows go to a tail file and the driver
+repacks them all together (``shard-tail-*``), so block ends cost no padding. Rows are numbered
+globally on the workers, and ``--seed`` shuffles each window with the key ``(block << 32) | window``,
 so with a single block the output is byte-identical to the local engine's.
 
 ``select`` runs in ``pipeline/ray_select.py`` on the session, input and error helpers here.
@@ -25,20 +30,21 @@ Example (needs ``pip install 'packwise[ray]'``)::
 from __future__ import annotations
 
 import json
-import re
+import shutil
 from contextlib import contextmanager
 from dataclasses import fields
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .pack_stage import PackedRows, PackStats, StreamPacker
 from .readers import Located
 from .tokens import _tokenize, token_batches
+from .writer import ShardWriter
 
 ENGINES: tuple[str, ...] = ("local", "ray")
 _INSTALL = "pip install 'packwise[ray]'"
-_FOOTER = -1  # ``_window`` of the footer row that closes every packed block
 
 
 class RayMissing(ImportError, ValueError):
@@ -155,61 +161,157 @@ def _tokenize_batch(table, *, tokenizer, text_column, tokens_column, labels_colu
     return pa.table(cols)
 
 
-def _pack_block(table, *, max_tokens, algorithm, oversize, window, has_labels, source):
-    """One block of input rows -> its packed rows (block-local ``source_index``, ``_window``) + a footer."""
-    import pyarrow as pa
+BLOCKS = ".packwise-blocks"  # per-block records and tails of the run in progress (removed by the commit)
 
+
+def block_shard_name(block: int, k: int) -> str:
+    """The ``k``-th shard of pack block ``block``: fixed by the input and the settings, not by the cluster."""
+    return f"shard-{block:06d}-{k:04d}.parquet"
+
+
+def _record_path(output: Path, block: int) -> Path:
+    return output / BLOCKS / f"block-{block:06d}.json"
+
+
+def _tail_path(output: Path, block: int) -> Path:
+    return output / BLOCKS / f"tail-{block:06d}.parquet"
+
+
+def _write_block_shards(output: Path, block: int, table, shard_rows: int) -> list[dict]:
+    """A block's packed rows as shards of ``shard_rows`` rows in row groups of the local writer's
+    size, each through its ``_OpenShard`` (hidden temporary file, fsync, rename): same bytes as local."""
+    from .writer import _ROW_GROUP, _OpenShard
+
+    entries = []
+    for k, first in enumerate(range(0, table.num_rows, shard_rows)):
+        part, shard = table.slice(first, shard_rows), _OpenShard(output / block_shard_name(block, k))
+        for g in range(0, part.num_rows, _ROW_GROUP):
+            group = part.slice(g, _ROW_GROUP)
+            shard.count(group)
+            shard.write(group)
+        entries.append(shard.close())
+    return entries
+
+
+def _pack_write_block(table, block: int, row0: int, cfg: dict) -> dict:
+    """On a worker: pack one block of tokenized input rows (global row numbers from ``row0``), write
+    its shards, and with ``tail_pass`` its last window's open rows to a tail file; the block's
+    record, written last, is what the driver commits and what a rerun trusts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .atomic import atomic_path
     from .writer import _table
 
-    packer = StreamPacker(max_tokens, algorithm, oversize, window=window)
-    parts, error = [], None
+    output, capacity, seed = Path(cfg["output"]), cfg["max_tokens"], cfg["seed"]
+    packer = StreamPacker(capacity, cfg["algorithm"], cfg["oversize"], window=cfg["window"])
+    located, first = [], row0
+    for b in table.to_batches():
+        located.append(Located(b, cfg["source"], first, first))
+        first += b.num_rows
+    windows = []  # (packed rows of one window, its number in the block)
 
     def keep(rows: PackedRows) -> None:
-        t = _table(rows, has_labels)
-        parts.append(t.append_column("_window", pa.array(np.full(t.num_rows, packer.stats.windows - 1, np.int32))))
+        windows.append((_table(rows, cfg["has_labels"]), packer.stats.windows - 1))
 
-    try:
-        first, located = 0, []
-        for b in table.combine_chunks().to_batches():
-            located.append(Located(b, source, first, first))
-            first += b.num_rows
-        labels = "labels" if has_labels else None
-        for tb in token_batches(located, tokens_column="input_ids", labels_column=labels):
-            for rows in packer.add(tb):
-                keep(rows)
-        for rows in packer.finish():
+    for tb in token_batches(located, tokens_column="input_ids", labels_column="labels" if cfg["has_labels"] else None):
+        for rows in packer.add(tb):
             keep(rows)
-    except ValueError as err:
-        error = str(err)
-    stats = {"error": error} if error else {**packer.stats.to_dict(), "block_rows": table.num_rows}
-    footer = _table(_empty_rows(has_labels), has_labels).append_column("_window", pa.array([_FOOTER], pa.int32()))
-    out = pa.concat_tables(parts + [footer]) if parts and error is None else footer
-    return out.append_column("_stats", pa.array([None] * (out.num_rows - 1) + [json.dumps(stats)], pa.string()))
+    for rows in packer.finish():
+        keep(rows)
+    tail = None
+    if cfg["tail_pass"] and windows:
+        last, w = windows[-1]
+        full = pc.equal(pc.list_value_length(last.column("input_ids")), capacity)
+        tail, windows[-1] = last.filter(pc.invert(full)), (last.filter(full), w)
+    if seed is not None:  # each window's rows shuffled like the local packer's; block 0's keys are local's
+        windows = [(t.take(pa.array(np.random.default_rng([seed, (block << 32) | w]).permutation(t.num_rows))), w) for t, w in windows]
+    tables = [t for t, _ in windows]
+    shards = _write_block_shards(output, block, pa.concat_tables(tables) if tables else pa.table({}), cfg["shard_rows"])
+    tail_info = None
+    if tail is not None and tail.num_rows:
+        tail_info = {"rows": tail.num_rows, "tokens": _list_total(tail, "input_ids"), "pieces": _list_total(tail, "seq_lens")}
+        s = packer.stats
+        s.rows_out, s.tokens_out, s.pieces_out = (s.rows_out - tail_info["rows"], s.tokens_out - tail_info["tokens"],
+                                                  s.pieces_out - tail_info["pieces"])  # fmt: skip
+        with atomic_path(_tail_path(output, block)) as tmp:
+            import pyarrow.parquet as pq
+
+            pq.write_table(tail, tmp)
+    record = {"block": block, "row0": row0, "rows": table.num_rows, "stats": packer.stats.to_dict(), "shards": shards, "tail": tail_info}
+    with atomic_path(_record_path(output, block)) as tmp:
+        tmp.write_text(json.dumps(record, sort_keys=True))
+    return record
 
 
-def _empty_rows(has_labels: bool) -> PackedRows:
-    z = np.zeros(0, np.int64)
-    return PackedRows(np.zeros(2, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32) if has_labels else None,
-                      np.zeros(2, np.int64), np.zeros(0, np.int32), z, z)  # fmt: skip
+def _list_total(table, column: str) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.list_value_length(table.column(column))).as_py() or 0)
 
 
 # --- pack: driver side --------------------------------------------------------------------------
-def _rows_of(table, row_offset: int, has_labels: bool) -> PackedRows:
-    """Arrow packed rows -> ``PackedRows`` (values zero-copy), block-local rows made global."""
+def _valid_record(output: Path, path: Path) -> dict | None:
+    """A block record whose shards (and tail) are all present with readable footers and the recorded
+    rows and counts; ``None`` for anything else (the block is redone)."""
+    import pyarrow.parquet as pq
 
-    def csr(name):
-        col = table.column(name)
-        col = col.combine_chunks() if hasattr(col, "combine_chunks") else col
-        off = np.asarray(col.offsets, np.int64)
-        vals = np.asarray(col.values)[off[0] : off[-1]]
-        return off - off[0], vals
+    try:
+        rec = json.loads(path.read_text())
+        for s in rec["shards"]:
+            meta = pq.read_metadata(output / s["file"])
+            info = json.loads(meta.metadata[b"packwise"].decode())
+            if meta.num_rows != s["rows"] or info != {k: s[k] for k in ("rows", "tokens", "sequences")}:
+                return None
+        if rec["tail"] is not None and pq.read_metadata(_tail_path(output, rec["block"])).num_rows != rec["tail"]["rows"]:
+            return None
+        return rec
+    except (OSError, ValueError, KeyError, TypeError):  # missing, truncated or foreign files
+        return None
 
-    tok_off, tokens = csr("input_ids")
-    seq_off, seq_lens = csr("seq_lens")
-    _, src = csr("source_index")
-    _, start = csr("source_start")
-    labels = csr("labels")[1] if has_labels else None
-    return PackedRows(tok_off, tokens, labels, seq_off, seq_lens, src + row_offset, start.astype(np.int64))
+
+class RayShards(ShardWriter):
+    """The driver's half of a Ray pack: the workers write the block shards, this commits them.
+
+    Same folder contract as ``ShardWriter`` (settings check, run marker, ``--overwrite``, manifest
+    last). A rerun with the same settings keeps every block whose record and shards are intact
+    (``done``, by block id) and deletes what else an interrupted run left; the tail pass writes its
+    rows through the inherited streaming writer as ``shard-tail-*.parquet``.
+    """
+
+    def _open(self, overwrite: bool) -> None:
+        self.done: dict[int, dict] = {}
+        self._block_shards = 0
+        super()._open(overwrite)
+        if self.state == "new":
+            shutil.rmtree(self.output / BLOCKS, ignore_errors=True)
+
+    def _resume(self) -> None:
+        for path in sorted((self.output / BLOCKS).glob("block-*.json")):
+            rec = _valid_record(self.output, path)
+            if rec is not None:
+                self.done[int(rec["block"])] = rec
+        self.shards = [s for b in sorted(self.done) for s in self.done[b]["shards"]]
+        named = {s["file"] for s in self.shards}
+        for path in self.output.glob("shard-*.parquet"):  # shards of unfinished blocks and of the tail pass
+            if path.name not in named:
+                path.unlink()
+        self.state = "resume" if self.done else "new"
+
+    def _shard_name(self, k: int) -> str:
+        return f"shard-tail-{k - self._block_shards:04d}.parquet"
+
+    def commit_blocks(self, records: list[dict]) -> None:
+        """Name the blocks' shards in block order (every block is done); the tail pass's shards follow."""
+        self.shards = [s for rec in records for s in rec["shards"]]
+        self._block_shards = len(self.shards)
+        for tmp in self.output.glob(".shard-*.tmp"):  # left by workers that died mid-shard (their block was redone)
+            tmp.unlink()
+
+    def close(self, stats: dict) -> dict:
+        manifest = super().close(stats)
+        shutil.rmtree(self.output / BLOCKS, ignore_errors=True)
+        return manifest
 
 
 def merge_stats(parts: list[dict], capacity: int, algorithm: str) -> PackStats:
@@ -239,80 +341,135 @@ def merge_stats(parts: list[dict], capacity: int, algorithm: str) -> PackStats:
 
 
 class RayPackRun:
-    """Iterate ``rows()`` for the packed rows in input order; ``stats`` holds the merged ``PackStats`` after."""
+    """Pack on Ray: ``write(shards)`` runs every block on the workers and sets ``stats`` (merged ``PackStats``)."""
 
     def __init__(self, inp, *, tokenizer, text_column, tokens_column, labels_column, template, max_tokens, algorithm,
-                 oversize, window, seed, block_rows, progress: Callable[[int, int], None] | None = None):  # fmt: skip
+                 oversize, window, seed, block_rows, tail_pass: bool = False,
+                 progress: Callable[[int, int], None] | None = None):  # fmt: skip
         self.inp, self.max_tokens, self.algorithm, self.seed = inp, max_tokens, algorithm, seed
+        self.oversize, self.window, self.tail_pass = oversize, window, bool(tail_pass)
         self.block_rows, self.progress = int(block_rows), progress
         self.has_labels = labels_column is not None
         self.columns = ([tokens_column] + ([labels_column] if labels_column else [])) if tokens_column else [text_column]
         self.tok_kwargs = dict(tokenizer=tokenizer, text_column=text_column, tokens_column=tokens_column,
                                labels_column=labels_column, template=template, source=f"{inp.name} (a Ray block)")  # fmt: skip
-        self.pack_kwargs = dict(max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
-                                has_labels=self.has_labels, source=f"{inp.name} (a Ray block)")  # fmt: skip
+        self.block_kwargs = dict(max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window, seed=seed,
+                                 has_labels=self.has_labels, tail_pass=self.tail_pass, source=inp.name)  # fmt: skip
         self.stats: PackStats | None = None
-        self.blocks = 0
+        self.blocks = self.skipped = 0
 
     def dataset(self):
-        """The lazy Ray pipeline: read -> tokenize -> exact row blocks -> pack per block."""
+        """The lazy Ray pipeline: read -> tokenize -> blocks of exactly ``block_rows`` input rows."""
         ds = read_dataset(self.inp, self.columns)
         ds = ds.map_batches(_tokenize_batch, batch_format="pyarrow", fn_kwargs=self.tok_kwargs)
-        ds = ds.repartition(target_num_rows_per_block=self.block_rows, strict=True)
-        return ds.map_batches(_pack_block, batch_format="pyarrow", batch_size=None, fn_kwargs=self.pack_kwargs)
+        return ds.repartition(target_num_rows_per_block=self.block_rows, strict=True)
 
-    def rows(self) -> Iterator[PackedRows]:
-        """Packed rows in input order, written by the caller; ``stats`` is set once they are all out."""
+    def write(self, shards: RayShards) -> None:
+        """Pack and write every block that ``shards`` does not hold yet, then (``tail_pass``) repack
+        the blocks' open rows here; the caller's ``shards.close`` writes the manifest."""
         ctx = require_ray().data.DataContext.get_current()
         bars = ctx.enable_progress_bars
         ctx.enable_progress_bars = bars and self.progress is None  # a caller's progress bar replaces Ray's
         try:
             with _task_errors():
-                yield from self._blocks()
+                records = self._blocks(shards)
         finally:
             ctx.enable_progress_bars = bars
-
-    def _blocks(self) -> Iterator[PackedRows]:
-        import pyarrow.compute as pc
-
-        parts, row_offset, window_offset = [], 0, 0
-        batches = (b for t in self.dataset().iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
-                   for b in t.to_batches())  # one record batch per packed window: no copy on the driver  # fmt: skip
-        for batch in batches:
-            ends = np.flatnonzero(np.asarray(pc.equal(batch.column("_window"), _FOOTER).fill_null(False)))
-            lo = 0
-            for end in list(ends) + [batch.num_rows]:
-                seg = batch.slice(lo, int(end) - lo)
-                if seg.num_rows:
-                    yield from self._emit(seg, row_offset, window_offset)
-                if end == batch.num_rows:
-                    break
-                stats = json.loads(batch.column("_stats")[int(end)].as_py())
-                if stats.get("error"):
-                    raise ValueError(_global_rows(stats["error"], row_offset))
-                parts.append(stats)
-                row_offset += stats["block_rows"]
-                window_offset += stats["windows"]
-                self.blocks += 1
-                if self.progress is not None:
-                    self.progress(stats["rows_in"], stats["tokens_in"])
-                lo = int(end) + 1
+        shards.commit_blocks(records)
+        parts = [rec["stats"] for rec in records]
+        if self.tail_pass:
+            parts.append(self._tail(shards, records))
         self.stats = merge_stats(parts, self.max_tokens, self.algorithm)
 
-    def _emit(self, seg, row_offset: int, window_offset: int) -> Iterator[PackedRows]:
-        """Rows of one or more windows; with a seed each window's rows are shuffled like the local packer's."""
-        if self.seed is None:
-            yield _rows_of(seg, row_offset, self.has_labels)
-            return
-        import pyarrow as pa
+    def _blocks(self, shards: RayShards) -> list[dict]:
+        """Block records in input order: kept from ``shards.done`` or made by a task; at most two
+        tasks per CPU in flight, so the object store holds a bounded number of blocks."""
+        ray = require_ray()
+        task = ray.remote(num_cpus=1)(_pack_write_block)
+        cfg = {**self.block_kwargs, "output": str(shards.output.resolve()), "shard_rows": shards.shard_rows}
+        limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        records: dict[int, dict] = {}
+        pending: dict = {}  # task ref -> block id
 
-        win = np.asarray(seg.column("_window"))
-        cuts = np.flatnonzero(np.diff(win)) + 1
-        for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [win.shape[0]]])):
-            perm = np.random.default_rng([self.seed, window_offset + int(win[a])]).permutation(int(b - a))
-            yield _rows_of(seg.slice(int(a), int(b - a)).take(pa.array(perm)), row_offset, self.has_labels)
+        def collect(wait_all: bool) -> None:
+            while pending and (wait_all or len(pending) >= limit):
+                done, _ = ray.wait(list(pending), num_returns=1)
+                b = pending.pop(done[0])
+                try:
+                    records[b] = self._count(ray.get(done[0]))
+                except Exception as err:  # report the first bad block in input order, as the local engine would
+                    for ref, earlier in sorted(((r, e) for r, e in pending.items() if e < b), key=lambda x: x[1]):
+                        del pending[ref]
+                        try:
+                            ray.get(ref)
+                        except Exception as first:
+                            raise first from None
+                    raise err
+
+        block = row = 0
+        try:
+            for bundle in self.dataset().iter_internal_ref_bundles():
+                for ref, meta in zip(bundle.block_refs, bundle.metadata):
+                    rec = shards.done.get(block)
+                    if rec is not None and rec["row0"] == row and rec["rows"] == meta.num_rows:
+                        records[block] = self._count(rec)
+                        self.skipped += 1
+                    else:
+                        pending[task.remote(ref, block, row, cfg)] = block
+                    collect(wait_all=False)
+                    block, row = block + 1, row + meta.num_rows
+            collect(wait_all=True)
+        except BaseException:  # no task may go on writing behind the caller: stop them like a crash would
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            ray.wait(list(pending), num_returns=len(pending), timeout=60)
+            raise
+        return [records[b] for b in range(block)]
+
+    def _count(self, rec: dict) -> dict:
+        self.blocks += 1
+        if self.progress is not None:
+            self.progress(rec["stats"]["rows_in"], rec["stats"]["tokens_in"])
+        return rec
+
+    def _tail(self, shards: RayShards, records: list[dict]) -> dict:
+        """Repack every block's open rows together (in block order, the same windowed packer and
+        seed as a local run) and write them through ``shards``; returns the output-side stats."""
+        import pyarrow.parquet as pq
+
+        from .tokens import TokenBatch
+
+        tails = [rec for rec in records if rec["tail"]]
+        total = sum(rec["tail"]["pieces"] for rec in tails)
+        src, start = np.empty(total, np.int64), np.empty(total, np.int64)  # tail piece -> input row, first token
+        packer = StreamPacker(self.max_tokens, self.algorithm, self.oversize, window=self.window, seed=self.seed)
+        n = 0
+
+        def put(rows: PackedRows) -> None:
+            ids = rows.source_index
+            shards.write(PackedRows(rows.token_offsets, rows.tokens, rows.labels, rows.seq_offsets, rows.seq_lens,
+                                    src[ids], start[ids] + rows.source_start))  # fmt: skip
+
+        for rec in tails:
+            t = pq.read_table(_tail_path(shards.output, rec["block"]))
+            lens, tokens = _csr(t, "seq_lens")[1], _csr(t, "input_ids")[1]
+            m = lens.shape[0]
+            src[n : n + m], start[n : n + m] = _csr(t, "source_index")[1], _csr(t, "source_start")[1]
+            offsets = np.zeros(m + 1, np.int64)
+            np.cumsum(lens, out=offsets[1:])
+            labels = _csr(t, "labels")[1] if self.has_labels else None
+            for rows in packer.add(TokenBatch(offsets, tokens, np.arange(n, n + m, dtype=np.int64), labels)):
+                put(rows)
+            n += m
+        for rows in packer.finish():
+            put(rows)
+        s = packer.stats
+        return PackStats(self.max_tokens, self.algorithm, rows_out=s.rows_out, tokens_out=s.tokens_out,
+                         pieces_out=s.pieces_out, windows=s.windows).to_dict()  # fmt: skip
 
 
-def _global_rows(message: str, row_offset: int) -> str:
-    """The packer names block-local rows ("input row 12"); the driver knows where the block starts."""
-    return re.sub(r"input row (\d+)", lambda m: f"input row {int(m.group(1)) + row_offset}", message)
+def _csr(table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (offsets from 0, values), zero-copy."""
+    col = table.column(name).combine_chunks()
+    off = np.asarray(col.offsets, np.int64)
+    return off - off[0], np.asarray(col.values)[off[0] : off[-1]]

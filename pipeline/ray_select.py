@@ -6,7 +6,10 @@ sample (the same rows the local engine draws) is pulled to the driver and traine
 index is broadcast with ``ray.put`` and rows are assigned in ``map_batches``; semantic dedup runs
 per cluster in ``groupby("cluster").map_groups`` with the local ``semantic_dedup`` on each
 cluster's rows in the local processing order, and prototype / balance picks run there too with
-the local ``select_per_cluster`` and quotas computed on the driver.
+the local ``select_per_cluster`` and quotas computed on the driver.  The kept rows and
+``decisions.parquet`` are written by the workers, one input block of ``WRITE_ROWS`` rows per task
+(``write_selection``): the driver sends only the decisions table (a few bytes a row) and commits
+the shard list in its manifest.
 
 Example (needs ``pip install 'packwise[ray]'``)::
 
@@ -15,11 +18,16 @@ Example (needs ``pip install 'packwise[ray]'``)::
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 
 from .ray_engine import _task_errors, read_dataset, require_ray
 
 ASSIGN_ROWS = 65_536  # rows per KMeans.assign block (its default batch_size): same blocks, same faiss bits
+WRITE_ROWS = ASSIGN_ROWS  # input rows per write task of the kept rows and decisions
+DECISIONS = "decisions.parquet"  # a folder of per-block parts on Ray: pyarrow reads it as one table
 
 
 def _add_row_ids(block, row0: int, column: str):
@@ -208,3 +216,65 @@ class RaySelect:
             parts = max(1, min(k, 200))  # one shuffle partition per cluster, at most Ray's default
             groups = self.assigned.groupby("cluster", num_partitions=parts).map_groups(fn, batch_format="pyarrow", fn_kwargs=kwargs)
             yield from groups.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _write_selected_block(block, b: int, row0: int, decisions, output: str, shard_rows: int) -> dict:
+    """On a worker: block ``b`` of the input (all columns, rows from ``row0``) -> its decisions part
+    and its kept rows as shards of at most ``shard_rows`` rows, each written to a temporary name
+    and renamed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data.block import BlockAccessor
+
+    from .atomic import atomic_path
+
+    table = BlockAccessor.for_block(block).to_arrow()
+    part = decisions.slice(row0, table.num_rows)
+    if part.num_rows != table.num_rows:
+        raise ValueError(f"input: rows {row0}.. of the input have no decisions (the input changed between the two passes); rerun")
+    out = Path(output)
+    name = f"{DECISIONS}/part-{b:06d}.parquet"
+    with atomic_path(out / name) as tmp:
+        pq.write_table(part, tmp)
+    kept = table.filter(pa.array(np.asarray(part.column("kept"))))
+    shards = []
+    for k, first in enumerate(range(0, kept.num_rows, shard_rows)):
+        shard = {"name": f"shard-{b:06d}-{k:04d}.parquet", "rows": min(shard_rows, kept.num_rows - first)}
+        with atomic_path(out / shard["name"]) as tmp:
+            pq.write_table(kept.slice(first, shard_rows), tmp)
+        shards.append(shard)
+    return {"decisions": name, "shards": shards}
+
+
+def write_selection(inp, output: Path, decisions, shard_rows: int) -> tuple[list[dict], list[str]]:
+    """Write the kept rows of ``inp`` (every column) and ``decisions`` from the workers, one task per
+    block of ``WRITE_ROWS`` input rows, at most two per CPU in flight; returns the shards and the
+    decisions parts in input order (the caller's manifest names them)."""
+    ray = require_ray()
+    output = Path(output)
+    old = output / DECISIONS
+    if old.is_dir():
+        shutil.rmtree(old)
+    elif old.exists():
+        old.unlink()
+    task = ray.remote(num_cpus=1)(_write_selected_block)
+    ref = ray.put(decisions)
+    limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    results: dict[int, dict] = {}
+    pending: dict = {}
+    b = row = 0
+    with _task_errors():
+        ds = read_dataset(inp, None).repartition(target_num_rows_per_block=WRITE_ROWS, strict=True)
+        for bundle in ds.iter_internal_ref_bundles():
+            for block, meta in zip(bundle.block_refs, bundle.metadata):
+                pending[task.remote(block, b, row, ref, str(output), int(shard_rows))] = b
+                b, row = b + 1, row + meta.num_rows
+                while len(pending) >= limit:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    results[pending.pop(done[0])] = ray.get(done[0])
+        for done in list(pending):
+            results[pending.pop(done)] = ray.get(done)
+    if row != decisions.num_rows:
+        raise ValueError(f"input: {inp.name} has {row} rows now, {decisions.num_rows} in the first pass (it changed); rerun")
+    ordered = [results[k] for k in range(b)]
+    return [s for r in ordered for s in r["shards"]], [r["decisions"] for r in ordered]

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .pack_stage import StreamPacker
-from .ray_engine import check_engine, require_ray
+from .ray_engine import RayShards, check_engine, require_ray
 from .readers import open_input
 from .tokens import resolve_tokenizer, token_batches, train_on_input
 from .writer import ShardWriter
@@ -101,13 +101,17 @@ def pack_to_parquet(
     engine: str = "local",
     ray_address: str | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    tail_pass: bool = False,
 ) -> PackResult:
     """Pack ``source`` into Parquet shards under ``output`` (see ``packwise pack``).
 
     ``engine="ray"`` runs tokenization and packing on Ray Data (``pip install 'packwise[ray]'``;
     ``ray_address`` or ``$RAY_ADDRESS`` names a cluster, else a local Ray is started): each block of
-    ``block_rows`` input rows is packed on its own by the same windowed packer, so the output
-    differs from the local engine's only where blocks end; shards, manifest and resume are the same.
+    ``block_rows`` input rows is packed on its own by the same windowed packer and written as its
+    own shards by the worker; the driver writes the manifest last, and a rerun redoes only the
+    blocks not complete. The output differs from the local engine's only where blocks end;
+    ``tail_pass=True`` repacks every block's last open rows together on the driver (padding within
+    0.1 points of local). See docs/ray.md.
 
     Example:
         >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
@@ -150,8 +154,10 @@ def pack_to_parquet(
         "tokenizer": None if tok is None else _tokenizer_id(tok, tok_path),
         "engine": engine,
         "block_rows": int(block_rows) if engine == "ray" else None,
+        **({"tail_pass": bool(tail_pass)} if engine == "ray" else {}),
     }
-    writer = ShardWriter(output, settings=settings, fingerprint=inp.fingerprint(), shard_rows=shard_rows, overwrite=overwrite)
+    writer_class = RayShards if engine == "ray" else ShardWriter  # Ray: the workers write the shards, this commits
+    writer = writer_class(output, settings=settings, fingerprint=inp.fingerprint(), shard_rows=shard_rows, overwrite=overwrite)
     if writer.state == "complete":
         return PackResult(Path(output), "complete", len(writer.manifest["shards"]), writer.manifest)
     state, resumed = writer.state, len(writer.shards)
@@ -176,10 +182,9 @@ def pack_to_parquet(
                 run = RayPackRun(
                     inp, tokenizer=tok, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
                     template=template, max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
-                    seed=seed, block_rows=block_rows, progress=progress,
+                    seed=seed, block_rows=block_rows, tail_pass=tail_pass, progress=progress,
                 )  # fmt: skip
-                for rows in run.rows():
-                    writer.write(rows)
+                run.write(writer)
             stats = run.stats
     except BaseException:
         writer.wait()  # no shard write left running behind the error

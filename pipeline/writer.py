@@ -191,11 +191,15 @@ class ShardWriter:
             group, rest = merged.slice(0, take), merged.slice(take)
             self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
             if self._shard is None:
-                self._shard = _OpenShard(self.output / shard_name(len(self.shards) + self._encoder.shards_queued))
+                self._shard = _OpenShard(self.output / self._shard_name(len(self.shards) + self._encoder.shards_queued))
             self._shard.count(group)
             self._encoder.submit(self._shard.write, group)
             if self._shard.rows == self.shard_rows:
                 self._end_shard()
+
+    def _shard_name(self, k: int) -> str:
+        """File name of the ``k``-th shard this writer writes (the Ray engine names its own)."""
+        return shard_name(k)
 
     def _end_shard(self) -> None:
         self._encoder.submit(self._shard.close, shard=True)

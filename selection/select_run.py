@@ -4,13 +4,15 @@ decontaminate, score; on the local engine or on Ray (``engine="ray"``).
 Two streaming passes over the input: the first reads embeddings (a vector column, or texts
 encoded with a local sentence-transformers model into ``OUTPUT/embeddings.npy``) or a score
 column; the decisions are computed with ``packwise.selection``; the second pass writes the kept
-rows as atomic Parquet shards. ``decisions.parquet`` (row_id, cluster, kept, reason, ...) and the
+rows as atomic Parquet shards (on Ray, the workers write them and the decisions block by block).
+``decisions.parquet`` (row_id, cluster, kept, reason, ...; on Ray a folder of parts) and the
 clusters (``clusters/``) sit beside them; ``manifest.json`` is written last.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +162,8 @@ def run_select(
     ``engine="ray"`` (dedup, prototypes, balance on an ``embeddings_column``): the vectors stay on the
     Ray workers; k-means trains on the driver on the same seeded sample as the local engine, rows
     are assigned on the workers and dedup runs per cluster there, so the decisions are the local
-    engine's (tested). Only per-row decisions (a few bytes a row) reach the driver.
+    engine's (tested). Only per-row decisions (a few bytes a row) reach the driver; the workers
+    write the kept rows and ``decisions.parquet/part-*.parquet``.
     """
     options = dict(locals())  # every keyword above, handed on as they are
     for name in ("input", "output", "ray_address"):
@@ -318,9 +321,16 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
             per_cluster = [(int(c), int(a), int(b)) for c, a, b in zip(ids_, rows_in, rows_kept)]
 
     decisions = pa.table({"row_id": np.arange(n, dtype=np.int64), "cluster": cluster, "kept": kept, "reason": pa.array([str(v) for v in reason], pa.string()), **cols})
-    with atomic_path(output / "decisions.parquet") as tmp:
-        pq.write_table(decisions, tmp)
-    shards = _write_shards(input, output, kept, input_format, shard_rows)
+    if engine == "ray":  # the workers write the kept rows and the decisions, block by block
+        from ..pipeline.ray_select import write_selection
+
+        shards, parts = write_selection(open_input(input, None, format=input_format), output, decisions, shard_rows)
+    else:
+        if (output / "decisions.parquet").is_dir():  # a Ray run's parts
+            shutil.rmtree(output / "decisions.parquet")
+        with atomic_path(output / "decisions.parquet") as tmp:
+            pq.write_table(decisions, tmp)
+        shards, parts = _write_shards(input, output, kept, input_format, shard_rows), None
     if sum(s["rows"] for s in shards) != int(kept.sum()):
         raise ValueError(f"{input}: the input changed between the two passes ({n} rows first); rerun")
     seconds = time.perf_counter() - t0
@@ -332,6 +342,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         "rows_out": int(kept.sum()),
         "shards": shards,
         "decisions": "decisions.parquet",
+        **({"decisions_parts": parts} if parts is not None else {}),
         "seconds": round(seconds, 3),
     }
     with atomic_path(output / MANIFEST) as tmp:
