@@ -182,7 +182,7 @@ def pack_to_parquet(
                     writer.write(rows)
             stats = run.stats
     except BaseException:
-        writer.wait()  # no shard write left running behind the error
+        writer.abort()  # no shard write left running behind the error, nothing more published
         raise
     if stats.rows_in == 0:
         raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to pack")
