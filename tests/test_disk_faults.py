@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_cli_pack import invoke, tok_file  # noqa: F401  (tok_file is a fixture)
@@ -60,3 +62,18 @@ def test_full_disk_publishes_no_partial_shard_and_the_rerun_matches_a_clean_run(
     assert rerun.exit_code == 0, rerun.output
     assert f"resumed after {len(published)} complete shards" in rerun.output
     assert _files(out) == _files(clean)
+
+
+def test_select_on_a_full_disk_exits_2_naming_the_embeddings_file_and_leaves_no_temp(tmp_path, small_tmpfs):
+    from _embedded_corpus import corpus
+
+    c = corpus()  # 256 real MiniLM vectors: embeddings.npy needs ~390 KiB
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"emb": pa.array(list(c.embeddings), pa.list_(pa.float32()))}), source)
+    mount, _ = small_tmpfs
+    out = mount("200k") / "sel"
+    cmd = [sys.executable, "-m", "packwise.cli.app", "select", str(source), str(out), "--method", "balance", "--embeddings-column", "emb", "--k", "4", "--keep", "0.5"]
+    done = subprocess.run(cmd, capture_output=True, text=True)  # a subprocess: SIGBUS would kill pytest
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert f"error: {out}/embeddings.npy: cannot write it: the disk is full" in done.stderr and "free space and rerun" in done.stderr
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
