@@ -224,7 +224,7 @@ def _pack_entries(entry_lengths: np.ndarray, capacity: int, algorithm: str, wind
     if algorithm == "fill":
         return _kernels.exact_fill(entry_lengths, capacity)
     if algorithm == "ffd":
-        sequence, values = _kernels.counting_sort_desc(entry_lengths, capacity)
+        sequence, values = _kernels.counting_sort_desc(entry_lengths, _kernels.longest(entry_lengths))
         return _kernels.first_fit(sequence, values, capacity, _max_bins_any_fit(entry_lengths, capacity))
     if algorithm == "first_fit":
         sequence = np.arange(entry_lengths.shape[0], dtype=np.int64)

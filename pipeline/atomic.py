@@ -77,9 +77,10 @@ def os_error_message(err: OSError, path: str | Path, rerun: str = "rerun") -> Va
         errno.EROFS: "the file system is read-only",
         errno.ENOTDIR: "a parent of it is a file, not a folder",
         errno.EISDIR: "it is a folder",
+        errno.EEXIST: "a file is in the way of a folder there",
         errno.ENOENT: "its folder is gone (removed while the run wrote it?)",
     }.get(code, "an I/O error")
     fix = {errno.ENOSPC: "free space", errno.EDQUOT: "free space"}.get(
-        code, "choose a path you can write to" if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR) else "check the device"
+        code, "choose a path you can write to" if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST) else "check the device"
     )
     return ValueError(f"{path}: cannot write it: {why} ({err.strerror or err}); {fix} and {rerun}")

@@ -14,6 +14,7 @@ import numpy as np
 
 from .pack_stage import StreamPacker
 from .ray_engine import check_engine, require_ray
+from .lock import output_lock
 from .readers import open_input
 from .tokens import resolve_tokenizer, token_batches, train_on_input
 from .writer import ShardWriter
@@ -151,45 +152,46 @@ def pack_to_parquet(
         "engine": engine,
         "block_rows": int(block_rows) if engine == "ray" else None,
     }
-    writer = ShardWriter(output, settings=settings, fingerprint=inp.fingerprint(), shard_rows=shard_rows, overwrite=overwrite)
-    if writer.state == "complete":
-        return PackResult(Path(output), "complete", len(writer.manifest["shards"]), writer.manifest)
-    state, resumed = writer.state, len(writer.shards)
-    if train_tokenizer and hasattr(tok, "save"):
-        from .atomic import atomic_path
+    with output_lock(output):  # one run per output folder
+        writer = ShardWriter(output, settings=settings, fingerprint=inp.fingerprint(), shard_rows=shard_rows, overwrite=overwrite)
+        if writer.state == "complete":
+            return PackResult(Path(output), "complete", len(writer.manifest["shards"]), writer.manifest)
+        state, resumed = writer.state, len(writer.shards)
+        if train_tokenizer and hasattr(tok, "save"):
+            from .atomic import atomic_path
 
-        with atomic_path(Path(output) / "tokenizer.json") as tmp:
-            tok.save(str(tmp))
-    try:
-        if engine == "local":
-            packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
-            for tb in _stage(inp, tok, text_column, tokens_column, labels_column, template, progress):
-                for rows in packer.add(tb):
+            with atomic_path(Path(output) / "tokenizer.json") as tmp:
+                tok.save(str(tmp))
+        try:
+            if engine == "local":
+                packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
+                for tb in _stage(inp, tok, text_column, tokens_column, labels_column, template, progress):
+                    for rows in packer.add(tb):
+                        writer.write(rows)
+                for rows in packer.finish():
                     writer.write(rows)
-            for rows in packer.finish():
-                writer.write(rows)
-            stats = packer.stats
-        else:
-            from .ray_engine import RayPackRun, ray_session
+                stats = packer.stats
+            else:
+                from .ray_engine import RayPackRun, ray_session
 
-            with ray_session(ray_address):
-                run = RayPackRun(
-                    inp, tokenizer=tok, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
-                    template=template, max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
-                    seed=seed, block_rows=block_rows, progress=progress,
-                )  # fmt: skip
-                for rows in run.rows():
-                    writer.write(rows)
-            stats = run.stats
-    except BaseException:
-        writer.abort()  # no shard write left running behind the error, nothing more published
-        raise
-    if stats.rows_in == 0:
-        raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to pack")
-    if stats.sequences == 0:
-        raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
-    manifest = writer.close(stats.to_dict())
-    return PackResult(Path(output), state, resumed, manifest)
+                with ray_session(ray_address):
+                    run = RayPackRun(
+                        inp, tokenizer=tok, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
+                        template=template, max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
+                        seed=seed, block_rows=block_rows, progress=progress,
+                    )  # fmt: skip
+                    for rows in run.rows():
+                        writer.write(rows)
+                stats = run.stats
+        except BaseException:
+            writer.abort()  # no shard write left running behind the error, nothing more published
+            raise
+        if stats.rows_in == 0:
+            raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to pack")
+        if stats.sequences == 0:
+            raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
+        manifest = writer.close(stats.to_dict())
+        return PackResult(Path(output), state, resumed, manifest)
 
 
 def dataset_lengths(

@@ -165,13 +165,16 @@ def run_select(
     options = dict(locals())  # every keyword above, handed on as they are
     for name in ("input", "output", "ray_address"):
         options.pop(name)
+    from ..pipeline.lock import output_lock
+
     if engine != "ray":
-        return _run_select(input, output, **options)
+        with output_lock(output):  # one run per output folder
+            return _run_select(input, output, **options)
     from ..pipeline.ray_engine import ray_session, require_ray
 
     _check_ray_select(method, embeddings_column, model)
     require_ray()
-    with ray_session(ray_address):
+    with ray_session(ray_address), output_lock(output):
         return _run_select(input, output, **options)
 
 
