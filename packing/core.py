@@ -168,6 +168,9 @@ def validate_lengths(lengths, name: str = "lengths", allow_empty: bool = False) 
             f"{name} must have an integer dtype, got {lengths.dtype}; "
             f"convert with lengths.astype(np.int64) if the values are whole token counts"
         )
+    if lengths.dtype.kind == "u" and lengths.dtype.itemsize == 8 and lengths.max() > np.iinfo(np.int64).max:
+        i = int(np.argmax(lengths > np.iinfo(np.int64).max))
+        raise ValueError(f"{name}[{i}] = {int(lengths[i])} is not a token count (over 2**63); check the length column")
     lengths = lengths.astype(np.int64, copy=False)
     bad = np.flatnonzero(lengths < 1)
     if bad.shape[0]:

@@ -56,6 +56,19 @@ def publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def check_writable(path: str | Path, option: str) -> None:
+    """Fail now, not after the work, when ``path`` cannot be written: a folder in the way, a
+    parent that is a file, a read-only or full place (a ``ValueError`` naming ``option``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; pass a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp_beside(path).unlink()
+    except OSError as err:
+        raise ValueError(f"{option} {os_error_message(err, path)}") from None
+
+
 def os_error_message(err: OSError, path: str | Path, rerun: str = "rerun") -> ValueError:
     """A ``ValueError`` for an ``OSError`` met writing ``path``: which file, why, and the fix.
 

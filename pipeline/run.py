@@ -46,11 +46,31 @@ def _tokenizer_id(tokenizer, path) -> str:
     return f"object:{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}"
 
 
+def check_output_outside_input(source, output) -> None:
+    """Refuse an output folder that the input covers (the folder itself, or a glob matching its
+    shards): a rerun would read its own output as input."""
+    import fnmatch
+    import os
+
+    if not isinstance(source, (str, Path)):
+        return
+    text, out = str(source), Path(os.path.abspath(output))
+    src = Path(os.path.abspath(text))
+    inside = src.is_dir() and (out == src or src in out.parents)
+    if any(ch in text for ch in "*?["):
+        pattern = os.path.abspath(text)
+        inside = any(fnmatch.fnmatch(str(out / name), pattern) for name in ("shard-00000.parquet", "manifest.json", "decisions.parquet"))
+    if inside:
+        raise ValueError(f"output: {output} lies inside the input {text}; a rerun would read its own shards: choose an output folder outside the input")
+
+
 def _prepare(source, *, tokenizer, train_tokenizer, text_column, tokens_column, labels_column, template, batch_size, format):
     if tokens_column is not None and (tokenizer is not None or train_tokenizer):
         raise ValueError("pass either --tokens-column or a tokenizer (--tokenizer / --train-tokenizer), not both")
     if tokens_column is None and (tokenizer is None) == (not train_tokenizer):
         raise ValueError("pass exactly one of --tokenizer PATH, --train-tokenizer or --tokens-column COLUMN")
+    if labels_column is not None and tokens_column is None:
+        raise ValueError("--labels-column needs --tokens-column (labels parallel to token ids); a tokenizer makes no labels, drop --labels-column")
     if tokens_column is not None:
         columns = [tokens_column] + ([labels_column] if labels_column else [])
     else:
@@ -121,6 +141,7 @@ def pack_to_parquet(
         (2, 10)
     """
     StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)  # validate before reading
+    check_output_outside_input(source, output)
     check_engine(engine)
     if engine == "ray":
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:

@@ -123,12 +123,12 @@ class ShardWriter:
             for path in _our_files(self.output):
                 path.unlink()
             previous = None
+        for tmp in list(self.output.glob(".shard-*.tmp")):  # left by a killed run (the lock says none runs now)
+            tmp.unlink()
         if previous is not None and manifest.is_file():
             self.state = "complete"
             self.manifest = previous
             return
-        for tmp in list(self.output.glob(".shard-*.tmp")):
-            tmp.unlink()
         if previous is not None:
             self._resume()
         try:
