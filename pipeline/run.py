@@ -49,7 +49,6 @@ def _tokenizer_id(tokenizer, path) -> str:
 def check_output_outside_input(source, output) -> None:
     """Refuse an output folder that the input covers (the folder itself, or a glob matching its
     shards): a rerun would read its own output as input."""
-    import fnmatch
     import os
 
     if not isinstance(source, (str, Path)):
@@ -58,10 +57,21 @@ def check_output_outside_input(source, output) -> None:
     src = Path(os.path.abspath(text))
     inside = src.is_dir() and (out == src or src in out.parents)
     if any(ch in text for ch in "*?["):
-        pattern = os.path.abspath(text)
-        inside = any(fnmatch.fnmatch(str(out / name), pattern) for name in ("shard-00000.parquet", "manifest.json", "decisions.parquet"))
+        pattern = Path(os.path.abspath(text)).parts
+        inside = any(_glob_match(pattern, (out / name).parts) for name in ("shard-00000.parquet", "decisions.parquet"))
     if inside:
         raise ValueError(f"output: {output} lies inside the input {text}; a rerun would read its own shards: choose an output folder outside the input")
+
+
+def _glob_match(pattern: tuple, parts: tuple) -> bool:
+    """``glob.glob(recursive=True)`` semantics on path parts: ``**`` spans folders, ``*`` does not."""
+    import fnmatch
+
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(pattern[1:], parts[1:])
 
 
 def _prepare(source, *, tokenizer, train_tokenizer, text_column, tokens_column, labels_column, template, batch_size, format):
