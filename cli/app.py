@@ -151,10 +151,17 @@ def report(
     from .pack_cmd import load_template
     from .report_cmd import length_histogram, render_report, report_dict, write_json, write_plot
 
+    from ..pipeline.atomic import check_writable
+
     validate_capacity(max_tokens, "--max-tokens")
     validate_capacity(batch_size, "--batch-size")
+    if seed < 0:
+        raise ValueError(f"--seed {seed}: must be an integer >= 0")
     if plot is not None and plot.suffix.lower() not in (".png", ".html"):
         raise ValueError(f"--plot {plot}: the file must end in .png or .html")
+    for option, path in (("--json", json_path), ("--plot", plot)):
+        if path is not None:
+            check_writable(path, option)  # before the whole report runs
     fn = load_template(template)
     columns = [tokens_column] if tokens_column else [text_column]
     total = open_input(input, columns, format=input_format).num_rows

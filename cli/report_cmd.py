@@ -67,10 +67,13 @@ def render_report(report: WasteReport, title: str, histogram: dict | None = None
 
 
 def write_json(data: dict, path: Path) -> None:
-    from ..pipeline.atomic import atomic_path
+    from ..pipeline.atomic import atomic_path, os_error_message
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2))
+    except OSError as err:
+        raise ValueError(f"--json {os_error_message(err, path)}") from None
 
 
 def _figure(report: WasteReport, lengths: np.ndarray, histogram: dict, title: str):

@@ -3,6 +3,10 @@
 Every packer takes an int64 array of item lengths (all in ``[1, capacity]``, validated by the
 caller) and returns a CSR packing ``(perm, offsets)``: ``perm`` lists item positions bin by bin and
 ``offsets[b]:offsets[b + 1]`` is bin ``b``'s slice of ``perm``.
+
+Memory is O(items + longest item), never O(capacity): structures indexed by a token count span
+``[0, top]`` with ``top`` the longest item (a bin with more room than that fits every item, and
+there is at most one such bin at a time, kept aside), so ``max_tokens=1e9`` costs what 1e4 does.
 """
 
 from __future__ import annotations
@@ -21,20 +25,34 @@ def _next_pow2(x):
 
 
 @njit(cache=True)
-def counting_sort_desc(lengths, capacity):
-    """Stable counting sort by decreasing length, O(n + capacity): ``(positions, sorted lengths)``."""
+def longest(lengths):
+    top = 0
+    for i in range(lengths.shape[0]):
+        top = max(top, lengths[i])
+    return top
+
+
+@njit(cache=True)
+def counting_sort_desc(lengths, top):
+    """Stable sort by decreasing length (``top`` >= every length): ``(positions, sorted lengths)``.
+
+    A counting sort, O(n + top), when ``top`` is small next to n; a stable merge sort otherwise
+    (same order, O(n) memory whatever the lengths)."""
     n = lengths.shape[0]
-    starts = np.zeros(capacity + 2, np.int64)
+    if top > 4 * n + 1024:
+        out = np.argsort(-lengths, kind="mergesort").astype(np.int64)
+        return out, lengths[out].astype(np.int64)
+    starts = np.zeros(top + 2, np.int64)
     for i in range(n):
-        starts[capacity - lengths[i] + 1] += 1
-    for v in range(1, capacity + 2):
+        starts[top - lengths[i] + 1] += 1
+    for v in range(1, top + 2):
         starts[v] += starts[v - 1]
     values = np.empty(n, np.int64)
-    for key in range(capacity + 1):
-        values[starts[key] : starts[key + 1]] = capacity - key
+    for key in range(top + 1):
+        values[starts[key] : starts[key + 1]] = top - key
     out = np.empty(n, np.int64)
     for i in range(n):
-        key = capacity - lengths[i]
+        key = top - lengths[i]
         out[starts[key]] = i
         starts[key] += 1
     return out, values
@@ -182,29 +200,62 @@ def _unlink(words, starts, head, below, above, r, b):
 
 
 @njit(cache=True)
+def _insert_by_stamp(words, starts, head, below, above, stamp, r, b):
+    """Put bin ``b`` into the stack of bins with ``r`` tokens free where its push time ``stamp[b]``
+    puts it (stacks are newest first): the place it would hold had it always been indexed."""
+    node = head[r]
+    prev = -1
+    while node >= 0 and stamp[node] > stamp[b]:
+        prev = node
+        node = below[node]
+    below[b] = node
+    above[b] = prev
+    if node >= 0:
+        above[node] = b
+    if prev >= 0:
+        below[prev] = b
+    else:
+        head[r] = b
+        _bit_set(words, starts, r)
+
+
+@njit(cache=True)
 def best_fit_decreasing(lengths, capacity):
-    """Best-fit decreasing: counting sort, then best fit through the free-space bitset."""
+    """Best-fit decreasing: sort, then best fit through the free-space bitset over ``[0, top]``.
+
+    A bin with more than ``top`` tokens free (``big``) fits any item and is the worst fit of all;
+    only the newest bin can be one (a bin opens only when nothing fits), so it waits aside."""
     n = lengths.shape[0]
-    sequence, values = counting_sort_desc(lengths, capacity)
-    words, starts = new_bitset(capacity)
-    head = np.full(capacity + 1, -1, np.int64)
+    top = longest(lengths)
+    sequence, values = counting_sort_desc(lengths, top)
+    words, starts = new_bitset(top)
+    head = np.full(top + 1, -1, np.int64)
     below = np.empty(n, np.int64)
     above = np.empty(n, np.int64)
     bin_of = np.empty(n, np.int64)
     num_bins = 0
+    big = -1
+    big_free = 0
     for k in range(n):
         s = values[k]
         r = _bit_first_at_least(words, starts, s)
-        if r < 0:
-            b = num_bins
-            num_bins += 1
-            left = capacity - s
-        else:
+        if r >= 0:
             b = head[r]
             _unlink(words, starts, head, below, above, r, b)
             left = r - s
+        elif big >= 0:
+            b = big
+            big = -1
+            left = big_free - s
+        else:
+            b = num_bins
+            num_bins += 1
+            left = capacity - s
         bin_of[k] = b
-        if left > 0:
+        if left > top:
+            big = b
+            big_free = left
+        elif left > 0:
             _push(words, starts, head, below, above, left, b)
     return _csr_from_assignment(sequence, values, bin_of, num_bins)
 
@@ -221,10 +272,11 @@ def best_fit_decreasing(lengths, capacity):
 def exact_fill(lengths, capacity):
     """Largest-first bin filling with exact two-item completion: ``(perm, offsets, perm_lengths)``."""
     n = lengths.shape[0]
-    sequence, values = counting_sort_desc(lengths, capacity)
-    count = np.zeros(capacity + 1, np.int64)
-    cursor = np.zeros(capacity + 1, np.int64)
-    words, starts = new_bitset(capacity)
+    top = longest(lengths)
+    sequence, values = counting_sort_desc(lengths, top)
+    count = np.zeros(top + 1, np.int64)
+    cursor = np.zeros(top + 1, np.int64)
+    words, starts = new_bitset(top)
     for k in range(n - 1, -1, -1):  # cursor[v] ends at the first position of size v
         v = values[k]
         if count[v] == 0:
@@ -238,15 +290,18 @@ def exact_fill(lengths, capacity):
     out = 0
     num_bins = 0
     while out < n:
-        v = _bit_last_at_most(words, starts, capacity)
+        v = _bit_last_at_most(words, starts, top)
         gap = capacity
         while v > 0:
             left = gap - v
             if left > 0 and left < _bit_first_at_least(words, starts, 1):
                 # greedy would strand ``left`` tokens: try x + y == gap, x <= y, largest x first
-                x = _bit_last_at_most(words, starts, gap // 2)
+                x = _bit_last_at_most(words, starts, min(gap // 2, top))
                 while x > 0:
                     y = gap - x
+                    if y > top:  # the partner would be longer than any item: no larger x either
+                        x = -1
+                        break
                     if (y != x and count[y] > 0) or (y == x and count[x] > 1):
                         break
                     x = _bit_last_at_most(words, starts, x - 1)
@@ -269,7 +324,7 @@ def exact_fill(lengths, capacity):
             if count[v] == 0:
                 _bit_clear(words, starts, v)
             gap = left
-            v = _bit_last_at_most(words, starts, gap) if gap > 0 else -1
+            v = _bit_last_at_most(words, starts, min(gap, top)) if gap > 0 else -1
         num_bins += 1
         offsets[num_bins] = out
     return perm, offsets[: num_bins + 1].copy(), perm_lengths
@@ -381,6 +436,10 @@ def window_step(
     window_lengths,
     window_ids,
     capacity,
+    top,
+    big,
+    stamp,
+    clock,
     close_below,
     oldest_kept,
     now,
@@ -405,17 +464,23 @@ def window_step(
 ):
     """Best-fit one window (sorted decreasing) into the open bins, then close the bins that are done.
 
+    The free-space index covers ``[0, top]`` (``top`` >= every length so far); the one bin with
+    more room than that is ``big`` (-1: none), and ``stamp`` / ``clock`` order pushes in time.
     A bin is closed when its free space is below ``close_below`` (it cannot take the shortest item
     seen so far), when it was opened before window ``oldest_kept``, or when ``flush`` is set.  The
     caller guarantees at least ``len(window)`` free bins and free slots.  Closed bins are returned
-    CSR-shaped (ids, lengths, offsets) in bin-pool order; counters come back as the last two values.
+    CSR-shaped (ids, lengths, offsets) in bin-pool order, then the counters, ``big`` and ``clock``.
     """
-    sequence, values = counting_sort_desc(window_lengths, capacity)
+    sequence, values = counting_sort_desc(window_lengths, longest(window_lengths))
     for k in range(sequence.shape[0]):
         j = sequence[k]
         s = values[k]
         r = _bit_first_at_least(words, starts, s)
-        if r < 0:
+        if r < 0 and big >= 0:
+            b = big
+            big = -1
+            left = free[b] - s
+        elif r < 0:
             n_free_bins -= 1
             b = free_bins[n_free_bins]
             is_open[b] = True
@@ -438,7 +503,12 @@ def window_step(
         else:
             first_slot[b] = slot
         last_slot[b] = slot
-        _push(words, starts, head, below, above, left, b)
+        clock += 1
+        stamp[b] = clock
+        if left > top:
+            big = b
+        else:
+            _push(words, starts, head, below, above, left, b)
 
     n_closing = 0
     n_items = 0
@@ -457,7 +527,10 @@ def window_step(
     c = 0
     for b in range(is_open.shape[0]):
         if is_open[b] and (flush or free[b] < close_below or opened[b] < oldest_kept):
-            _unlink(words, starts, head, below, above, free[b], b)
+            if b == big:
+                big = -1
+            else:
+                _unlink(words, starts, head, below, above, free[b], b)
             is_open[b] = False
             free_bins[n_free_bins] = b
             n_free_bins += 1
@@ -471,35 +544,59 @@ def window_step(
                 slot = slot_next[slot]
             c += 1
             out_offsets[c] = p
-    return out_ids, out_len, out_offsets, n_free_bins, n_free_slots
+    return out_ids, out_len, out_offsets, n_free_bins, n_free_slots, big, clock
+
+
+@njit(cache=True)
+def widen_free_index(words, starts, head, below, above, stamp, free, big, top):
+    """The free-space index rebuilt over ``[0, top]`` (a longer item arrived): the stacks keep
+    their order, and the big bin joins its stack by push time if it no longer has more than
+    ``top`` free.  Returns ``(words, starts, head, big)``."""
+    new_words, new_starts = new_bitset(top)
+    new_head = np.full(top + 1, -1, np.int64)
+    for r in range(head.shape[0]):
+        if head[r] >= 0:
+            new_head[r] = head[r]
+            _bit_set(new_words, new_starts, r)
+    if big >= 0 and free[big] <= top:
+        _insert_by_stamp(new_words, new_starts, new_head, below, above, stamp, free[big], big)
+        big = -1
+    return new_words, new_starts, new_head, big
+
+
+@njit(cache=True)
+def _at_least(v, suffix, x):
+    """Count and sum of the sorted lengths ``v`` that are >= x."""
+    i = np.searchsorted(v, x)
+    return v.shape[0] - i, suffix[i]
 
 
 @njit(cache=True)
 def lower_bound_l2(lengths, capacity):
-    """Martello-Toth L2 lower bound on the number of bins (every length in [1, capacity])."""
+    """Martello-Toth L2 lower bound on the number of bins (every length in [1, capacity]).
+
+    L2 = max over alpha in [0, capacity / 2] of a bound that, between two item sizes, only grows
+    with alpha: the maximum is at alpha = 0 or at an item size, so only those are tried (sorted
+    lengths and suffix sums: O(n log n) time, O(n) memory, whatever the capacity)."""
     n = lengths.shape[0]
     if n == 0:
         return 0
-    count = np.zeros(capacity + 2, np.int64)
-    for i in range(n):
-        count[lengths[i]] += 1
-    # suffix counts and sums: items with length >= v
-    ge_count = np.zeros(capacity + 2, np.int64)
-    ge_sum = np.zeros(capacity + 2, np.int64)
-    for v in range(capacity, 0, -1):
-        ge_count[v] = ge_count[v + 1] + count[v]
-        ge_sum[v] = ge_sum[v + 1] + count[v] * v
+    v = np.sort(lengths)
+    suffix = np.zeros(n + 1, np.int64)
+    for i in range(n - 1, -1, -1):
+        suffix[i] = suffix[i + 1] + v[i]
     half = capacity // 2  # lengths <= half fit two to a bin; lengths > half do not
+    big_count, big_sum = _at_least(v, suffix, half + 1)
     best = 0
-    for alpha in range(0, half + 1):
+    i = 0
+    alpha = 0
+    while True:
         lo = max(alpha, 1)
-        # J1: w > capacity - alpha
-        j1 = ge_count[capacity - alpha + 1]
-        # J2: half < w <= capacity - alpha
-        j2_count = ge_count[half + 1] - j1
-        j2_sum = ge_sum[half + 1] - ge_sum[capacity - alpha + 1]
-        # J3: alpha <= w <= half
-        j3_sum = ge_sum[lo] - ge_sum[half + 1]
+        j1, j1_sum = _at_least(v, suffix, capacity - alpha + 1)  # J1: w > capacity - alpha
+        j2_count = big_count - j1  # J2: half < w <= capacity - alpha
+        j2_sum = big_sum - j1_sum
+        ge_lo_count, ge_lo_sum = _at_least(v, suffix, lo)
+        j3_sum = ge_lo_sum - big_sum  # J3: alpha <= w <= half
         spill = j3_sum - (j2_count * capacity - j2_sum)
         extra = 0
         if spill > 0:
@@ -507,4 +604,8 @@ def lower_bound_l2(lengths, capacity):
         value = j1 + j2_count + extra
         if value > best:
             best = value
-    return best
+        while i < n and v[i] <= alpha:  # the next item size is the next alpha worth trying
+            i += 1
+        if i == n or v[i] > half:
+            return best
+        alpha = v[i]

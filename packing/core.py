@@ -168,6 +168,9 @@ def validate_lengths(lengths, name: str = "lengths", allow_empty: bool = False) 
             f"{name} must have an integer dtype, got {lengths.dtype}; "
             f"convert with lengths.astype(np.int64) if the values are whole token counts"
         )
+    if lengths.dtype.kind == "u" and lengths.dtype.itemsize == 8 and lengths.max() > np.iinfo(np.int64).max:
+        i = int(np.argmax(lengths > np.iinfo(np.int64).max))
+        raise ValueError(f"{name}[{i}] = {int(lengths[i])} is not a token count (over 2**63); check the length column")
     lengths = lengths.astype(np.int64, copy=False)
     bad = np.flatnonzero(lengths < 1)
     if bad.shape[0]:
@@ -224,7 +227,7 @@ def _pack_entries(entry_lengths: np.ndarray, capacity: int, algorithm: str, wind
     if algorithm == "fill":
         return _kernels.exact_fill(entry_lengths, capacity)
     if algorithm == "ffd":
-        sequence, values = _kernels.counting_sort_desc(entry_lengths, capacity)
+        sequence, values = _kernels.counting_sort_desc(entry_lengths, _kernels.longest(entry_lengths))
         return _kernels.first_fit(sequence, values, capacity, _max_bins_any_fit(entry_lengths, capacity))
     if algorithm == "first_fit":
         sequence = np.arange(entry_lengths.shape[0], dtype=np.int64)

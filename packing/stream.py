@@ -50,8 +50,13 @@ class WindowPacker:
         self.capacity = validate_capacity(capacity)
         self.window = validate_capacity(window, "window")
         self.max_age = validate_capacity(max_age, "max_age")
-        self._words, self._starts = _kernels.new_bitset(self.capacity)
-        self._head = np.full(self.capacity + 1, -1, np.int64)
+        # the free-space index spans [0, top], top >= the longest item so far (doubled as needed):
+        # memory follows the items, not the capacity
+        self._top = min(self.capacity, 255)
+        self._words, self._starts = _kernels.new_bitset(self._top)
+        self._head = np.full(self._top + 1, -1, np.int64)
+        self._big = -1  # the one open bin with more than top tokens free, if any
+        self._clock = 0
         self._shortest = self.capacity + 1
         self._windows = 0
         self._next_id = 0
@@ -71,6 +76,7 @@ class WindowPacker:
             ("_is_open", False, np.bool_),
             ("_first_slot", -1, np.int64),
             ("_last_slot", -1, np.int64),
+            ("_stamp", 0, np.int64),
         ):
             grown = np.full(new, fill, dtype)
             if old:
@@ -136,7 +142,16 @@ class WindowPacker:
                 raise ValueError(f"ids has shape {ids.shape} but lengths has shape {lengths.shape}")
         if n:
             self._shortest = min(self._shortest, int(lengths.min()))
+            self._widen(int(lengths.max()))
         return self._step(lengths, ids, flush=False)
+
+    def _widen(self, longest: int) -> None:
+        if longest <= self._top:
+            return
+        self._top = min(self.capacity, max(2 * self._top, longest))
+        self._words, self._starts, self._head, self._big = _kernels.widen_free_index(
+            self._words, self._starts, self._head, self._below, self._above, self._stamp, self._free, self._big, self._top
+        )
 
     def flush(self) -> ClosedBins:
         """Close every open bin (the end of the stream)."""
@@ -150,10 +165,14 @@ class WindowPacker:
             self._grow_slots(max(n, self._slots // 2))
         now = self._windows
         self._windows += 1
-        out_ids, out_len, offsets, self._n_free_bins, self._n_free_slots = _kernels.window_step(
+        out_ids, out_len, offsets, self._n_free_bins, self._n_free_slots, self._big, self._clock = _kernels.window_step(
             lengths,
             ids,
             self.capacity,
+            self._top,
+            self._big,
+            self._stamp,
+            self._clock,
             self._shortest,
             now - self.max_age + 2,
             now,

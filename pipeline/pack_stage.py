@@ -146,6 +146,8 @@ class StreamPacker:
             raise ValueError(f"oversize must be one of {OVERSIZE_POLICIES}, got {oversize!r}")
         self.algorithm, self.oversize = algorithm, oversize
         self.window = validate_capacity(window, "window")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"--seed {seed}: must be an integer >= 0 (or left out for the packer's order)")
         self.seed = seed
         self.stats = PackStats(self.capacity, algorithm)
         self._hist = np.zeros(64, np.int64)

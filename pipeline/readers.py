@@ -30,6 +30,7 @@ _SUFFIXES = {
     ".ipc": "arrow",
 }
 _BLOCK_BYTES = 8 << 20
+_MAX_BLOCK_BYTES = 1 << 30  # pyarrow's block size is an int32; a row needs to fit one block
 
 
 @dataclass(frozen=True)
@@ -213,21 +214,77 @@ def _json(path: Path, columns, batch_size) -> Iterator:
             f"{path}: is one JSON array; packwise streams JSON Lines (one object per line): convert it, "
             f"e.g. python -c \"import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]\" {path}"
         )
-    reader = pj.open_json(path, read_options=pj.ReadOptions(block_size=_BLOCK_BYTES))
-    _missing(columns, reader.schema.names, str(path))
-    for batch in reader:
-        yield batch.select(columns) if columns is not None else batch
+
+    def blocks(block_size):
+        reader = pj.open_json(path, read_options=pj.ReadOptions(block_size=block_size))
+        _missing(columns, reader.schema.names, str(path))
+        for batch in reader:
+            yield batch.select(columns) if columns is not None else batch
+
+    yield from _growing_blocks(blocks, path, "json")
 
 
 def _csv(path: Path, columns, batch_size) -> Iterator:
     import pyarrow.csv as pc
 
-    read_options = pc.ReadOptions(block_size=_BLOCK_BYTES)
-    if columns is not None:
-        header = pc.open_csv(path, read_options=read_options).schema.names
-        _missing(columns, header, str(path))
+    # quoted values may hold newlines: without newlines_in_values a block can end inside one and
+    # the rows after it are silently misread (or "parser out of sync")
+    parse = pc.ParseOptions(newlines_in_values=True)
     convert = pc.ConvertOptions(include_columns=columns)
-    yield from pc.open_csv(path, read_options=read_options, convert_options=convert)
+
+    def blocks(block_size):
+        read_options = pc.ReadOptions(block_size=block_size)
+        if columns is not None:
+            _missing(columns, pc.open_csv(path, read_options=read_options, parse_options=parse).schema.names, str(path))
+        return pc.open_csv(path, read_options=read_options, parse_options=parse, convert_options=convert)
+
+    yield from _growing_blocks(blocks, path, "csv")
+
+
+def _growing_blocks(open_blocks, path: Path, format: str) -> Iterator:
+    """Batches of ``open_blocks(block_size)`` (a pyarrow CSV / JSON block reader).
+
+    A row longer than a block makes pyarrow fail with "straddling object": reopen with a block
+    four times larger and skip the rows already yielded (parsing is deterministic), up to
+    ``_MAX_BLOCK_BYTES``.  A parse error names the file row: pyarrow counts rows within a block.
+    """
+    import re
+
+    import pyarrow as pa
+
+    done, block_size = 0, _BLOCK_BYTES
+    while True:
+        skip = done
+        try:
+            for batch in open_blocks(block_size):
+                if skip >= batch.num_rows:
+                    skip -= batch.num_rows
+                    continue
+                batch, skip = batch.slice(skip), 0
+                done += batch.num_rows
+                yield batch
+            return
+        except pa.ArrowInvalid as err:
+            text = str(err)
+            if "straddl" in text and block_size < _MAX_BLOCK_BYTES:
+                block_size = min(4 * block_size, _MAX_BLOCK_BYTES)
+                continue
+            if "straddl" in text:
+                raise ValueError(f"{path}: row {done} is longer than {_MAX_BLOCK_BYTES:,} bytes (the largest block pyarrow reads); split it before packing") from None
+            row = re.search(r"in row (\d+)", text)
+            bad = done + int(row.group(1)) if row else _csv_row_of_wrong_width(path) if "Expected" in text else None
+            where = f"a row at or after row {done}" if bad is None else f"row {bad}"
+            raise ValueError(f"{path}: cannot read it as {format}: {where} ({text}); fix or remove that row (data rows count from 0)") from None
+
+
+def _csv_row_of_wrong_width(path: Path) -> int | None:
+    """The first data row whose field count differs from the header's (pyarrow does not say)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.reader(f)
+        width = len(next(rows, []))
+        return next((i for i, r in enumerate(rows) if len(r) != width), None)
 
 
 def _arrow(path: Path, columns, batch_size) -> Iterator:

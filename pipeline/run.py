@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .pack_stage import StreamPacker
+from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
 from .readers import open_input
 from .tokens import resolve_tokenizer, token_batches, train_on_input
@@ -45,11 +46,41 @@ def _tokenizer_id(tokenizer, path) -> str:
     return f"object:{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}"
 
 
+def check_output_outside_input(source, output) -> None:
+    """Refuse an output folder that the input covers (the folder itself, or a glob matching its
+    shards): a rerun would read its own output as input."""
+    import os
+
+    if not isinstance(source, (str, Path)):
+        return
+    text, out = str(source), Path(os.path.abspath(output))
+    src = Path(os.path.abspath(text))
+    inside = src.is_dir() and (out == src or src in out.parents)
+    if any(ch in text for ch in "*?["):
+        pattern = Path(os.path.abspath(text)).parts
+        inside = any(_glob_match(pattern, (out / name).parts) for name in ("shard-00000.parquet", "decisions.parquet"))
+    if inside:
+        raise ValueError(f"output: {output} lies inside the input {text}; a rerun would read its own shards: choose an output folder outside the input")
+
+
+def _glob_match(pattern: tuple, parts: tuple) -> bool:
+    """``glob.glob(recursive=True)`` semantics on path parts: ``**`` spans folders, ``*`` does not."""
+    import fnmatch
+
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(pattern[1:], parts[1:])
+
+
 def _prepare(source, *, tokenizer, train_tokenizer, text_column, tokens_column, labels_column, template, batch_size, format):
     if tokens_column is not None and (tokenizer is not None or train_tokenizer):
         raise ValueError("pass either --tokens-column or a tokenizer (--tokenizer / --train-tokenizer), not both")
     if tokens_column is None and (tokenizer is None) == (not train_tokenizer):
         raise ValueError("pass exactly one of --tokenizer PATH, --train-tokenizer or --tokens-column COLUMN")
+    if labels_column is not None and tokens_column is None:
+        raise ValueError("--labels-column needs --tokens-column (labels parallel to token ids); a tokenizer makes no labels, drop --labels-column")
     if tokens_column is not None:
         columns = [tokens_column] + ([labels_column] if labels_column else [])
     else:
@@ -124,6 +155,7 @@ def pack_to_parquet(
         (2, 10)
     """
     StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)  # validate before reading
+    check_output_outside_input(source, output)
     check_engine(engine)
     if engine == "ray":
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
@@ -156,45 +188,46 @@ def pack_to_parquet(
         "block_rows": int(block_rows) if engine == "ray" else None,
         **({"tail_pass": bool(tail_pass)} if engine == "ray" else {}),
     }
-    writer_class = RayShards if engine == "ray" else ShardWriter  # Ray: the workers write the shards, this commits
-    writer = writer_class(output, settings=settings, fingerprint=inp.fingerprint(), shard_rows=shard_rows, overwrite=overwrite)
-    if writer.state == "complete":
-        return PackResult(Path(output), "complete", len(writer.manifest["shards"]), writer.manifest)
-    state, resumed = writer.state, len(writer.shards)
-    if train_tokenizer and hasattr(tok, "save"):
-        from .atomic import atomic_path
+    with output_lock(output):  # one run per output folder
+        writer_class = RayShards if engine == "ray" else ShardWriter  # Ray: the workers write the shards, this commits
+        writer = writer_class(output, settings=settings, fingerprint=inp.fingerprint(), shard_rows=shard_rows, overwrite=overwrite)
+        if writer.state == "complete":
+            return PackResult(Path(output), "complete", len(writer.manifest["shards"]), writer.manifest)
+        state, resumed = writer.state, len(writer.shards)
+        if train_tokenizer and hasattr(tok, "save"):
+            from .atomic import atomic_path
 
-        with atomic_path(Path(output) / "tokenizer.json") as tmp:
-            tok.save(str(tmp))
-    try:
-        if engine == "local":
-            packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
-            for tb in _stage(inp, tok, text_column, tokens_column, labels_column, template, progress):
-                for rows in packer.add(tb):
+            with atomic_path(Path(output) / "tokenizer.json") as tmp:
+                tok.save(str(tmp))
+        try:
+            if engine == "local":
+                packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
+                for tb in _stage(inp, tok, text_column, tokens_column, labels_column, template, progress):
+                    for rows in packer.add(tb):
+                        writer.write(rows)
+                for rows in packer.finish():
                     writer.write(rows)
-            for rows in packer.finish():
-                writer.write(rows)
-            stats = packer.stats
-        else:
-            from .ray_engine import RayPackRun, ray_session
+                stats = packer.stats
+            else:
+                from .ray_engine import RayPackRun, ray_session
 
-            with ray_session(ray_address):
-                run = RayPackRun(
-                    inp, tokenizer=tok, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
-                    template=template, max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
-                    seed=seed, block_rows=block_rows, tail_pass=tail_pass, progress=progress,
-                )  # fmt: skip
-                run.write(writer)
-            stats = run.stats
-    except BaseException:
-        writer.wait()  # no shard write left running behind the error
-        raise
-    if stats.rows_in == 0:
-        raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to pack")
-    if stats.sequences == 0:
-        raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
-    manifest = writer.close(stats.to_dict())
-    return PackResult(Path(output), state, resumed, manifest)
+                with ray_session(ray_address):
+                    run = RayPackRun(
+                        inp, tokenizer=tok, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
+                        template=template, max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
+                        seed=seed, block_rows=block_rows, tail_pass=tail_pass, progress=progress,
+                    )  # fmt: skip
+                    run.write(writer)
+                stats = run.stats
+        except BaseException:
+            writer.abort()  # no shard write left running behind the error, nothing more published
+            raise
+        if stats.rows_in == 0:
+            raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to pack")
+        if stats.sequences == 0:
+            raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
+        manifest = writer.close(stats.to_dict())
+        return PackResult(Path(output), state, resumed, manifest)
 
 
 def dataset_lengths(

@@ -98,12 +98,14 @@ def token_batches(
     for loc in located_batches:
         if tokens_column is not None:
             ids = _list_column(loc, tokens_column)
+            _check_ids(loc, tokens_column, ids, low=0)
         else:
             ids = _tokenize(loc, tokenizer, text_column, template)
         offsets, values = _csr(ids)
         labels = None
         if labels_column is not None:
             lab = _list_column(loc, labels_column)
+            _check_ids(loc, labels_column, lab, low=-(2**31))
             lab_offsets, labels = _csr(lab)
             bad = np.flatnonzero(np.diff(lab_offsets) != np.diff(offsets))
             if bad.shape[0]:
@@ -119,6 +121,28 @@ def token_batches(
         if keep.shape[0] != n:
             offsets = np.concatenate(([0], np.cumsum(lengths[keep]))).astype(np.int64)
         yield TokenBatch(offsets, values, rows.astype(np.int64), labels, rows_read=n, empty=n - keep.shape[0])
+
+
+def _check_ids(loc, name: str, column, low: int) -> None:
+    """Every id in ``[low, 2**31)`` (token ids >= 0; labels may be negative, e.g. -100), or a
+    ``ValueError`` naming the file, row and value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    first = int(column.offsets[0].as_py())
+    values = column.values.slice(first, int(column.offsets[-1].as_py()) - first)
+    if len(values) == 0:
+        return
+    lo, hi = pc.min_max(values).values()
+    if lo.as_py() >= low and hi.as_py() < 2**31:
+        return
+    bad = pc.or_(pc.less(values, pa.scalar(low, pa.int64())), pc.greater_equal(values, pa.scalar(2**31, pa.int64())))
+    k = int(pc.index(bad, True).as_py())
+    offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64) - first
+    row = int(np.searchsorted(offsets, k, side="right")) - 1
+    what = "a token id" if low == 0 else "a label"
+    rule = "token ids must be in [0, 2**31); -100 and other masks belong in --labels-column" if low == 0 else "labels must fit int32"
+    raise ValueError(f"{loc.source} row {loc.first_row + row}: column {name!r} holds {what} {values[k].as_py()}; {rule}")
 
 
 def _first_null(column) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ._arrow import arrow_array
-from .atomic import atomic_path, publish, temp_beside
+from .atomic import atomic_path, os_error_message, publish, temp_beside
 from .pack_stage import PackedRows
 
 MANIFEST = "manifest.json"
@@ -98,6 +98,7 @@ class ShardWriter:
         self._buffer: list = []  # Arrow tables of rows not yet sent to the encoder
         self._buffered = 0
         self._shard: _OpenShard | None = None
+        self._opened: list[_OpenShard] = []  # shards of this run not yet known to be published
         self._encoder = _Encoder()
         self._has_labels: bool | None = None
         self.output.mkdir(parents=True, exist_ok=True)
@@ -122,16 +123,19 @@ class ShardWriter:
             for path in _our_files(self.output):
                 path.unlink()
             previous = None
+        for tmp in list(self.output.glob(".shard-*.tmp")):  # left by a killed run (the lock says none runs now)
+            tmp.unlink()
         if previous is not None and manifest.is_file():
             self.state = "complete"
             self.manifest = previous
             return
-        for tmp in list(self.output.glob(".shard-*.tmp")):
-            tmp.unlink()
         if previous is not None:
             self._resume()
-        with atomic_path(marker) as tmp:
-            tmp.write_text(json.dumps(self.run, indent=2, sort_keys=True))
+        try:
+            with atomic_path(marker) as tmp:
+                tmp.write_text(json.dumps(self.run, indent=2, sort_keys=True))
+        except OSError as err:
+            raise os_error_message(err, marker) from None
 
     def _difference(self, previous: dict) -> str:
         if previous.get("fingerprint") != self.fingerprint and "fingerprint" in previous:
@@ -148,8 +152,12 @@ class ShardWriter:
         k = 0
         while (self.output / shard_name(k)).is_file():
             path = self.output / shard_name(k)
-            meta = pq.read_metadata(path)
-            info = json.loads(meta.metadata[b"packwise"].decode())
+            try:
+                info = json.loads(pq.read_metadata(path).metadata[b"packwise"].decode())
+            except Exception as err:  # not written by this writer (it never publishes a partial shard)
+                raise ValueError(
+                    f"output: {path} is not a complete packwise shard ({err}); delete it (a rerun writes it again) or pass --overwrite"
+                ) from None
             if info["rows"] != self.shard_rows and (self.output / shard_name(k + 1)).is_file():
                 raise ValueError(f"output: {path} has {info['rows']} rows, not {self.shard_rows}; pass --overwrite")
             self.shards.append({"file": path.name, **info, "sha256": _sha256(path)})
@@ -192,6 +200,7 @@ class ShardWriter:
             self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
             if self._shard is None:
                 self._shard = _OpenShard(self.output / self._shard_name(len(self.shards) + self._encoder.shards_queued))
+                self._opened = [s for s in self._opened if not s.published] + [self._shard]
             self._shard.count(group)
             self._encoder.submit(self._shard.write, group)
             if self._shard.rows == self.shard_rows:
@@ -211,6 +220,14 @@ class ShardWriter:
         before giving up on a run so no write is left running behind the caller."""
         self.shards += self._encoder.finished(wait=True)
 
+    def abort(self) -> None:
+        """Give up on the run after an error: let queued writes finish or fail, publish nothing
+        more, and remove the open shard's temporary file (complete shards stay for the rerun)."""
+        self._encoder.abort()
+        for shard in self._opened:
+            shard.discard()
+        self._opened, self._shard = [], None
+
     def close(self, stats: dict) -> dict:
         """Write the last shard, then ``manifest.json``; return the manifest."""
         if self.state == "complete":
@@ -220,8 +237,11 @@ class ShardWriter:
             self._end_shard()
         self.wait()
         manifest = {**self.run, "shard_rows": self.shard_rows, "shards": self.shards, "stats": stats}
-        with atomic_path(self.output / MANIFEST) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        try:
+            with atomic_path(self.output / MANIFEST) as tmp:
+                tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        except OSError as err:
+            raise os_error_message(err, self.output / MANIFEST, "rerun (the complete shards are kept)") from None
         os.unlink(self.output / RUN_MARKER)
         self.state = "complete"
         self.manifest = manifest
@@ -235,6 +255,7 @@ class _OpenShard:
 
     def __init__(self, path: Path):
         self.path, self.rows, self.tokens, self.sequences = path, 0, 0, 0
+        self.published = False
         self._tmp: Path | None = None
         self._writer = None
 
@@ -248,17 +269,39 @@ class _OpenShard:
     def write(self, group) -> None:
         import pyarrow.parquet as pq
 
-        if self._writer is None:
-            self._tmp = temp_beside(self.path)
-            self._writer = pq.ParquetWriter(self._tmp, group.schema, compression="zstd", use_dictionary=False)
-        self._writer.write_table(group, row_group_size=_ROW_GROUP)
+        try:
+            if self._writer is None:
+                self._tmp = temp_beside(self.path)
+                self._writer = pq.ParquetWriter(self._tmp, group.schema, compression="zstd", use_dictionary=False)
+            self._writer.write_table(group, row_group_size=_ROW_GROUP)
+        except OSError as err:
+            self.discard()
+            raise os_error_message(err, self.path, "rerun (it resumes after the complete shards)") from None
 
     def close(self) -> dict:
+        """Write the footer and publish; a shard whose footer cannot be written is never published."""
         info = {"rows": self.rows, "tokens": self.tokens, "sequences": self.sequences}
-        self._writer.add_key_value_metadata({"packwise": json.dumps(info, sort_keys=True)})
-        self._writer.close()
-        publish(self._tmp, self.path)
+        try:
+            self._writer.add_key_value_metadata({"packwise": json.dumps(info, sort_keys=True)})
+            self._writer.close()
+            self._writer = None
+            publish(self._tmp, self.path)
+            self._tmp, self.published = None, True
+        except OSError as err:
+            self.discard()
+            raise os_error_message(err, self.path, "rerun (it resumes after the complete shards)") from None
         return {"file": self.path.name, **info, "sha256": _sha256(self.path)}
+
+    def discard(self) -> None:
+        """Drop the temporary file (after an error); the final name is never touched."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass  # the same error again: the file goes anyway
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
 
 
 class _Encoder:
@@ -266,6 +309,7 @@ class _Encoder:
 
     def __init__(self):
         self._pool: ThreadPoolExecutor | None = None
+        self._failed: BaseException | None = None  # after one job fails the rest are skipped
         self._jobs: deque[tuple[Future, bool]] = deque()
         self._closed: list[dict] = []  # entries of shards closed on disk, not yet collected
         self.shards_queued = 0  # shard closes submitted and not yet collected
@@ -275,8 +319,19 @@ class _Encoder:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="packwise-shard-encoder")
         while len(self._jobs) >= _BACKLOG:
             self._collect_oldest()
-        self._jobs.append((self._pool.submit(fn, *args), shard))
+        self._jobs.append((self._pool.submit(self._run, fn, *args), shard))
         self.shards_queued += shard
+
+    def _run(self, fn, *args):
+        """Run one job unless an earlier one failed: a shard whose row group was not written must
+        not be closed and published by the job queued after it."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return fn(*args)
+        except BaseException as err:
+            self._failed = err
+            raise
 
     def _collect_oldest(self) -> None:
         future, shard = self._jobs.popleft()
@@ -294,6 +349,15 @@ class _Encoder:
             self._pool.shutdown()
             self._pool = None
         return done
+
+    def abort(self) -> None:
+        """Let the queued jobs finish (or be skipped after a failure), drop their errors, end the thread."""
+        for future, _ in self._jobs:
+            future.exception()
+        self._jobs.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 def _table(rows: PackedRows, has_labels: bool):

@@ -15,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -98,7 +100,15 @@ class EmbeddingWriter:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
+        try:
+            self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
+            _reserve(self.tmp)
+        except OSError as err:
+            from ..pipeline.atomic import os_error_message
+
+            self._mm = None
+            self.tmp.unlink(missing_ok=True)
+            raise os_error_message(err, self.path) from None
         self.rows = rows
         self.written = 0
 
@@ -118,6 +128,21 @@ class EmbeddingWriter:
         del self._mm
         os.replace(self.tmp, self.path)
         return np.load(self.path, mmap_mode="r")
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of the (sparse) memmap file now: a page the disk cannot hold would
+    otherwise kill the process with SIGBUS when it is written, long after the checks."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+    if shutil.disk_usage(path.parent).free < size:  # no fallocate on this file system: check the room
+        raise OSError(errno.ENOSPC, f"No space left on device: {size:,} bytes needed")
 
 
 def default_model_path() -> Path | None:

@@ -48,6 +48,74 @@ def _target(n: int, target: int | None, keep: float | None, method: str) -> int:
     return int(target)
 
 
+def _score_block(located, column: str) -> np.ndarray:
+    import pyarrow as pa
+
+    col = located.batch.column(column)
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
+        value = next((v for v in col.to_pylist() if v is not None), None)
+        raise ValueError(
+            f"{located.source} row {located.first_row}: --score-column {column} has type {col.type} (e.g. {value!r}), "
+            f"not numbers; pass a numeric column or convert it"
+        )
+    return col.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def check_options(method, *, k, eps, order, target, keep, mode, alpha, eval_input, score_column, policy, beta, seed, shard_rows, embeddings_column, model) -> None:
+    """Every option of ``method`` checked before anything is read or replaced (a typo under
+    ``--overwrite`` must not cost the previous selection)."""
+    from .dedup import ORDERS
+    from .policies import POLICIES
+
+    if method not in METHODS:
+        raise ValueError(f"--method {method}: use one of {', '.join(METHODS)}")
+    if isinstance(shard_rows, bool) or shard_rows < 1:
+        raise ValueError(f"--shard-rows {shard_rows}: must be >= 1")
+    if seed < 0:
+        raise ValueError(f"--seed {seed}: must be >= 0 (a seed is a non-negative integer)")
+    if method != "score" and (embeddings_column is None) == (model is None):
+        raise ValueError("pass exactly one of --embeddings-column C (vectors in the input) or --model PATH (encode --text-column)")
+    if method in ("dedup", "prototypes", "balance") and k < 1:
+        raise ValueError(f"--k {k}: must be >= 1 cluster")
+    if method == "dedup":
+        if not 0.0 <= eps < 2.0:
+            raise ValueError(f"--eps {eps}: must be in [0, 2); a row is a near duplicate when cosine > 1 - eps")
+        if order not in ORDERS:
+            raise ValueError(f"--order {order}: use one of {', '.join(ORDERS)}")
+    if method == "prototypes":
+        if keep is None or not 0.0 <= keep <= 1.0:
+            raise ValueError(f"--method prototypes needs --keep F, a fraction in [0, 1] kept per cluster (got {keep})")
+        if mode not in ("hard", "easy"):
+            raise ValueError(f"--mode {mode}: use 'hard' (keep far-from-centroid rows) or 'easy' (keep prototypical rows)")
+    if method == "balance":
+        _target(1, target, keep, method)
+        if not alpha >= 0.0:
+            raise ValueError(f"--alpha {alpha}: must be >= 0 (group share ~ size**alpha)")
+    if method == "decontaminate" and eval_input is None:
+        raise ValueError("--method decontaminate needs --eval PATH (the evaluation set, same column or model)")
+    if method == "score":
+        if score_column is None:
+            raise ValueError("--method score needs --score-column C (a numeric column, higher = more worth keeping)")
+        if policy not in POLICIES:
+            raise ValueError(f"--policy {policy}: use one of {', '.join(POLICIES)}")
+        if policy != "threshold":
+            _target(1, target, keep, method)
+        if not beta > 0.0:
+            raise ValueError(f"--beta {beta}: must be > 0 (the temperature of the stochastic policies)")
+
+
+def clear_leftovers(output: Path, *, old_selection: bool) -> None:
+    """Remove temporary files a killed run left (``.<name>.*.tmp``), and with ``old_selection``
+    the previous selection's shards and manifest (just before the new ones are written)."""
+    if not output.is_dir():
+        return
+    for tmp in output.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    if old_selection:
+        for old in list(output.glob("shard-*.parquet")) + [output / MANIFEST]:
+            old.unlink(missing_ok=True)
+
+
 def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str, fmt: str | None, progress=None, name: str = "embeddings"):
     """Embeddings of every input row: from ``column`` or by encoding ``text_column`` with ``model``."""
     from ..pipeline import open_input
@@ -168,13 +236,16 @@ def run_select(
     options = dict(locals())  # every keyword above, handed on as they are
     for name in ("input", "output", "ray_address"):
         options.pop(name)
+    from ..pipeline.lock import output_lock
+
     if engine != "ray":
-        return _run_select(input, output, **options)
+        with output_lock(output):  # one run per output folder
+            return _run_select(input, output, **options)
     from ..pipeline.ray_engine import ray_session, require_ray
 
     _check_ray_select(method, embeddings_column, model)
     require_ray()
-    with ray_session(ray_address):
+    with ray_session(ray_address), output_lock(output):
         return _run_select(input, output, **options)
 
 
@@ -196,21 +267,20 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
 
     from ..pipeline import open_input
     from ..pipeline.atomic import atomic_path
+    from ..pipeline.run import check_output_outside_input
     from .. import selection as sel
     from ..pipeline.ray_engine import check_engine
 
     t0 = time.perf_counter()
     check_engine(engine)
-    if method not in METHODS:
-        raise ValueError(f"--method {method}: use one of {', '.join(METHODS)}")
-    if shard_rows < 1:
-        raise ValueError(f"--shard-rows {shard_rows}: must be >= 1")
+    check_options(method, k=k, eps=eps, order=order, target=target, keep=keep, mode=mode, alpha=alpha, eval_input=eval_input,
+                  score_column=score_column, policy=policy, beta=beta, seed=seed, shard_rows=shard_rows,
+                  embeddings_column=embeddings_column, model=model)  # fmt: skip
     output = Path(output)
+    check_output_outside_input(input, output)
     if (output / MANIFEST).exists() and not overwrite:
         raise ValueError(f"{output} already holds a selection (manifest.json); pass --overwrite to replace it")
-    if output.exists():
-        for old in list(output.glob("shard-*.parquet")) + [output / MANIFEST]:
-            old.unlink(missing_ok=True)
+    clear_leftovers(output, old_selection=False)
     output.mkdir(parents=True, exist_ok=True)
     notes: list[tuple[str, str]] = []
     per_cluster: list[tuple[int, int, int]] = []
@@ -221,7 +291,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         if score_column is None:
             raise ValueError("--method score needs --score-column C (a numeric column, higher = more worth keeping)")
         inp = open_input(input, [score_column], format=input_format)
-        scores = np.concatenate([b.batch.column(score_column).to_numpy(zero_copy_only=False).astype(np.float64) for b in inp.batches()])
+        scores = np.concatenate([_score_block(b, score_column) for b in inp.batches()])
         n = scores.shape[0]
         bad = ~np.isfinite(scores)
         if bad.any():
@@ -320,6 +390,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
             rows_kept = np.bincount(cluster, weights=kept, minlength=k)[ids_]
             per_cluster = [(int(c), int(a), int(b)) for c, a, b in zip(ids_, rows_in, rows_kept)]
 
+    clear_leftovers(output, old_selection=True)  # the new selection is decided: only now replace the old one
     decisions = pa.table({"row_id": np.arange(n, dtype=np.int64), "cluster": cluster, "kept": kept, "reason": pa.array([str(v) for v in reason], pa.string()), **cols})
     if engine == "ray":  # the workers write the kept rows and the decisions, block by block
         from ..pipeline.ray_select import write_selection

@@ -149,11 +149,12 @@ def test_bad_input_exit_code_2_with_named_file_column_row_and_fix(tmp_path, shar
         assert re.search(message, result.output.replace("\n", "")), (message, result.output)
 
 
-def test_other_failures_exit_1(tmp_path, shared_data, tok_file):
+def test_an_output_under_a_file_exits_2_naming_it(tmp_path, shared_data, tok_file):
     (tmp_path / "a_file").write_text("not a folder")
     result = runner.invoke(app, ["pack", str(shared_data / "c4_demo.jsonl"), str(tmp_path / "a_file" / "out"),
                                  "--max-tokens", "512", "--tokenizer", str(tok_file)])  # fmt: skip
-    assert result.exit_code == 1 and isinstance(result.exception, OSError)
+    assert result.exit_code == 2, result.output
+    assert f"error: {tmp_path / 'a_file' / 'out'}: cannot write it: a parent of it is a file, not a folder" in result.output
 
 
 def test_other_settings_refused_then_overwritten(tmp_path, shared_data, tok_file):

@@ -96,7 +96,7 @@ def test_an_encoding_error_is_raised_to_the_caller_and_no_manifest_is_written(tm
     out = tmp_path / "out"
     w = ShardWriter(out, settings={"k": 1}, fingerprint="f", shard_rows=10)
     shutil.rmtree(out)  # the folder vanishes under the run: the encoder thread cannot create a shard
-    with pytest.raises(FileNotFoundError, match=r"\.shard-00000\.parquet\..*\.tmp"):
+    with pytest.raises(ValueError, match=r"out/shard-00000\.parquet: cannot write it: its folder is gone .*; check the device and rerun"):
         w.write(_rows(25))  # raised at the first call after the failed job: here or in close()
         w.close({"rows_out": 25})
     assert not (out / "manifest.json").exists()

@@ -1,0 +1,77 @@
+"""One run per output folder: an exclusive ``flock`` on ``OUTPUT/.packwise.lock``.
+
+Why: two runs writing one folder delete each other's temporary shards, or one replaces the other's
+output while it still reports success.  ``flock`` is released by the kernel when its holder dies
+(kill -9 included), so a lock is never stale; the file only says who held it last.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+LOCK = ".packwise.lock"
+
+
+@contextmanager
+def output_lock(output: str | Path, *, what: str = "output") -> Iterator[Path]:
+    """Hold the lock of folder ``output`` (created if missing) for the ``with`` block, or raise a
+    ``ValueError`` naming the lock file and the process holding it.
+
+    Example:
+        >>> import tempfile
+        >>> from packwise.pipeline.lock import output_lock
+        >>> out = tempfile.mkdtemp()
+        >>> with output_lock(out) as lock:
+        ...     try:
+        ...         with output_lock(out):
+        ...             pass
+        ...     except ValueError as err:
+        ...         print(str(err).split(";")[0].endswith("in use by another packwise run (pid %d)" % os.getpid()))
+        True
+    """
+    from .atomic import os_error_message
+
+    output = Path(output)
+    path = output / LOCK
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise os_error_message(err, output, "rerun") from None
+    if not output.is_dir():
+        raise ValueError(f"{what}: {output} is a file; pass a folder path")
+    try:
+        fd = _acquire(path, what)
+    except OSError as err:
+        raise os_error_message(err, path, "rerun") from None
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: a waiter then finds a new file (see _acquire)
+        os.close(fd)
+
+
+def _acquire(path: Path, what: str) -> int:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(
+                f"{what}: {path.parent} is in use by another packwise run (pid {holder}); it holds the lock {path}. "
+                f"Wait for that run to finish, or choose another output folder"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file its last holder removed while we waited for it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            return fd
+        os.close(fd)
