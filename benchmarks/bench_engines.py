@@ -106,7 +106,7 @@ def per_block_costs(src: Path, args, blocks: int = 3) -> dict:
     t = time.perf_counter()  # reading is part of a worker's block: Parquet decode of the token column, per row
     full = pq.read_table(src, columns=["input_ids"], pre_buffer=False)
     read_per_row = (time.perf_counter() - t) / full.num_rows
-    tok = dict(tokenizer=None, text_column="text", tokens_column="input_ids", labels_column=None, template=None, source="bench")
+    tok = dict(tokenizer=None, tokens_column="input_ids", labels_column=None, source="bench")
     pk = dict(max_tokens=args.max_tokens, algorithm="window_bfd", oversize="split", window=args.window, has_labels=False, source="bench")
     work = write = tokens = 0.0
     for k in range(blocks):
