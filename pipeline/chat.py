@@ -48,8 +48,10 @@ def messages_of(value, where: str) -> list[dict]:
             value = json.loads(value)
         except ValueError:
             raise ValueError(f"{where}: the chat column holds text that is not JSON; {fix}") from None
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{where}: the chat column holds {_kind(value)}, not a non-empty list of messages; {fix}")
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: the chat column holds {_kind(value)}, not a list of messages; {fix}")
+    if not value:
+        raise ValueError(f"{where}: the chat column holds no messages (an empty list); drop that row")
     out = []
     for k, m in enumerate(value):
         if not isinstance(m, dict):
