@@ -174,7 +174,7 @@ class TextRows:
         >>> b = pa.record_batch({"a": ["ab", ""], "b": ["cd", None]})
         >>> offsets, values, labels = rows.tokenize(Located(b, "mem", 0, 0))
         >>> tok.decode(values[offsets[0]:offsets[1]].tolist(), skip_special_tokens=False), offsets.tolist()
-        ('ab\n\ncd<|endoftext|>', [0, 5, 5])
+        ('ab\\n\\ncd<|endoftext|>', [0, 5, 5])
     """
 
     def __init__(self, spec: TextSpec, tokenizer):
