@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from test_cli_pack import invoke, tok_file  # noqa: F401 - tok_file is a fixture
 from test_pipeline_pack import check_round_trip, read_shards
 from typer.testing import CliRunner
 
@@ -19,17 +20,6 @@ from packwise.pipeline.tokens import TEXT_SEPARATOR, encode
 
 runner = CliRunner()
 AG_COLUMNS = "label,title,description"
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def tok_file(tmp_path_factory, tokenizer) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tokenizer.save(str(path))
-    return path
 
 
 def shared_files(root: Path) -> dict[str, tuple[list, list[str]]]:
@@ -193,3 +183,9 @@ def test_run_that_wrote_no_shard_retries_with_new_settings(tmp_path, shared_data
     retry = invoke("pack", c4, out, "--max-tokens", 512, "--tokenizer", tok_file, "--oversize", "split")
     assert retry.exit_code == 0, retry.output
     assert read_shards(out)["manifest"]["settings"]["oversize"] == "split"
+
+
+def test_report_help_explains_its_columns():
+    text = " ".join(invoke("report", "--help").output.replace("│", " ").split())
+    assert "vs L1 = computed token slots / (L1 x --max-tokens), where L1 = ceil(tokens / --max-tokens) rows" in text
+    assert "attn dense/masked = sum of squared row widths / sum of squared sequence lengths" in text
