@@ -74,16 +74,19 @@ def _kind(value) -> str:
 def chatml(messages: Sequence[dict], system: str | None = None, tools=None) -> Segments:
     """ChatML segments: ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message; an assistant
     message's content and ``<|im_end|>`` are trainable.  ``system`` and ``tools`` (a list of tool
-    schemas, or their JSON text) become a system message first when the messages have none.
+    schemas, or their JSON text) become a system message first; when the messages start with one,
+    the tools are appended to it.
 
     Example:
         >>> chatml([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
         [('<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\n', False), ('hello<|im_end|>', True), ('\\n', False)]
     """
     out: Segments = []
-    head = _system_text(system, tools)
-    if head and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": head}, *messages]
+    if messages[0]["role"] == "system":  # the conversation's own system message wins over a system column
+        head = "\n\n".join(t for t in (messages[0]["content"], _system_text(None, tools)) if t)
+        messages = [{"role": "system", "content": head}, *messages[1:]]
+    elif _system_text(system, tools):
+        messages = [{"role": "system", "content": _system_text(system, tools)}, *messages]
     for m in messages:
         if m["role"] == "assistant":
             _append(out, "<|im_start|>assistant\n", False)
