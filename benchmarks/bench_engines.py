@@ -112,7 +112,7 @@ def per_block_costs(src: Path, args, blocks: int = 3) -> dict:
     t = time.perf_counter()  # reading is part of a worker's block: Parquet decode of the token column, per row
     full = pq.read_table(src, columns=["input_ids"], pre_buffer=False)
     read_per_row = (time.perf_counter() - t) / full.num_rows
-    tok = dict(tokenizer=None, text_column="text", tokens_column="input_ids", labels_column=None, template=None, source="bench")
+    tok = dict(tokenizer=None, tokens_column="input_ids", labels_column=None, source="bench")
     out = {"t_block": 0.0, "t_commit": 0.0, "t_commit_tail": 0.0, "tokens_per_block": 0.0, "tail_tokens": 0.0}
     out["t_task"] = _task_round_trip()
     for k in range(blocks):

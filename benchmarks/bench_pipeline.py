@@ -10,6 +10,12 @@ call alone after imports, tokens/s of each, peak RSS, rows and padding.
 
     .venv/bin/python benchmarks/bench_pipeline.py                       # 20M tokens, TRL included
     .venv/bin/python benchmarks/bench_pipeline.py --tokens 100000000 --skip-trl   # peak RSS at 100M
+    .venv/bin/python benchmarks/bench_pipeline.py --readers-only        # JSON array vs JSON Lines reader
+
+The reader line streams the same real rows (alpaca and glaive records, bootstrapped to
+``--reader-mb``) as JSON Lines and as one pretty-printed JSON array (the LLaMA-Factory layout)
+through ``packwise.pipeline.read``; the target is the array within 1.5x of JSON Lines.  The
+obvious alternative, ``json.load`` of the whole array, is timed beside them.
 
 TRL lives in the benchmark venv (heavy, benchmark-only): ``scripts/bench_env.sh``, then
 ``--trl-python /tmp/bench-packing/bin/python``.
@@ -145,6 +151,51 @@ def trl_pack(python: str, src: Path, out: Path, max_tokens: int) -> dict:
     return {"wall": wall, "inner": info["inner_s"], "rss": rss, "rows": info["rows"], "tokens": info["tokens"]}
 
 
+def build_json_inputs(work: Path, megabytes: int, seed: int = 0) -> tuple[Path, Path, int]:
+    """The same bootstrapped real rows as ``rows.jsonl`` and as a JSON array ``rows.json`` (indent 2)."""
+    lines, array = work / f"rows-{megabytes}mb.jsonl", work / f"rows-{megabytes}mb.json"
+    pool = json.load(open(SHARED / "alpaca_en_demo.json", encoding="utf-8"))
+    pool += [{"instruction": json.dumps(r["conversations"]), "input": r["tools"], "output": ""}
+             for r in json.load(open(SHARED / "glaive_toolcall_en_demo.json", encoding="utf-8"))]  # fmt: skip
+    rng = np.random.default_rng(seed)
+    if not (lines.exists() and array.exists()):
+        rows, size = [], 0
+        while size < megabytes << 20:
+            row = pool[int(rng.integers(len(pool)))]
+            rows.append(row)
+            size += len(json.dumps(row)) + 1
+        lines.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        array.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    return lines, array, sum(1 for _ in open(lines, encoding="utf-8"))
+
+
+def bench_readers(work: Path, megabytes: int, repeats: int) -> None:
+    from packwise.pipeline import read
+
+    lines, array, n = build_json_inputs(work, megabytes)
+    for path in (lines, array):  # warm the page cache and the numba kernel
+        sum(b.num_rows for b in read(path))
+
+    def best(fn):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            assert fn() == n
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    jsonl = best(lambda: sum(b.num_rows for b in read(lines)))
+    arr = best(lambda: sum(b.num_rows for b in read(array)))
+    whole = best(lambda: len(json.load(open(array, encoding="utf-8"))))
+    print(f"\nreaders, {n:,} real rows ({lines.stat().st_size / 2**20:.0f} MiB JSONL, {array.stat().st_size / 2**20:.0f} MiB JSON array), "
+          f"medians of {repeats}:")  # fmt: skip
+    print(f"{'reader':<46} {'s':>7} {'rows/s':>12} {'vs JSONL':>9}")
+    for name, t in (("packwise read, JSON Lines", jsonl), ("packwise read, JSON array (streamed)", arr),
+                    ("json.load of the whole array (in memory)", whole)):  # fmt: skip
+        print(f"{name:<46} {t:>7.3f} {n / t:>12,.0f} {t / jsonl:>8.2f}x")
+    print(f"target: JSON array within 1.5x of JSON Lines: {'met' if arr <= 1.5 * jsonl else 'NOT met'} ({arr / jsonl:.2f}x)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, nargs="+", default=[20_000_000], help="input sizes in tokens (>= 20M)")
@@ -154,9 +205,14 @@ def main() -> None:
     ap.add_argument("--trl-python", default="/tmp/bench-packing/bin/python", help="a python with trl (scripts/bench_env.sh)")
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--workdir", default="/tmp/packwise-bench")
+    ap.add_argument("--reader-mb", type=int, default=100, help="size of the JSON reader comparison input")
+    ap.add_argument("--readers-only", action="store_true", help="only the JSON array vs JSON Lines reader line")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    bench_readers(work, args.reader_mb, args.repeats)
+    if args.readers_only:
+        return
     results = []
     for n in args.tokens:
         src = work / f"input-{n}.parquet"

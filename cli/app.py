@@ -50,31 +50,54 @@ def demo_data(
 _TOKENIZER_HELP = "A tokenizers JSON file, or a transformers tokenizer folder (local)."
 _TRAIN_HELP = "Train a byte-level BPE on the input itself (offline, seconds)."
 _TOKENS_HELP = "Read token ids from this list<int> column instead of tokenizing."
-_TEMPLATE_HELP = "module:function rendering one value of the text column (e.g. chat messages) to text."
-_FORMAT_HELP = "Input format when the file names do not say: parquet, json, csv or arrow."
+_TEXT_HELP = (
+    "Column holding the text (default text). Several, comma-separated (instruction,input,output), are joined with "
+    "a blank line (\\n\\n), empty values left out. With --chat-template: the messages column (default messages or conversations)."
+)
+_TEMPLATE_HELP = "FILE.py:function (or FILE.py, function template) or module:function: renders the whole row (a dict of every column) to text."
+_CHAT_HELP = (
+    "Render a chat column (messages with role/content, or ShareGPT conversations with from/value; system and tools "
+    "columns are used when present): chatml (built in) or tokenizer (the --tokenizer folder's own chat template)."
+)
+_TRAIN_ON_HELP = "With --chat-template: assistant (default; labels -100 outside the assistant turns) or all."
+_EOS_HELP = "Append the tokenizer's EOS token to every document (default: on for --algorithm concat, off otherwise)."
+_BOS_HELP = "Prepend the tokenizer's BOS token to every document."
+_CSV_COLUMNS_HELP = "The file is a CSV without a header: these comma-separated column names (e.g. label,title,description)."
+_NO_HEADER_HELP = "The CSV has no header row: its columns are f0, f1, ..."
+_FORMAT_HELP = (
+    "Input format when the file names do not say: parquet, json (JSON Lines or one JSON array), csv, text (one row per line) or arrow."
+)
 _ENGINE_HELP = "local (in this process, no services) or ray (Ray Data, the extra packwise\\[ray]; see docs/ray.md)."
 _ADDRESS_HELP = "With --engine ray: the cluster to join (host:port or 'auto'); default $RAY_ADDRESS, else a local Ray."
+_INPUT_HELP = "Parquet/JSONL/JSON-array/CSV/TXT/Arrow file, folder, glob, or save_to_disk folder."
+_OVERSIZE_HELP = "Sequences longer than --max-tokens: error, truncate, split or drop."
 
 
 @app.command("pack")
 @exit_on_bad_input
 def pack(
-    input: str = typer.Argument(..., help="Parquet/JSONL/CSV/Arrow file, folder, glob, or save_to_disk folder."),
+    input: str = typer.Argument(..., help=_INPUT_HELP),
     output: Path = typer.Argument(..., help="Folder for the Parquet shards and manifest.json."),
     max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
     train_tokenizer: bool = typer.Option(False, "--train-tokenizer", help=_TRAIN_HELP + " Saved as OUTPUT/tokenizer.json."),
     tokens_column: Optional[str] = typer.Option(None, "--tokens-column", help=_TOKENS_HELP),
     labels_column: Optional[str] = typer.Option(None, "--labels-column", help="With --tokens-column: a parallel labels column."),
-    text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help=_TEXT_HELP),
     template: Optional[str] = typer.Option(None, "--template", help=_TEMPLATE_HELP),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help=_CHAT_HELP),
+    train_on: Optional[str] = typer.Option(None, "--train-on", help=_TRAIN_ON_HELP),
+    add_eos: Optional[bool] = typer.Option(None, "--add-eos/--no-add-eos", help=_EOS_HELP),
+    add_bos: bool = typer.Option(False, "--add-bos/--no-add-bos", help=_BOS_HELP),
     input_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
+    csv_columns: Optional[str] = typer.Option(None, "--csv-columns", help=_CSV_COLUMNS_HELP),
+    no_header: bool = typer.Option(False, "--no-header", help=_NO_HEADER_HELP),
     algorithm: str = typer.Option(
         "window_bfd", "--algorithm", help="window_bfd (streaming best fit, open rows carried across windows), concat, or a packer of "
         "packwise.packing (bfd, ffd, first_fit, next_fit, ...) applied to each window on its own."
     ),
     window: int = typer.Option(10_000, "--window", help="Sequences per packing window (memory grows with it)."),
-    oversize: str = typer.Option("error", "--oversize", help="Sequences longer than --max-tokens: error, truncate, split or drop."),
+    oversize: str = typer.Option("error", "--oversize", help=_OVERSIZE_HELP),
     shard_rows: int = typer.Option(8192, "--shard-rows", help="Packed rows per Parquet shard."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Shuffle the rows of each window with this seed (default: packer order)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output made with other settings."),
@@ -90,11 +113,11 @@ def pack(
     """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
     from ..pipeline import open_input, pack_to_parquet
     from ._progress import progress_bar
-    from .pack_cmd import load_template, render_summary
+    from .pack_cmd import csv_header, load_template, render_summary
 
     fn = load_template(template)
-    columns = [tokens_column] if tokens_column else [text_column]
-    total = open_input(input, columns, format=input_format).num_rows
+    header = csv_header(csv_columns, no_header)
+    total = open_input(input, None, format=input_format, csv_header=header).num_rows
     with progress_bar("packing", total) as update:
         result = pack_to_parquet(
             input,
@@ -106,6 +129,11 @@ def pack(
             tokens_column=tokens_column,
             labels_column=labels_column,
             template=fn,
+            chat_template=chat_template,
+            train_on=train_on,
+            add_eos=add_eos,
+            add_bos=add_bos,
+            csv_header=header,
             algorithm=algorithm,
             window=window,
             oversize=oversize,
@@ -126,29 +154,46 @@ def pack(
     render_summary(result)
 
 
-@app.command("report")
+_REPORT_HELP = """Padding-waste report: pad-to-max, random and bucketed batches, and every packer.
+
+Columns: rows and steps (rows / --batch-size); padding (share of the computed token slots that are
+padding); truncated (share of tokens cut or dropped); seqs/row; vs L1 = computed token slots / (L1 x
+--max-tokens), where L1 = ceil(tokens / --max-tokens) rows is the fewest any layout can use: 1.0000 is
+as dense as possible, 1.0100 means 1% more slots than that bound; attn dense/masked = sum of squared row
+widths / sum of squared sequence lengths: how much more attention compute a row costs with one dense
+causal mask than with a mask per sequence (position_ids / cu_seq_lens / block-diagonal masks).
+Packers follow --oversize as packwise pack does (the same rows for the same --max-tokens, --oversize
+and --window); padded strategies always cut at --max-tokens."""
+
+
+@app.command("report", help=_REPORT_HELP)
 @exit_on_bad_input
 def report(
-    input: str = typer.Argument(..., help="Parquet/JSONL/CSV/Arrow file, folder, glob, or save_to_disk folder."),
+    input: str = typer.Argument(..., help=_INPUT_HELP),
     max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per step for the padded strategies."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
     train_tokenizer: bool = typer.Option(False, "--train-tokenizer", help=_TRAIN_HELP),
     tokens_column: Optional[str] = typer.Option(None, "--tokens-column", help=_TOKENS_HELP),
-    text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help=_TEXT_HELP),
     template: Optional[str] = typer.Option(None, "--template", help=_TEMPLATE_HELP),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help=_CHAT_HELP),
+    add_eos: bool = typer.Option(False, "--add-eos/--no-add-eos", help="Count an EOS token per document (pack adds one by default with --algorithm concat)."),
+    add_bos: bool = typer.Option(False, "--add-bos/--no-add-bos", help="Count a BOS token per document."),
     input_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
-    window: int = typer.Option(10_000, "--window", help="Window of the window_bfd packer."),
+    csv_columns: Optional[str] = typer.Option(None, "--csv-columns", help=_CSV_COLUMNS_HELP),
+    no_header: bool = typer.Option(False, "--no-header", help=_NO_HEADER_HELP),
+    oversize: str = typer.Option("truncate", "--oversize", help=_OVERSIZE_HELP + " Default truncate."),
+    window: int = typer.Option(10_000, "--window", help="Sequences per packing window (as packwise pack --window)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the report: PATH.png or PATH.html."),
     seed: int = typer.Option(0, help="Seed of the random-batches baseline."),
 ) -> None:
-    """Padding-waste report: pad-to-max, random and bucketed batches, and every packer."""
     from ..packing import waste_report
-    from ..packing.core import validate_capacity
+    from ..packing.core import OVERSIZE_POLICIES, validate_capacity
     from ..pipeline import dataset_lengths, open_input
     from ._progress import progress_bar
-    from .pack_cmd import load_template
+    from .pack_cmd import csv_header, load_template
     from .report_cmd import length_histogram, render_report, report_dict, write_json, write_plot
 
     from ..pipeline.atomic import check_writable
@@ -157,14 +202,16 @@ def report(
     validate_capacity(batch_size, "--batch-size")
     if seed < 0:
         raise ValueError(f"--seed {seed}: must be an integer >= 0")
+    if oversize not in OVERSIZE_POLICIES:
+        raise ValueError(f"--oversize must be one of {OVERSIZE_POLICIES}, got {oversize!r}")
     if plot is not None and plot.suffix.lower() not in (".png", ".html"):
         raise ValueError(f"--plot {plot}: the file must end in .png or .html")
     for option, path in (("--json", json_path), ("--plot", plot)):
         if path is not None:
             check_writable(path, option)  # before the whole report runs
     fn = load_template(template)
-    columns = [tokens_column] if tokens_column else [text_column]
-    total = open_input(input, columns, format=input_format).num_rows
+    header = csv_header(csv_columns, no_header)
+    total = open_input(input, None, format=input_format, csv_header=header).num_rows
     with progress_bar("reading", total) as update:
         lengths = dataset_lengths(
             input,
@@ -173,13 +220,17 @@ def report(
             text_column=text_column,
             tokens_column=tokens_column,
             template=fn,
+            chat_template=chat_template,
+            add_eos=add_eos,
+            add_bos=add_bos,
+            csv_header=header,
             format=input_format,
             progress=update,
         )
-    result = waste_report(lengths, max_tokens, batch_size=batch_size, seed=seed, window=window)
+    result = waste_report(lengths, max_tokens, batch_size=batch_size, seed=seed, window=window, oversize=oversize)
     histogram = length_histogram(lengths, max_tokens)
     title = f"{input} ({len(lengths):,} sequences)"
-    render_report(result, title=title, histogram=histogram)
+    render_report(result, title=title, histogram=histogram, oversize=oversize)
     if json_path is not None:
         write_json(report_dict(result, histogram, str(input)), json_path)
     if plot is not None:

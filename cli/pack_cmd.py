@@ -1,24 +1,57 @@
-"""Helpers of ``packwise pack``: load a chat template function, render the end-of-run summary."""
+"""Helpers of ``packwise pack``: load a ``--template`` function, CSV header options, the end-of-run summary."""
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 
 def load_template(spec: str | None):
-    """``module:function`` -> the function (renders one chat/messages value to text), or ``None``."""
+    """``--template`` -> the function it names (it renders one whole row, a dict, to text), or ``None``.
+
+    ``FILE.py:function`` or ``FILE.py`` (its function ``template``) loads that file; ``module:function``
+    imports an installed module.
+    """
     if spec is None:
         return None
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"--template must look like module:function, got {spec!r}")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"--template {spec}: cannot import it ({err}); check the module is on PYTHONPATH") from None
+    target, _, name = spec.rpartition(":") if ":" in spec else (spec, "", "template")
+    if target.endswith(".py") or Path(target).is_file():
+        module = _load_file(target, spec)
+    else:
+        if not target or not name:
+            raise ValueError(f"--template must look like FILE.py:function, FILE.py or module:function, got {spec!r}")
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ValueError(f"--template {spec}: cannot import {target} ({err}); pass FILE.py:function for a file") from None
+    fn = getattr(module, name or "template", None)
+    if fn is None:
+        raise ValueError(f"--template {spec}: {target} has no function {name or 'template'!r}; name it as FILE.py:function")
     if not callable(fn):
         raise ValueError(f"--template {spec}: {name} is not a function")
     return fn
+
+
+def _load_file(path: str, spec: str):
+    import importlib.util
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--template {spec}: no file at {file}; pass FILE.py:function with an existing file")
+    module_spec = importlib.util.spec_from_file_location(f"packwise_template_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:
+        raise ValueError(f"--template {spec}: {file} fails to load ({type(err).__name__}: {err}); fix the file") from None
+    return module
+
+
+def csv_header(csv_columns: str | None, no_header: bool):
+    """``--csv-columns a,b,c`` / ``--no-header`` -> the readers' ``csv_header``."""
+    if csv_columns is not None:
+        return [c.strip() for c in csv_columns.split(",")]
+    return not no_header
 
 
 def render_summary(result) -> None:
@@ -36,6 +69,8 @@ def render_summary(result) -> None:
         ("sequences", f"{s['sequences']:,}"),
         ("tokens in", f"{s['tokens_in']:,}"),
         ("tokens out", f"{s['tokens_out']:,}"),
+        ("documents marked with", _boundaries(m["settings"])),
+        (f"over {cap} tokens (--oversize {m['settings']['oversize']})", _oversize(s, m["settings"])),
         ("truncated tokens", f"{s['truncated_tokens']:,}"),
         ("dropped sequences (tokens)", f"{s['dropped_sequences']:,} ({s['dropped_tokens']:,})"),
         ("packed rows", f"{s['rows_out']:,}"),
@@ -48,6 +83,24 @@ def render_summary(result) -> None:
     for name, value in lines:
         table.add_row(name, value)
     _console().print(table)
+
+
+def _boundaries(settings: dict) -> str:
+    marks = [name for name, key in (("BOS", "add_bos"), ("EOS", "add_eos")) if settings.get(key)]
+    if not marks:
+        return "nothing (--add-eos / --add-bos to mark them)"
+    default = " (default for concat)" if settings["algorithm"] == "concat" and marks == ["EOS"] else ""
+    return " + ".join(marks) + default
+
+
+def _oversize(stats: dict, settings: dict) -> str:
+    n = stats.get("oversize_sequences", 0)
+    if n == 0:
+        return "0"
+    if settings["algorithm"] == "concat":
+        return f"{n:,}: cut across rows (concat)"
+    fate = {"truncate": "truncated", "split": "split into pieces", "drop": "dropped"}[settings["oversize"]]
+    return f"{n:,}: {fate}"
 
 
 def _console():

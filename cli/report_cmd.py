@@ -29,7 +29,7 @@ def report_dict(report: WasteReport, histogram: dict, source: str) -> dict:
     return {"input": source, **report.to_dict(), "length_histogram": histogram}
 
 
-def render_report(report: WasteReport, title: str, histogram: dict | None = None) -> None:
+def render_report(report: WasteReport, title: str, histogram: dict | None = None, oversize: str = "truncate") -> None:
     from rich.table import Table
 
     table = Table(title=f"padding waste at {report.capacity} tokens per row — {title}")
@@ -63,7 +63,12 @@ def render_report(report: WasteReport, title: str, histogram: dict | None = None
             hist.add_row(f"{edges[i]}–{edges[i + 1] - 1}", f"{c:,}", "█" * int(round(40 * c / peak)))
         console.print(hist)
         if histogram["over_capacity"]:
-            console.print(f"{histogram['over_capacity']:,} sequences are longer than {report.capacity} tokens")
+            fate = {"truncate": "the packers truncate them", "split": "the packers split them into pieces",
+                    "drop": "the packers drop them", "error": "packwise pack --oversize error refuses them"}[oversize]  # fmt: skip
+            console.print(
+                f"{histogram['over_capacity']:,} sequences are longer than {report.capacity} tokens: {fate} "
+                f"(--oversize {oversize}); the padded strategies cut them at {report.capacity}"
+            )
 
 
 def write_json(data: dict, path: Path) -> None:

@@ -17,11 +17,13 @@ from .pack_stage import ALGORITHMS, PackedRows, PackStats, StreamPacker
 from .ray_engine import ENGINES
 from .readers import FORMATS, open_input, read
 from .run import PackResult, dataset_lengths, pack_to_parquet
-from .tokens import TokenBatch, resolve_tokenizer, token_batches
+from .chat import CHAT_TEMPLATES, TRAIN_ON
+from .tokens import TEXT_SEPARATOR, TextRows, TextSpec, TokenBatch, resolve_tokenizer, token_batches
 from .writer import ShardWriter
 
 __all__ = [
     "ALGORITHMS",
+    "CHAT_TEMPLATES",
     "ENGINES",
     "FORMATS",
     "PackResult",
@@ -31,6 +33,10 @@ __all__ = [
     "PackedRows",
     "ShardWriter",
     "StreamPacker",
+    "TEXT_SEPARATOR",
+    "TRAIN_ON",
+    "TextRows",
+    "TextSpec",
     "TokenBatch",
     "dataset_lengths",
     "open_input",

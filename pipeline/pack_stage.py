@@ -56,6 +56,7 @@ class PackStats:
     tokens_in: int = 0
     clipped_tokens_in: int = 0
     max_length: int = 0
+    oversize_sequences: int = 0  # sequences longer than ``capacity`` (what became of them: ``oversize``)
     truncated_tokens: int = 0
     dropped_sequences: int = 0
     dropped_tokens: int = 0
@@ -211,6 +212,7 @@ class StreamPacker:
         s.tokens_in += int(lengths.sum())
         s.clipped_tokens_in += int(np.minimum(lengths, self.capacity).sum())
         s.max_length = max(s.max_length, int(lengths.max()))
+        s.oversize_sequences += int((lengths > self.capacity).sum())
         buckets = np.bincount(np.log2(lengths).astype(np.int64), minlength=self._hist.shape[0])
         self._hist[: buckets.shape[0]] += buckets[: self._hist.shape[0]]
         if self.oversize == "error" and self.algorithm != "concat":

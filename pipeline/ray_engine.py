@@ -40,7 +40,7 @@ import numpy as np
 
 from .pack_stage import PackedRows, PackStats, StreamPacker
 from .readers import Located
-from .tokens import _tokenize, token_batches
+from .tokens import TextRows, token_batches
 from .writer import ShardWriter
 
 ENGINES: tuple[str, ...] = ("local", "ray")
@@ -131,11 +131,12 @@ def read_dataset(inp, columns: list[str] | None):
     files = [str(f) for f in inp.files]
     if inp.format == "parquet":
         ds = ray.data.read_parquet(files, file_extensions=None)
-    elif inp.format == "json":
+    elif inp.format == "json" and not inp.json_arrays:
         ds = ray.data.read_json(files, lines=True, file_extensions=None)
-    elif inp.format == "csv":
+    elif inp.format == "csv" and inp.csv_header is True:
         ds = ray.data.read_csv(files, file_extensions=None)
-    else:  # Arrow IPC (and save_to_disk folders): memory-mapped here, handed to the object store
+    else:  # Arrow IPC (and save_to_disk folders): memory-mapped here, handed to the object store; JSON arrays,
+        # plain text and headerless CSV: read by packwise's own readers on the driver
         import pyarrow as pa
 
         tables = [pa.Table.from_batches([b.batch for b in inp.batches()])]
@@ -144,8 +145,10 @@ def read_dataset(inp, columns: list[str] | None):
 
 
 # --- pack: worker side --------------------------------------------------------------------------
-def _tokenize_batch(table, *, tokenizer, text_column, tokens_column, labels_column, template, source):
-    """Arrow batch in -> ``input_ids`` (list<int32>, [labels]) and ``length`` out; token columns pass through zero-copy."""
+def _tokenize_batch(table, *, tokenizer, tokens_column, labels_column, source):
+    """Arrow batch in -> ``input_ids`` (list<int32>, [labels]) and ``length`` out; token columns pass through zero-copy.
+
+    ``tokenizer`` is a ``TextRows`` (a tokenizer bound to how rows become text) when tokenizing."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -154,11 +157,26 @@ def _tokenize_batch(table, *, tokenizer, text_column, tokens_column, labels_colu
         if labels_column is not None:
             cols["labels"] = table.column(labels_column)
     else:
-        parts = [_tokenize(Located(b, source, 0, 0), tokenizer, text_column, template) for b in table.to_batches() if b.num_rows]
-        ids = pa.chunked_array(parts, type=pa.list_(pa.int32())) if parts else pa.chunked_array([], pa.list_(pa.int32()))
-        cols = {"input_ids": ids}
+        ids, labels = [], []
+        for b in table.to_batches():
+            if b.num_rows:
+                offsets, values, lab = tokenizer.tokenize(Located(b, source, 0, 0))
+                ids.append(_lists(offsets, values))
+                if lab is not None:
+                    labels.append(_lists(offsets, lab))
+        cols = {"input_ids": pa.chunked_array(ids, type=pa.list_(pa.int32()))}
+        if tokenizer.spec.has_labels:
+            cols["labels"] = pa.chunked_array(labels, type=pa.list_(pa.int32()))
     cols["length"] = pc.fill_null(pc.list_value_length(cols["input_ids"]), 0).cast(pa.int32())
     return pa.table(cols)
+
+
+def _lists(offsets, values):
+    import pyarrow as pa
+
+    from ._arrow import arrow_array
+
+    return pa.ListArray.from_arrays(arrow_array(offsets, pa.int32()), arrow_array(values, pa.int32()))
 
 
 BLOCKS = ".packwise-blocks"  # per-block records and tails of the run in progress (removed by the commit)
@@ -343,16 +361,16 @@ def merge_stats(parts: list[dict], capacity: int, algorithm: str) -> PackStats:
 class RayPackRun:
     """Pack on Ray: ``write(shards)`` runs every block on the workers and sets ``stats`` (merged ``PackStats``)."""
 
-    def __init__(self, inp, *, tokenizer, text_column, tokens_column, labels_column, template, max_tokens, algorithm,
+    def __init__(self, inp, *, tokenizer: TextRows | None, text, tokens_column, labels_column, max_tokens, algorithm,
                  oversize, window, seed, block_rows, tail_pass: bool = False,
                  progress: Callable[[int, int], None] | None = None):  # fmt: skip
         self.inp, self.max_tokens, self.algorithm, self.seed = inp, max_tokens, algorithm, seed
         self.oversize, self.window, self.tail_pass = oversize, window, bool(tail_pass)
         self.block_rows, self.progress = int(block_rows), progress
-        self.has_labels = labels_column is not None
-        self.columns = ([tokens_column] + ([labels_column] if labels_column else [])) if tokens_column else [text_column]
-        self.tok_kwargs = dict(tokenizer=tokenizer, text_column=text_column, tokens_column=tokens_column,
-                               labels_column=labels_column, template=template, source=f"{inp.name} (a Ray block)")  # fmt: skip
+        self.has_labels = labels_column is not None or (tokens_column is None and text.has_labels)
+        self.columns = ([tokens_column] + ([labels_column] if labels_column else [])) if tokens_column else text.read_columns
+        self.tok_kwargs = dict(tokenizer=tokenizer, tokens_column=tokens_column, labels_column=labels_column,
+                               source=f"{inp.name} (a Ray block)")  # fmt: skip
         self.block_kwargs = dict(max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window, seed=seed,
                                  has_labels=self.has_labels, tail_pass=self.tail_pass, source=inp.name)  # fmt: skip
         self.stats: PackStats | None = None

@@ -1,8 +1,10 @@
 """Streaming readers: any supported input becomes an iterator of ``pyarrow.RecordBatch``.
 
 Nothing here reads a whole dataset: Parquet is read batch by batch with the columns pushed down,
-JSON Lines and CSV through pyarrow's incremental block readers, Arrow IPC files memory-mapped, and
-Hugging Face datasets through ``.iter(batch_size)``.  Every batch knows where it came from, so a
+JSON Lines and CSV through pyarrow's incremental block readers, a JSON array file (the Alpaca /
+ShareGPT layout) rewritten block by block into JSON Lines on its way into that same reader, plain
+text one line per row, Arrow IPC files memory-mapped, and Hugging Face datasets through
+``.iter(batch_size)``.  Every batch knows where it came from, so a
 later stage can name the file and row of a bad value.
 """
 
@@ -10,14 +12,22 @@ from __future__ import annotations
 
 import glob as _glob
 import hashlib
+import io
 import json
+import os
+import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, Union
 
+import numpy as np
+
+from . import _kernels
 from ._prefetch import prefetched
 
-FORMATS: tuple[str, ...] = ("parquet", "json", "csv", "arrow")
+FORMATS: tuple[str, ...] = ("parquet", "json", "csv", "text", "arrow")
+CsvHeader = Union[bool, Sequence[str]]
 _SUFFIXES = {
     ".parquet": "parquet",
     ".pq": "parquet",
@@ -25,12 +35,14 @@ _SUFFIXES = {
     ".ndjson": "json",
     ".json": "json",
     ".csv": "csv",
+    ".txt": "text",
     ".arrow": "arrow",
     ".feather": "arrow",
     ".ipc": "arrow",
 }
 _BLOCK_BYTES = 8 << 20
 _MAX_BLOCK_BYTES = 1 << 30  # pyarrow's block size is an int32; a row needs to fit one block
+_DIGEST_BYTES = 1 << 20  # the fingerprint hashes this much at each end of every input file
 
 
 @dataclass(frozen=True)
@@ -44,12 +56,22 @@ class Located:
     row: int
 
 
-def read(source, columns: Sequence[str] | None = None, *, batch_size: int = 8192, format: str | None = None):
+def read(
+    source,
+    columns: Sequence[str] | None = None,
+    *,
+    batch_size: int = 8192,
+    format: str | None = None,
+    csv_header: CsvHeader = True,
+):
     """Stream ``source`` as ``pyarrow.RecordBatch`` objects holding only ``columns``.
 
-    ``source`` is a Parquet / JSON Lines / CSV / Arrow IPC (Feather) file, a folder or glob of
+    ``source`` is a Parquet / JSON Lines / JSON array (``[{...}, {...}]``) / CSV / plain text
+    (``.txt``: one row per line, column ``text``) / Arrow IPC (Feather) file, a folder or glob of
     them, a folder written by ``datasets.Dataset.save_to_disk``, or a Hugging Face ``Dataset`` /
-    ``IterableDataset`` (``load_dataset(..., streaming=True)`` included).
+    ``IterableDataset`` (``load_dataset(..., streaming=True)`` included).  ``csv_header``: ``True``
+    (the first CSV row names the columns), ``False`` (no header: columns ``f0, f1, ...``) or the
+    column names of a headerless CSV.
 
     Example:
         >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
@@ -59,18 +81,34 @@ def read(source, columns: Sequence[str] | None = None, *, batch_size: int = 8192
         >>> [b.to_pydict() for b in read(path, columns=["text"], batch_size=2)]
         [{'text': ['a', 'b']}, {'text': ['c']}]
     """
-    for located in open_input(source, columns, batch_size=batch_size, format=format).batches():
+    for located in open_input(source, columns, batch_size=batch_size, format=format, csv_header=csv_header).batches():
         yield located.batch
 
 
-def open_input(source, columns: Sequence[str] | None = None, *, batch_size: int = 8192, format: str | None = None):
+def open_input(
+    source,
+    columns: Sequence[str] | None = None,
+    *,
+    batch_size: int = 8192,
+    format: str | None = None,
+    csv_header: CsvHeader = True,
+):
     """Resolve ``source`` once (files, format, row count, fingerprint) without reading its rows."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 row, got {batch_size}")
     columns = None if columns is None else list(dict.fromkeys(columns))
     if _is_hf_dataset(source):
         return _HFInput(source, columns, batch_size)
-    return _FileInput(source, columns, batch_size, format)
+    return _FileInput(source, columns, batch_size, format, _csv_header(csv_header))
+
+
+def _csv_header(header: CsvHeader) -> bool | tuple[str, ...]:
+    if isinstance(header, bool):
+        return header
+    names = tuple(header)
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"--csv-columns must be distinct, non-empty column names, got {list(names)}")
+    return names
 
 
 def _is_hf_dataset(source) -> bool:
@@ -90,11 +128,18 @@ def _missing(columns, have, where: str) -> None:
 
 
 class _FileInput:
-    def __init__(self, source, columns, batch_size, format):
+    def __init__(self, source, columns, batch_size, format, csv_header=True):
         self.columns, self.batch_size = columns, batch_size
         self.name = str(source)
+        self.identity = normalise_path(source)
         self.files, self.format = _resolve_files(source, format)
+        self.csv_header = csv_header
         self._hf_fingerprint = _saved_dataset_fingerprint(source)
+
+    @property
+    def json_arrays(self) -> bool:
+        """Whether the input's JSON files are JSON arrays (not JSON Lines)."""
+        return self.format == "json" and any(_is_json_array(f) for f in self.files)
 
     @property
     def num_rows(self) -> int | None:
@@ -109,13 +154,14 @@ class _FileInput:
             return None
 
     def fingerprint(self) -> str:
-        """Names, sizes and modification times of the input files (cheap; no content read)."""
-        h = hashlib.sha256(self.format.encode())
+        """The input's content, cheaply: format, CSV header setting, and each file's name, size and a
+        hash of its first and last MiB (which holds a Parquet file's footer).  Not the modification
+        time, so regenerating an identical file does not look like new input."""
+        h = hashlib.sha256(f"{self.format}\0{self.csv_header!r}".encode())
         if self._hf_fingerprint:
             h.update(self._hf_fingerprint.encode())
         for f in self.files:
-            st = f.stat()
-            h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{f.name}\0{_file_digest(f)}\n".encode())
         return h.hexdigest()
 
     def batches(self) -> Iterator[Located]:
@@ -124,9 +170,12 @@ class _FileInput:
 
     def _batches(self) -> Iterator[Located]:
         row = 0
+        reader = _FILE_READERS[self.format]
+        if self.format == "csv":
+            reader = partial(_csv, header=self.csv_header)
         for path in self.files:
             first = 0
-            for batch in _guard(_FILE_READERS[self.format](path, self.columns, self.batch_size), path, self.format):
+            for batch in _guard(reader(path, self.columns, self.batch_size), path, self.format):
                 if batch.num_rows == 0:
                     continue
                 yield Located(batch, str(path), first, row)
@@ -186,6 +235,23 @@ def _resolve_files(source, format: str | None) -> tuple[list[Path], str]:
     return files, format
 
 
+def normalise_path(source) -> str:
+    """One spelling per input: ``./x``, ``x`` and ``/abs/x`` (or a symlink to it) give the same string."""
+    text = os.path.abspath(os.path.expanduser(str(source)))
+    return str(Path(text).resolve()) if os.path.exists(text) else text
+
+
+def _file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_DIGEST_BYTES))
+        if size > _DIGEST_BYTES:
+            f.seek(max(_DIGEST_BYTES, size - _DIGEST_BYTES))
+            h.update(f.read(_DIGEST_BYTES))
+    return f"{size}:{h.hexdigest()}"
+
+
 def _saved_dataset_fingerprint(source) -> str | None:
     state = Path(str(source)) / "state.json"
     if state.is_file():
@@ -202,6 +268,11 @@ def _parquet(path: Path, columns, batch_size) -> Iterator:
     yield from f.iter_batches(batch_size=batch_size, columns=columns)
 
 
+def _is_json_array(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4096).lstrip().startswith(b"[")
+
+
 def _json(path: Path, columns, batch_size) -> Iterator:
     import pyarrow.json as pj
 
@@ -209,34 +280,92 @@ def _json(path: Path, columns, batch_size) -> Iterator:
         head = fh.read(4096).lstrip()
     if not head and path.stat().st_size < 4096:
         return  # an empty file: zero rows (the pipeline then reports an empty input)
-    if head.startswith(b"["):
-        raise ValueError(
-            f"{path}: is one JSON array; packwise streams JSON Lines (one object per line): convert it, "
-            f"e.g. python -c \"import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]\" {path}"
-        )
+    is_array = head.startswith(b"[")
+    if is_array and head[1:].lstrip().startswith(b"]"):
+        return  # an empty array
+    sources: list = []
 
     def blocks(block_size):
-        reader = pj.open_json(path, read_options=pj.ReadOptions(block_size=block_size))
+        # a JSON array is rewritten into JSON Lines on the fly; a reopened read starts a fresh one
+        source = _JsonArrayAsLines(path) if is_array else path
+        sources.append(source)
+        reader = pj.open_json(source, read_options=pj.ReadOptions(block_size=block_size))
         _missing(columns, reader.schema.names, str(path))
         for batch in reader:
             yield batch.select(columns) if columns is not None else batch
 
     yield from _growing_blocks(blocks, path, "json")
+    if is_array:
+        sources[-1].check_closed()
 
 
-def _csv(path: Path, columns, batch_size) -> Iterator:
+class _JsonArrayAsLines(io.RawIOBase):
+    """A JSON array file read as JSON Lines: each block is rewritten in place by a numba kernel
+    (same bytes, no parse in Python), so pyarrow's streaming JSON reader parses it at JSONL speed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "rb")
+        self._state = np.array([0, 0, 0, 0, -1, 0], np.int64)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._file.readinto(buffer)
+        if n:
+            _kernels.json_array_to_lines(np.frombuffer(buffer, np.uint8, n), self._state)
+            if self._state[4] != -1:
+                raise ValueError(self._problem())
+        return n
+
+    def _problem(self) -> str:
+        at, byte = int(self._state[4]), chr(int(self._state[5]))
+        if at == -2:
+            return f"{self.path}: text after the closing ']' of its JSON array (starting {byte!r}); a JSON array file holds one array"
+        kind = {'"': "a string", "[": "an array", "n": "null", "t": "a boolean", "f": "a boolean"}.get(byte, "a number")
+        return (
+            f"{self.path} row {at}: the JSON array holds {kind}, not an object; every element must be an object "
+            f'with one field per column, e.g. {{"text": "..."}}: rewrite the file as an array of objects or as JSON Lines'
+        )
+
+    def check_closed(self) -> None:
+        if self._state[0] != -1:
+            raise ValueError(f"{self.path}: its JSON array is not closed with ']'; the file is cut short: write it again")
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True) -> Iterator:
     import pyarrow.csv as pc
 
     # quoted values may hold newlines: without newlines_in_values a block can end inside one and
     # the rows after it are silently misread (or "parser out of sync")
     parse = pc.ParseOptions(newlines_in_values=True)
+
+    def read_options(block_size):
+        if header is True:
+            return pc.ReadOptions(block_size=block_size)
+        if header is False:
+            return pc.ReadOptions(block_size=block_size, autogenerate_column_names=True)
+        return pc.ReadOptions(block_size=block_size, column_names=list(header))
+
+    if columns is not None:
+        names = pc.open_csv(path, read_options=read_options(_BLOCK_BYTES), parse_options=parse).schema.names
+        if header is True and any(c not in names for c in columns) and _looks_like_data(names):
+            raise ValueError(
+                f"{path}: column {next(c for c in columns if c not in names)!r} not found, and the first row looks like "
+                f"data, not a header ({', '.join(repr(n[:24]) for n in names[:3])}); name the columns of a headerless CSV with --csv-columns "
+                f"({len(names)} comma-separated names, e.g. --csv-columns {','.join(f'c{i}' for i in range(len(names)))}) "
+                f"or pass --no-header (columns {', '.join(f'f{i}' for i in range(min(len(names), 3)))}, ...)"
+            )
+        _missing(columns, names, str(path))
     convert = pc.ConvertOptions(include_columns=columns)
 
     def blocks(block_size):
-        read_options = pc.ReadOptions(block_size=block_size)
-        if columns is not None:
-            _missing(columns, pc.open_csv(path, read_options=read_options, parse_options=parse).schema.names, str(path))
-        return pc.open_csv(path, read_options=read_options, parse_options=parse, convert_options=convert)
+        return pc.open_csv(path, read_options=read_options(block_size), parse_options=parse, convert_options=convert)
 
     yield from _growing_blocks(blocks, path, "csv")
 
@@ -287,6 +416,55 @@ def _csv_row_of_wrong_width(path: Path) -> int | None:
         return next((i for i, r in enumerate(rows) if len(r) != width), None)
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _looks_like_data(names: list[str]) -> bool:
+    """A CSV header row that is probably the first record: a number, an empty or repeated name, or prose."""
+    return len(set(names)) != len(names) or any(
+        not n.strip() or _NUMBER.fullmatch(n.strip()) or len(n) > 40 or n.count(" ") >= 3 for n in names
+    )
+
+
+def _text(path: Path, columns, batch_size) -> Iterator:
+    """One row per line (column ``text``); a trailing ``\\r`` is dropped, empty lines are empty rows."""
+    import pyarrow as pa
+
+    _missing(columns, ["text"], f"{path} (plain text: one column, text)")
+    with open(path, "rb") as fh:
+        rest = b""
+        while True:
+            block = fh.read(_BLOCK_BYTES)
+            if not block:
+                yield from _line_batches(rest, path, batch_size) if rest else ()
+                return
+            data = rest + block
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                yield from _line_batches(data[:cut], path, batch_size)
+            rest = data[cut + 1 :]
+
+
+def _line_batches(data: bytes, path: Path, batch_size: int) -> Iterator:
+    import pyarrow as pa
+
+    lines = _lines(data, path)
+    for start in range(0, len(lines), batch_size):
+        yield pa.record_batch({"text": lines.slice(start, batch_size)})
+
+
+def _lines(data: bytes, path: Path):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        text = pa.array([data], pa.binary()).cast(pa.string())
+    except pa.ArrowInvalid:
+        raise ValueError(f"{path}: is not UTF-8 text; convert it to UTF-8 (e.g. iconv -t utf-8)") from None
+    lines = pc.split_pattern(text, "\n").flatten()
+    return pc.utf8_rtrim(lines, "\r") if b"\r" in data else lines
+
+
 def _arrow(path: Path, columns, batch_size) -> Iterator:
     import pyarrow as pa
     import pyarrow.ipc as ipc
@@ -308,7 +486,7 @@ def _arrow(path: Path, columns, batch_size) -> Iterator:
             yield batch.slice(start, batch_size)
 
 
-_FILE_READERS = {"parquet": _parquet, "json": _json, "csv": _csv, "arrow": _arrow}
+_FILE_READERS = {"parquet": _parquet, "json": _json, "csv": _csv, "text": _text, "arrow": _arrow}
 
 
 class _HFInput:
@@ -323,6 +501,7 @@ class _HFInput:
             _missing(columns, names, label)
         self.ds = ds.select_columns(columns) if columns is not None else ds
         self.columns, self.batch_size, self.name = columns, batch_size, label
+        self.identity = label
         self.files: list[Path] = []
 
     @property

@@ -8,15 +8,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .pack_stage import StreamPacker
 from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
-from .readers import open_input
-from .tokens import resolve_tokenizer, token_batches, train_on_input
+from .readers import CsvHeader, open_input
+from .tokens import TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
 from .writer import ShardWriter
 
 Progress = Callable[[int, int], None]
@@ -74,7 +74,7 @@ def _glob_match(pattern: tuple, parts: tuple) -> bool:
     return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(pattern[1:], parts[1:])
 
 
-def _prepare(source, *, tokenizer, train_tokenizer, text_column, tokens_column, labels_column, template, batch_size, format):
+def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header):
     if tokens_column is not None and (tokenizer is not None or train_tokenizer):
         raise ValueError("pass either --tokens-column or a tokenizer (--tokenizer / --train-tokenizer), not both")
     if tokens_column is None and (tokenizer is None) == (not train_tokenizer):
@@ -82,28 +82,35 @@ def _prepare(source, *, tokenizer, train_tokenizer, text_column, tokens_column, 
     if labels_column is not None and tokens_column is None:
         raise ValueError("--labels-column needs --tokens-column (labels parallel to token ids); a tokenizer makes no labels, drop --labels-column")
     if tokens_column is not None:
+        if text.add_bos or text.add_eos or text.chat or text.template:
+            raise ValueError(
+                "--tokens-column reads token ids as they are: --add-bos/--add-eos, --chat-template and --template "
+                "need a tokenizer (--tokenizer PATH or --train-tokenizer)"
+            )
         columns = [tokens_column] + ([labels_column] if labels_column else [])
     else:
-        columns = [text_column]
-    inp = open_input(source, columns, batch_size=batch_size, format=format)
+        columns = text.read_columns
+    inp = open_input(source, columns, batch_size=batch_size, format=format, csv_header=csv_header)
     tok_path = None
     if isinstance(tokenizer, (str, Path)):
         tok_path, tokenizer = tokenizer, resolve_tokenizer(tokenizer)
     elif train_tokenizer:
-        tokenizer = train_on_input(inp.batches(), text_column, template)
-    return inp, tokenizer, tok_path
+        tokenizer = train_on_input(inp.batches(), text)
+    rows = None if tokenizer is None else TextRows(text, tokenizer)  # checks BOS/EOS and the chat template now
+    return inp, rows, tokenizer, tok_path
 
 
-def _stage(inp, tokenizer, text_column, tokens_column, labels_column, template, progress):
+def text_spec(text_column, template, chat_template, train_on, add_bos, add_eos, algorithm: str | None, tokenizing: bool) -> TextSpec:
+    """The ``TextSpec`` of a run; ``add_eos=None`` means on for ``concat`` (documents would run
+    together) when the run tokenizes, off otherwise."""
+    if add_eos is None:
+        add_eos = algorithm == "concat" and tokenizing
+    return TextSpec(text_column, template, chat_template, train_on, bool(add_bos), bool(add_eos))
+
+
+def _stage(inp, rows, tokens_column, labels_column, progress):
     """Token batches of the input, reporting ``(rows, tokens)`` of each to ``progress``."""
-    for tb in token_batches(
-        inp.batches(),
-        tokenizer=tokenizer,
-        text_column=text_column,
-        tokens_column=tokens_column,
-        labels_column=labels_column,
-        template=template,
-    ):
+    for tb in token_batches(inp.batches(), tokenizer=rows, tokens_column=tokens_column, labels_column=labels_column):
         if progress is not None:
             progress(tb.rows_read, int(tb.offsets[-1]))
         yield tb
@@ -116,10 +123,15 @@ def pack_to_parquet(
     max_tokens: int,
     tokenizer=None,
     train_tokenizer: bool = False,
-    text_column: str = "text",
+    text_column: str | Sequence[str] | None = None,
     tokens_column: str | None = None,
     labels_column: str | None = None,
-    template: Callable[[object], str] | None = None,
+    template: Callable[[dict], str] | None = None,
+    chat_template: str | None = None,
+    train_on: str | None = None,
+    add_bos: bool = False,
+    add_eos: bool | None = None,
+    csv_header: CsvHeader = True,
     algorithm: str = "window_bfd",
     window: int = 10_000,
     oversize: str = "error",
@@ -144,6 +156,13 @@ def pack_to_parquet(
     ``tail_pass=True`` repacks every block's last open rows together on the driver (padding within
     0.1 points of local). See docs/ray.md.
 
+    How rows become text: ``text_column`` (default ``text``; several comma-separated columns are
+    joined with ``TEXT_SEPARATOR``), ``template`` (a function of the whole row), or
+    ``chat_template`` (``"chatml"`` / ``"tokenizer"``) over a ``messages`` / ``conversations``
+    column, with ``train_on="assistant"`` (the default with a chat template) writing ``labels``
+    that are -100 outside the assistant turns.  ``add_eos`` (default: on for ``concat``) /
+    ``add_bos`` mark document boundaries with the tokenizer's EOS / BOS token.
+
     Example:
         >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
         >>> from packwise.pipeline import pack_to_parquet, PackedDataset
@@ -161,28 +180,29 @@ def pack_to_parquet(
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
             raise ValueError(f"--block-rows must be an integer >= 1 (input rows per Ray pack block), got {block_rows!r}")
         require_ray()
-    inp, tok, tok_path = _prepare(
+    text = text_spec(text_column, template, chat_template, train_on, add_bos, add_eos, algorithm, tokens_column is None)
+    inp, text_rows, tok, tok_path = _prepare(
         source,
         tokenizer=tokenizer,
         train_tokenizer=train_tokenizer,
-        text_column=text_column,
+        text=text,
         tokens_column=tokens_column,
         labels_column=labels_column,
-        template=template,
         batch_size=batch_size,
         format=format,
+        csv_header=csv_header,
     )
+    text_settings = {k: None for k in text.describe()} if tokens_column else text.describe()
     settings = {
-        "input": str(source) if isinstance(source, (str, Path)) else inp.name,
+        "input": inp.identity,
         "max_tokens": int(max_tokens),
         "algorithm": algorithm,
         "window": int(window),
         "oversize": oversize,
         "seed": seed,
-        "text_column": None if tokens_column else text_column,
+        **text_settings,
         "tokens_column": tokens_column,
         "labels_column": labels_column,
-        "template": None if template is None else getattr(template, "__qualname__", repr(template)),
         "tokenizer": None if tok is None else _tokenizer_id(tok, tok_path),
         "engine": engine,
         "block_rows": int(block_rows) if engine == "ray" else None,
@@ -202,7 +222,7 @@ def pack_to_parquet(
         try:
             if engine == "local":
                 packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
-                for tb in _stage(inp, tok, text_column, tokens_column, labels_column, template, progress):
+                for tb in _stage(inp, text_rows, tokens_column, labels_column, progress):
                     for rows in packer.add(tb):
                         writer.write(rows)
                 for rows in packer.finish():
@@ -213,8 +233,8 @@ def pack_to_parquet(
 
                 with ray_session(ray_address):
                     run = RayPackRun(
-                        inp, tokenizer=tok, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
-                        template=template, max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
+                        inp, tokenizer=text_rows, text=text, tokens_column=tokens_column, labels_column=labels_column,
+                        max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
                         seed=seed, block_rows=block_rows, tail_pass=tail_pass, progress=progress,
                     )  # fmt: skip
                     run.write(writer)
@@ -235,32 +255,40 @@ def dataset_lengths(
     *,
     tokenizer=None,
     train_tokenizer: bool = False,
-    text_column: str = "text",
+    text_column: str | Sequence[str] | None = None,
     tokens_column: str | None = None,
-    template: Callable[[object], str] | None = None,
+    template: Callable[[dict], str] | None = None,
+    chat_template: str | None = None,
+    add_bos: bool = False,
+    add_eos: bool = False,
+    csv_header: CsvHeader = True,
     batch_size: int = 8192,
     format: str | None = None,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """Token length of every non-empty row of ``source`` (int64), streaming; for ``packwise report``."""
-    inp, tok, _ = _prepare(
+    """Token length of every non-empty row of ``source`` (int64), streaming; for ``packwise report``.
+
+    Takes the text options of ``pack_to_parquet``, so the lengths are those that run would pack.
+    """
+    text = text_spec(text_column, template, chat_template, "all" if chat_template else None, add_bos, add_eos, None, True)
+    inp, rows, _, _ = _prepare(
         source,
         tokenizer=tokenizer,
         train_tokenizer=train_tokenizer,
-        text_column=text_column,
+        text=text,
         tokens_column=tokens_column,
         labels_column=None,
-        template=template,
         batch_size=batch_size,
         format=format,
+        csv_header=csv_header,
     )
-    parts, rows = [], 0
-    for tb in _stage(inp, tok, text_column, tokens_column, None, template, progress):
+    parts, n = [], 0
+    for tb in _stage(inp, rows, tokens_column, None, progress):
         parts.append(tb.lengths)
-        rows += tb.rows_read
-    if rows == 0:
+        n += tb.rows_read
+    if n == 0:
         raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to report")
     lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     if lengths.shape[0] == 0:
-        raise ValueError(f"input: {inp.name} has {rows} rows but no tokens: nothing to report")
+        raise ValueError(f"input: {inp.name} has {n} rows but no tokens: nothing to report")
     return lengths.astype(np.int64, copy=False)

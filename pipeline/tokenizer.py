@@ -4,15 +4,16 @@ in seconds on the corpus itself (so every machine can measure real token lengths
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
 
-def train_byte_bpe(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2):
+def train_byte_bpe(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2, special_tokens: Sequence[str] = ()):
     """Train a byte-level BPE ``tokenizers.Tokenizer`` on ``texts``.
 
     Byte-level means every string encodes (no unknown tokens), like GPT-2/Llama-3 tokenizers.
+    ``<|endoftext|>`` (id 0, the EOS token) and ``special_tokens`` are never split.
 
     Example:
         >>> from packwise.pipeline.tokenizer import train_byte_bpe
@@ -22,15 +23,15 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int = 8192, min_frequency: 
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < 257:
-        raise ValueError(f"vocab_size must be >= 257 (256 bytes + 1 special), got {vocab_size}")
+    if vocab_size < 257 + len(special_tokens):
+        raise ValueError(f"vocab_size must be >= {257 + len(special_tokens)} (256 bytes + the special tokens), got {vocab_size}")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=["<|endoftext|>"],
+        special_tokens=["<|endoftext|>", *special_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

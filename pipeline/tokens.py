@@ -1,19 +1,27 @@
-"""Text to tokens, batch by batch: tokenize a text (or rendered chat) column, or read a token column.
+"""Text to tokens, batch by batch: tokenize text columns (joined), a row rendered by a template or
+a chat column rendered by a chat template, or read a token column.
 
-Every stage output is a ``TokenBatch``: CSR token arrays (``offsets``, ``values``) plus the global
-input row of each sequence, so lengths are ``np.diff(offsets)`` straight from Arrow list offsets.
+Every stage output is a ``TokenBatch``: CSR token arrays (``offsets``, ``values``, optional
+``labels``) plus the global input row of each sequence, so lengths are ``np.diff(offsets)``.
+How a row becomes text is a ``TextSpec``; ``TextRows`` binds it to a tokenizer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from . import chat as _chat
 from ._arrow import numpy_view
 from .tokenizer import load_tokenizer
+
+TEXT_SEPARATOR = "\n\n"  # between the values of several text columns (empty values are left out)
+IGNORE = -100  # the label of a token not trained on
+_EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>")
+_BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
 
 
 @dataclass(frozen=True)
@@ -69,20 +77,250 @@ def encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+@dataclass(frozen=True)
+class TextSpec:
+    """How an input row becomes the text that is tokenized.
+
+    ``columns``: one text column, or several whose values are joined with ``TEXT_SEPARATOR``
+    (``"instruction,input,output"`` is split at commas); ``template``: a function of the whole
+    row (a dict of every column) returning its text; ``chat``: ``"chatml"`` or ``"tokenizer"``
+    renders the chat column (``columns[0]``, or ``messages`` / ``conversations`` when ``columns``
+    is ``None``), with ``system`` / ``tools`` columns when present; ``train_on="assistant"``
+    labels only the assistant turns.  ``add_bos`` / ``add_eos`` put the tokenizer's BOS / EOS
+    token around every non-empty document.
+
+    Example:
+        >>> TextSpec("instruction,input,output").columns
+        ('instruction', 'input', 'output')
+        >>> TextSpec(None, chat="chatml").has_labels, TextSpec(None, chat="chatml").read_columns
+        (True, None)
+    """
+
+    columns: Sequence[str] | str | None = ("text",)
+    template: Callable[[dict], str] | None = field(default=None, compare=False)
+    chat: str | None = None
+    train_on: str | None = None
+    add_bos: bool = False
+    add_eos: bool = False
+
+    def __post_init__(self):
+        cols = self.columns
+        if isinstance(cols, str):
+            cols = tuple(c.strip() for c in cols.split(","))
+        if cols is not None:
+            cols = tuple(cols)
+            if not cols or not all(cols):
+                raise ValueError(f"--text-column must name one or more columns (comma-separated), got {self.columns!r}")
+        object.__setattr__(self, "columns", cols)
+        if self.template is not None and self.chat is not None:
+            raise ValueError("pass either --template or --chat-template, not both")
+        if self.chat is not None and self.chat not in _chat.CHAT_TEMPLATES:
+            raise ValueError(f"--chat-template must be one of {_chat.CHAT_TEMPLATES}, got {self.chat!r}")
+        if self.chat is not None and cols is not None and len(cols) != 1:
+            raise ValueError(f"--chat-template renders one chat column; --text-column names {len(cols)}: {','.join(cols)}")
+        train_on = self.train_on or ("assistant" if self.chat else "all")
+        if train_on not in _chat.TRAIN_ON:
+            raise ValueError(f"--train-on must be one of {_chat.TRAIN_ON}, got {train_on!r}")
+        if train_on == "assistant" and self.chat is None:
+            raise ValueError("--train-on assistant needs --chat-template (it marks the assistant turns); pass --train-on all")
+        object.__setattr__(self, "train_on", train_on)
+        if cols is None and self.chat is None and self.template is None:
+            object.__setattr__(self, "columns", ("text",))
+
+    @property
+    def read_columns(self) -> list[str] | None:
+        """The columns the reader must deliver (``None``: all of them, for a template or a chat row)."""
+        return None if self.template is not None or self.chat is not None else list(self.columns)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.train_on == "assistant"
+
+    def describe(self) -> dict:
+        """The settings that decide the tokens (recorded in the manifest)."""
+        name = None if self.template is None else getattr(self.template, "__qualname__", repr(self.template))
+        return {
+            "text_column": None if self.columns is None else ",".join(self.columns),
+            "template": name,
+            "chat_template": self.chat,
+            "train_on": self.train_on,
+            "add_bos": self.add_bos,
+            "add_eos": self.add_eos,
+        }
+
+
+def special_token_id(tokenizer, kind: str) -> int | None:
+    """The tokenizer's ``"bos"`` or ``"eos"`` token id: a ``transformers`` tokenizer's own, else an
+    added special token with a well-known name (``</s>``, ``<|endoftext|>``, ``<s>``, ...)."""
+    tid = getattr(tokenizer, f"{kind}_token_id", None)
+    if tid is not None:
+        return int(tid)
+    decoder = getattr(tokenizer, "added_tokens_decoder", None)
+    if decoder is None and hasattr(tokenizer, "get_added_tokens_decoder"):
+        decoder = tokenizer.get_added_tokens_decoder()
+    special = {t.content: int(i) for i, t in (decoder or {}).items() if t.special}
+    return next((special[n] for n in (_EOS_NAMES if kind == "eos" else _BOS_NAMES) if n in special), None)
+
+
+class TextRows:
+    """A ``TextSpec`` bound to a tokenizer: renders the rows of record batches and tokenizes them.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> from packwise.pipeline.readers import Located
+        >>> from packwise.pipeline.tokenizer import train_byte_bpe
+        >>> tok = train_byte_bpe(["ab cd"] * 20, vocab_size=260)
+        >>> rows = TextRows(TextSpec("a,b", add_eos=True), tok)
+        >>> b = pa.record_batch({"a": ["ab", ""], "b": ["cd", None]})
+        >>> offsets, values, labels = rows.tokenize(Located(b, "mem", 0, 0))
+        >>> tok.decode(values[offsets[0]:offsets[1]].tolist(), skip_special_tokens=False), offsets.tolist()
+        ('ab\\n\\ncd<|endoftext|>', [0, 5, 5])
+    """
+
+    def __init__(self, spec: TextSpec, tokenizer):
+        self.spec, self.tokenizer = spec, tokenizer
+        self.bos = self._special("bos") if spec.add_bos else None
+        self.eos = self._special("eos") if spec.add_eos else None
+        self.render = None
+        if spec.chat == "chatml":
+            self.render = _chat.chatml
+        elif spec.chat == "tokenizer":
+            self.render = _chat.hf_template(tokenizer)
+
+    def _special(self, kind: str) -> int:
+        tid = special_token_id(self.tokenizer, kind)
+        if tid is None:
+            raise ValueError(
+                f"--add-{kind}: the tokenizer has no {kind.upper()} token (no {kind}_token and no special token named "
+                f"{' or '.join(_EOS_NAMES[:3] if kind == 'eos' else _BOS_NAMES[:3])}); pass --no-add-{kind}, or a tokenizer with one"
+            )
+        return tid
+
+    def texts(self, loc) -> Iterator[str]:
+        """The full text of every row of one located batch."""
+        texts, _, seg_row = self._segments(loc)
+        if self.render is None:
+            yield from texts
+            return
+        bounds = np.searchsorted(seg_row, np.arange(loc.batch.num_rows + 1))
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            yield "".join(texts[a:b])
+
+    def tokenize(self, loc) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(offsets, values, labels)`` of one located batch, one sequence per row (labels: assistant mode only)."""
+        import pyarrow as pa
+
+        texts, trainable, seg_row = self._segments(loc)
+        seg_offsets, values = _csr(pa.array(encode(self.tokenizer, texts), type=pa.list_(pa.int32())))
+        seg_len = np.diff(seg_offsets)
+        row_len = np.bincount(seg_row, weights=seg_len, minlength=loc.batch.num_rows).astype(np.int64)
+        offsets = np.zeros(row_len.shape[0] + 1, np.int64)
+        np.cumsum(row_len, out=offsets[1:])
+        labels = None
+        if self.spec.has_labels:
+            labels = np.where(np.repeat(trainable, seg_len), values, np.int32(IGNORE)).astype(np.int32)
+        if self.bos is not None or self.eos is not None:
+            offsets, values, labels = _add_specials(offsets, values, labels, self.bos, self.eos)
+        return offsets, values, labels
+
+    def _segments(self, loc) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Texts to encode, whether each is trained on, and the batch row of each (increasing)."""
+        batch, n = loc.batch, loc.batch.num_rows
+        if self.render is not None:
+            return self._chat_segments(loc)
+        if self.spec.template is not None:
+            texts = [self._apply_template(loc, i, row) for i, row in enumerate(batch.to_pylist())]
+        elif len(self.spec.columns) == 1:
+            texts = _text_column(loc, self.spec.columns[0]).to_pylist()
+        else:
+            cols = [_text_column(loc, c, nulls=True).to_pylist() for c in self.spec.columns]
+            texts = [TEXT_SEPARATOR.join(v for v in values if v) for values in zip(*cols)]
+        return texts, np.ones(n, np.bool_), np.arange(n, dtype=np.int64)
+
+    def _apply_template(self, loc, i: int, row: dict) -> str:
+        fn = self.spec.template
+        name = getattr(fn, "__qualname__", repr(fn))
+        try:
+            text = fn(row)
+        except Exception as err:
+            raise ValueError(
+                f"{loc.source} row {loc.first_row + i}: --template {name} raised {type(err).__name__}: {err}; "
+                f"fix the template (it receives the whole row, a dict of column -> value: {sorted(row)}) or that row"
+            ) from None
+        if not isinstance(text, str):
+            raise ValueError(
+                f"{loc.source} row {loc.first_row + i}: --template {name} returned {type(text).__name__}, expected str; "
+                f"return the row's text"
+            )
+        return text
+
+    def _chat_segments(self, loc):
+        batch = loc.batch
+        names = batch.schema.names
+        name = self.spec.columns[0] if self.spec.columns else next((c for c in _chat.MESSAGE_COLUMNS if c in names), None)
+        if name is None or name not in names:
+            wanted = repr(name) if name else "'messages' or 'conversations'"
+            raise ValueError(
+                f"{loc.source}: no chat column {wanted} (columns: {names}); pass --text-column naming the column of messages"
+            )
+        values = batch.column(name).to_pylist()
+        extra = {k: batch.column(k).to_pylist() if k in names else [None] * len(values) for k in ("system", "tools")}
+        texts, trainable, seg_row = [], [], []
+        for i, value in enumerate(values):
+            where = f"{loc.source} row {loc.first_row + i}: column {name!r}"
+            messages = _chat.messages_of(value, where)
+            try:
+                segments = self.render(messages, extra["system"][i], extra["tools"][i])
+            except ValueError as err:
+                if str(err).startswith("--chat-template"):
+                    raise ValueError(f"{where}: {err}") from None
+                raise ValueError(f"{where}: --chat-template {self.spec.chat} cannot render it ({err}); check the row") from None
+            except Exception as err:
+                raise ValueError(
+                    f"{where}: --chat-template {self.spec.chat} cannot render it ({type(err).__name__}: {err}); "
+                    f"check the row, or pass --chat-template chatml"
+                ) from None
+            for text, train in segments:
+                texts.append(text)
+                trainable.append(train)
+                seg_row.append(i)
+        return texts, np.array(trainable, np.bool_), np.array(seg_row, np.int64)
+
+
+def _add_specials(offsets, values, labels, bos: int | None, eos: int | None):
+    """BOS before and EOS after every non-empty sequence (labelled ``IGNORE`` when labels are kept)."""
+    lengths = np.diff(offsets)
+    extra = (lengths > 0).astype(np.int64) * ((bos is not None) + (eos is not None))
+    new_offsets = offsets + np.concatenate(([0], np.cumsum(extra)))
+    shift = np.repeat(new_offsets[:-1] - offsets[:-1] + (bos is not None), lengths)
+    pos = np.arange(values.shape[0], dtype=np.int64) + shift
+    out = np.empty(int(new_offsets[-1]), np.int32)
+    out[pos] = values
+    out_labels = None
+    if labels is not None:
+        out_labels = np.full(out.shape[0], IGNORE, np.int32)
+        out_labels[pos] = labels
+    full = np.flatnonzero(lengths > 0)
+    if bos is not None:
+        out[new_offsets[full]] = bos
+    if eos is not None:
+        out[new_offsets[full + 1] - 1] = eos
+    return new_offsets, out, out_labels
+
+
 def token_batches(
     located_batches,
     *,
     tokenizer=None,
-    text_column: str = "text",
+    text: TextSpec | None = None,
     tokens_column: str | None = None,
     labels_column: str | None = None,
-    template: Callable[[object], str] | None = None,
 ) -> Iterator[TokenBatch]:
     """Turn located record batches into ``TokenBatch`` objects.
 
     With ``tokens_column`` the ids are read as they are (any integer list type, cast to int32);
-    otherwise ``text_column`` is tokenized with ``tokenizer`` (after ``template(value)`` when given:
-    use it to render a chat/messages column to text).
+    otherwise each row is rendered by ``text`` (a ``TextSpec``; default: the ``text`` column) and
+    tokenized with ``tokenizer``.
 
     Example:
         >>> import pyarrow as pa
@@ -95,14 +333,15 @@ def token_batches(
     """
     if tokens_column is None and tokenizer is None:
         raise ValueError("pass a tokenizer (--tokenizer PATH or --train-tokenizer) or a token column (--tokens-column)")
+    rows_of = None if tokens_column is not None else (tokenizer if isinstance(tokenizer, TextRows) else TextRows(text or TextSpec(), tokenizer))
     for loc in located_batches:
-        if tokens_column is not None:
+        labels = None
+        if rows_of is None:
             ids = _list_column(loc, tokens_column)
             _check_ids(loc, tokens_column, ids, low=0)
+            offsets, values = _csr(ids)
         else:
-            ids = _tokenize(loc, tokenizer, text_column, template)
-        offsets, values = _csr(ids)
-        labels = None
+            offsets, values, labels = rows_of.tokenize(loc)
         if labels_column is not None:
             lab = _list_column(loc, labels_column)
             _check_ids(loc, labels_column, lab, low=-(2**31))
@@ -167,30 +406,22 @@ def _list_column(loc, name: str):
     return column
 
 
-def _tokenize(loc, tokenizer, text_column: str, template):
+def _text_column(loc, name: str, nulls: bool = False):
+    """The string column ``name`` of one batch (nulls are an error unless ``nulls``)."""
     import pyarrow as pa
 
-    column = loc.batch.column(text_column)
-    if column.null_count:
+    if name not in loc.batch.schema.names:
+        raise ValueError(f"{loc.source}: column {name!r} not found (columns: {loc.batch.schema.names}); pass --text-column naming it")
+    column = loc.batch.column(name)
+    if column.null_count and not nulls:
         i = _first_null(column)
-        raise ValueError(f"{loc.source} row {loc.first_row + i}: column {text_column!r} is null; drop or fill that row")
-    if template is not None:
-        texts = []
-        for i, value in enumerate(column.to_pylist()):
-            text = template(value)
-            if not isinstance(text, str):
-                raise ValueError(
-                    f"{loc.source} row {loc.first_row + i}: the template returned {type(text).__name__}, expected str"
-                )
-            texts.append(text)
-    else:
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            raise ValueError(
-                f"{loc.source}: column {text_column!r} has type {column.type}, not text; pass --text-column "
-                f"naming a text column, --tokens-column for token ids, or a template for chat columns"
-            )
-        texts = column.to_pylist()
-    return pa.array(encode(tokenizer, texts), type=pa.list_(pa.int32()))
+        raise ValueError(f"{loc.source} row {loc.first_row + i}: column {name!r} is null; drop or fill that row")
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type)):
+        raise ValueError(
+            f"{loc.source}: column {name!r} has type {column.type}, not text; pass --text-column naming a text column, "
+            f"--tokens-column for token ids, --chat-template for a messages column, or --template for a whole row"
+        )
+    return column
 
 
 def _csr(column) -> tuple[np.ndarray, np.ndarray]:
@@ -209,17 +440,17 @@ def _csr(column) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], numpy_view(values, np.int32)
 
 
-def train_on_input(located_batches, text_column: str, template=None, vocab_size: int = 8192):
-    """Train a byte-level BPE on the text of an input stream (for offline runs without a tokenizer)."""
+def train_on_input(located_batches, text: TextSpec | None = None, vocab_size: int = 8192):
+    """Train a byte-level BPE on the text of an input stream (for offline runs without a tokenizer);
+    with a ChatML chat template its markers become special tokens."""
     from .tokenizer import train_byte_bpe
+
+    spec = text or TextSpec()
+    specials = _chat.CHATML_TOKENS if spec.chat == "chatml" else ()
+    rows = TextRows(TextSpec(spec.columns, spec.template, spec.chat, spec.train_on), None)
 
     def texts():
         for loc in located_batches:
-            column = loc.batch.column(text_column)
-            values = column.to_pylist()
-            for i, v in enumerate(values):
-                if v is None:
-                    raise ValueError(f"{loc.source} row {loc.first_row + i}: column {text_column!r} is null; drop or fill that row")
-                yield template(v) if template is not None else v
+            yield from rows.texts(loc)
 
-    return train_byte_bpe(texts(), vocab_size=vocab_size)
+    return train_byte_bpe(texts(), vocab_size=vocab_size, special_tokens=specials)

@@ -12,7 +12,8 @@ thread (pyarrow releases the GIL while it encodes), so encoding overlaps reading
 thread works in submission order with a bounded backlog, and the manifest waits for the last
 shard.  A rerun with the same settings skips the rows of the complete shards (the packing is
 deterministic, so the rows it replays are the same) and writes the rest; other settings are
-refused unless ``overwrite=True``.
+refused unless ``overwrite=True`` (a run that stopped before its first shard kept nothing, so it
+may be retried with any settings).
 """
 
 from __future__ import annotations
@@ -109,8 +110,10 @@ class ShardWriter:
         previous = None
         if manifest.is_file():
             previous = json.loads(manifest.read_text())
-        elif marker.is_file():
+        elif marker.is_file() and any(self.output.glob("shard-*.parquet")):
             previous = json.loads(marker.read_text())
+        elif marker.is_file():  # a run that stopped before its first shard: nothing to keep, any settings may retry
+            marker.unlink()
         elif any(self.output.glob("shard-*.parquet")):
             previous = {"settings": "unknown (no manifest)"}
         same = previous is not None and all(previous.get(k) == v for k, v in self.run.items())

@@ -155,15 +155,15 @@ def test_labels_column_travels_with_the_tokens(tmp_path, c4_ids):
         pack_to_parquet(bad, tmp_path / "o2", max_tokens=CAP, tokens_column="input_ids", labels_column="labels")
 
 
-def render_chat(messages) -> str:
-    return "\n".join(f"<|{m['from']}|> {m['value']}" for m in messages)
+def render_chat(row: dict) -> str:
+    return "\n".join(f"<|{m['from']}|> {m['value']}" for m in row["conversations"])
 
 
 def test_chat_column_rendered_by_a_template_and_tokenized(tmp_path, shared_data, tokenizer):
     rows = json.load(open(shared_data / "glaive_toolcall_en_demo.json", encoding="utf-8"))
     path = tmp_path / "glaive.parquet"
     pq.write_table(pa.table({"conversations": [r["conversations"] for r in rows]}), path)
-    expected = encode(tokenizer, [render_chat(r["conversations"]) for r in rows])
+    expected = encode(tokenizer, [render_chat(r) for r in rows])
     pack_to_parquet(path, tmp_path / "o", max_tokens=2048, tokenizer=tokenizer, text_column="conversations",
                     template=render_chat, oversize="split", algorithm="ffd")  # fmt: skip
     check_round_trip(tmp_path / "o", expected, 2048, "split", "ffd")
