@@ -51,6 +51,8 @@ _TOKENIZER_HELP = "A tokenizers JSON file, or a transformers tokenizer folder (l
 _TRAIN_HELP = "Train a byte-level BPE on the input itself (offline, seconds)."
 _TOKENS_HELP = "Read token ids from this list<int> column instead of tokenizing."
 _TEMPLATE_HELP = "module:function rendering one value of the text column (e.g. chat messages) to text."
+_BACKEND_HELP = ("auto (fastokens, Rust, when installed and it gives HF's ids on a sample of the input; else HF), "
+                 "hf (Hugging Face tokenizers) or fastokens (the extra packwise\\[fast]).")
 _FORMAT_HELP = "Input format when the file names do not say: parquet, json, csv or arrow."
 _ENGINE_HELP = "local (in this process, no services) or ray (Ray Data, the extra packwise\\[ray]; see docs/ray.md)."
 _ADDRESS_HELP = "With --engine ray: the cluster to join (host:port or 'auto'); default $RAY_ADDRESS, else a local Ray."
@@ -63,6 +65,7 @@ def pack(
     output: Path = typer.Argument(..., help="Folder for the Parquet shards and manifest.json."),
     max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
+    tokenizer_backend: str = typer.Option("auto", "--tokenizer-backend", help=_BACKEND_HELP),
     train_tokenizer: bool = typer.Option(False, "--train-tokenizer", help=_TRAIN_HELP + " Saved as OUTPUT/tokenizer.json."),
     tokens_column: Optional[str] = typer.Option(None, "--tokens-column", help=_TOKENS_HELP),
     labels_column: Optional[str] = typer.Option(None, "--labels-column", help="With --tokens-column: a parallel labels column."),
@@ -114,6 +117,7 @@ def pack(
             engine=engine,
             ray_address=ray_address,
             block_rows=block_rows,
+            tokenizer_backend=tokenizer_backend,
         )
     if result.state == "complete":
         typer.echo(f"{output} is up to date (manifest.json with the same settings and inputs); nothing to do")
@@ -129,6 +133,7 @@ def report(
     max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per step for the padded strategies."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
+    tokenizer_backend: str = typer.Option("auto", "--tokenizer-backend", help=_BACKEND_HELP),
     train_tokenizer: bool = typer.Option(False, "--train-tokenizer", help=_TRAIN_HELP),
     tokens_column: Optional[str] = typer.Option(None, "--tokens-column", help=_TOKENS_HELP),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
@@ -164,6 +169,7 @@ def report(
             template=fn,
             format=input_format,
             progress=update,
+            tokenizer_backend=tokenizer_backend,
         )
     result = waste_report(lengths, max_tokens, batch_size=batch_size, seed=seed, window=window)
     histogram = length_histogram(lengths, max_tokens)

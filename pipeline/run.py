@@ -15,6 +15,7 @@ import numpy as np
 from .pack_stage import StreamPacker
 from .ray_engine import check_engine, require_ray
 from .readers import open_input
+from .tokenizer_backend import TextEncoder, check_backend
 from .tokens import resolve_tokenizer, token_batches, train_on_input
 from .writer import ShardWriter
 
@@ -45,7 +46,9 @@ def _tokenizer_id(tokenizer, path) -> str:
     return f"object:{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}"
 
 
-def _prepare(source, *, tokenizer, train_tokenizer, text_column, tokens_column, labels_column, template, batch_size, format):
+def _prepare(source, *, tokenizer, train_tokenizer, text_column, tokens_column, labels_column, template, batch_size, format,
+             tokenizer_backend="auto"):  # fmt: skip
+    check_backend(tokenizer_backend)
     if tokens_column is not None and (tokenizer is not None or train_tokenizer):
         raise ValueError("pass either --tokens-column or a tokenizer (--tokenizer / --train-tokenizer), not both")
     if tokens_column is None and (tokenizer is None) == (not train_tokenizer):
@@ -63,11 +66,16 @@ def _prepare(source, *, tokenizer, train_tokenizer, text_column, tokens_column, 
     return inp, tokenizer, tok_path
 
 
-def _stage(inp, tokenizer, text_column, tokens_column, labels_column, template, progress):
+def _encoder(tokenizer, tokens_column, backend: str) -> TextEncoder | None:
+    """The text encoder of a run (``None`` when the ids come from a token column)."""
+    return None if tokens_column is not None else TextEncoder(tokenizer, backend)
+
+
+def _stage(inp, encoder, text_column, tokens_column, labels_column, template, progress):
     """Token batches of the input, reporting ``(rows, tokens)`` of each to ``progress``."""
     for tb in token_batches(
         inp.batches(),
-        tokenizer=tokenizer,
+        tokenizer=encoder,
         text_column=text_column,
         tokens_column=tokens_column,
         labels_column=labels_column,
@@ -101,6 +109,7 @@ def pack_to_parquet(
     engine: str = "local",
     ray_address: str | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    tokenizer_backend: str = "auto",
 ) -> PackResult:
     """Pack ``source`` into Parquet shards under ``output`` (see ``packwise pack``).
 
@@ -108,6 +117,10 @@ def pack_to_parquet(
     ``ray_address`` or ``$RAY_ADDRESS`` names a cluster, else a local Ray is started): each block of
     ``block_rows`` input rows is packed on its own by the same windowed packer, so the output
     differs from the local engine's only where blocks end; shards, manifest and resume are the same.
+
+    ``tokenizer_backend`` (``auto``, ``hf``, ``fastokens``; see ``tokenizer_backend``) picks the
+    library that encodes the text; every backend gives the same ids, so it is not a setting that
+    blocks a resume; the one used is recorded in ``manifest["stats"]["tokenizer_backend"]``.
 
     Example:
         >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
@@ -135,7 +148,9 @@ def pack_to_parquet(
         template=template,
         batch_size=batch_size,
         format=format,
+        tokenizer_backend=tokenizer_backend,
     )
+    encoder = _encoder(tok, tokens_column, tokenizer_backend)
     settings = {
         "input": str(source) if isinstance(source, (str, Path)) else inp.name,
         "max_tokens": int(max_tokens),
@@ -163,7 +178,7 @@ def pack_to_parquet(
     try:
         if engine == "local":
             packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
-            for tb in _stage(inp, tok, text_column, tokens_column, labels_column, template, progress):
+            for tb in _stage(inp, encoder, text_column, tokens_column, labels_column, template, progress):
                 for rows in packer.add(tb):
                     writer.write(rows)
             for rows in packer.finish():
@@ -173,8 +188,10 @@ def pack_to_parquet(
             from .ray_engine import RayPackRun, ray_session
 
             with ray_session(ray_address):
+                if encoder is not None:  # decide the backend on the driver: every worker then uses the same
+                    next(_stage(inp, encoder, text_column, None, None, template, None), None)
                 run = RayPackRun(
-                    inp, tokenizer=tok, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
+                    inp, tokenizer=encoder, text_column=text_column, tokens_column=tokens_column, labels_column=labels_column,
                     template=template, max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
                     seed=seed, block_rows=block_rows, progress=progress,
                 )  # fmt: skip
@@ -188,7 +205,8 @@ def pack_to_parquet(
         raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to pack")
     if stats.sequences == 0:
         raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
-    manifest = writer.close(stats.to_dict())
+    backend = None if encoder is None else encoder.describe()
+    manifest = writer.close({**stats.to_dict(), "tokenizer_backend": backend})
     return PackResult(Path(output), state, resumed, manifest)
 
 
@@ -203,6 +221,7 @@ def dataset_lengths(
     batch_size: int = 8192,
     format: str | None = None,
     progress: Progress | None = None,
+    tokenizer_backend: str = "auto",
 ) -> np.ndarray:
     """Token length of every non-empty row of ``source`` (int64), streaming; for ``packwise report``."""
     inp, tok, _ = _prepare(
@@ -215,9 +234,10 @@ def dataset_lengths(
         template=template,
         batch_size=batch_size,
         format=format,
+        tokenizer_backend=tokenizer_backend,
     )
     parts, rows = [], 0
-    for tb in _stage(inp, tok, text_column, tokens_column, None, template, progress):
+    for tb in _stage(inp, _encoder(tok, tokens_column, tokenizer_backend), text_column, tokens_column, None, template, progress):
         parts.append(tb.lengths)
         rows += tb.rows_read
     if rows == 0:

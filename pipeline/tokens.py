@@ -13,7 +13,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ._arrow import numpy_view
+from ._prefetch import available_cores, ordered_map
 from .tokenizer import load_tokenizer
+from .tokenizer_backend import as_encoder
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,14 @@ def token_batches(
     tokens_column: str | None = None,
     labels_column: str | None = None,
     template: Callable[[object], str] | None = None,
+    workers: int | None = None,
 ) -> Iterator[TokenBatch]:
     """Turn located record batches into ``TokenBatch`` objects.
 
     With ``tokens_column`` the ids are read as they are (any integer list type, cast to int32);
     otherwise ``text_column`` is tokenized with ``tokenizer`` (after ``template(value)`` when given:
-    use it to render a chat/messages column to text).
+    use it to render a chat/messages column to text): a HF tokenizer, or a ``TextEncoder`` choosing
+    the backend.  Batches are tokenized on ``workers`` threads (default: every core), in order.
 
     Example:
         >>> import pyarrow as pa
@@ -95,11 +99,13 @@ def token_batches(
     """
     if tokens_column is None and tokenizer is None:
         raise ValueError("pass a tokenizer (--tokenizer PATH or --train-tokenizer) or a token column (--tokens-column)")
-    for loc in located_batches:
-        if tokens_column is not None:
-            ids = _list_column(loc, tokens_column)
-        else:
-            ids = _tokenize(loc, tokenizer, text_column, template)
+    if tokens_column is not None:
+        encoded = ((loc, _list_column(loc, tokens_column)) for loc in located_batches)
+    else:
+        encoder = as_encoder(tokenizer)
+        encoded = ordered_map(lambda loc: (loc, _tokenize(loc, encoder, text_column, template)), located_batches,
+                              available_cores() if workers is None else workers)  # fmt: skip
+    for loc, ids in encoded:
         offsets, values = _csr(ids)
         labels = None
         if labels_column is not None:
@@ -166,7 +172,10 @@ def _tokenize(loc, tokenizer, text_column: str, template):
                 f"naming a text column, --tokens-column for token ids, or a template for chat columns"
             )
         texts = column.to_pylist()
-    return pa.array(encode(tokenizer, texts), type=pa.list_(pa.int32()))
+    offsets, values = as_encoder(tokenizer).encode(texts)
+    if offsets[-1] >= 2**31:
+        return pa.LargeListArray.from_arrays(offsets, values)
+    return pa.ListArray.from_arrays(offsets.astype(np.int32), values)
 
 
 def _csr(column) -> tuple[np.ndarray, np.ndarray]:
