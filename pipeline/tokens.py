@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ._arrow import numpy_view
+from ._arrow import arrow_array, numpy_view
 from ._prefetch import available_cores, ordered_map
 from .tokenizer import load_tokenizer
 from .tokenizer_backend import as_encoder
@@ -173,9 +173,10 @@ def _tokenize(loc, tokenizer, text_column: str, template):
             )
         texts = column.to_pylist()
     offsets, values = as_encoder(tokenizer).encode(texts)
+    ids = arrow_array(values, pa.int32())
     if offsets[-1] >= 2**31:
-        return pa.LargeListArray.from_arrays(offsets, values)
-    return pa.ListArray.from_arrays(offsets.astype(np.int32), values)
+        return pa.LargeListArray.from_arrays(arrow_array(offsets, pa.int64()), ids)
+    return pa.ListArray.from_arrays(arrow_array(offsets, pa.int32()), ids)
 
 
 def _csr(column) -> tuple[np.ndarray, np.ndarray]:

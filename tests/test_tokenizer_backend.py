@@ -19,7 +19,7 @@ from packwise.pipeline import pack_to_parquet, token_batches
 from packwise.pipeline._prefetch import ordered_map
 from packwise.pipeline.readers import Located
 from packwise.pipeline.tokenizer import load_tokenizer, train_byte_bpe
-from packwise.pipeline.tokenizer_backend import TextEncoder, hf_csr
+from packwise.pipeline.tokenizer_backend import SAMPLE_CHARS, TextEncoder, check_sample, hf_csr
 from packwise.pipeline.tokens import encode
 
 pytest.importorskip("fastokens", reason="fastokens is in the dev extra (pip install -e '.[dev]')")
@@ -128,7 +128,9 @@ def test_byte_bpe_fastokens_ids_and_offsets_equal_hf_on_every_file(files, bpe, b
     for name, texts in files.items():
         enc = TextEncoder(bpe, backend, notify=pytest.fail)
         got = stage_csr(texts, enc)
-        assert enc.describe() == {"requested": backend, "used": "fastokens", "checked_texts": min(256, len(texts)), "reason": None}
+        checked = check_sample(texts[:500])  # the first batch of ``located``
+        assert 1 <= len(checked) <= 256 and (len(checked) == 1 or sum(map(len, checked)) <= SAMPLE_CHARS)
+        assert enc.describe() == {"requested": backend, "used": "fastokens", "checked_texts": len(checked), "reason": None}
         assert all(np.array_equal(a, b) for a, b in zip(got, hf_reference(name, bpe, texts))), name
         assert got[1].dtype == np.int32 and got[0].dtype == np.int64 and got[0][-1] > len(texts)
     first = files["c4_demo.jsonl"][:40]  # and the reference is HF's own list of ids
@@ -161,7 +163,7 @@ def test_ids_that_differ_make_auto_fall_back_and_fastokens_refuse(files, bpe):
     notices: list[str] = []
     enc = TextEncoder(tok, "auto", notify=notices.append)
     stage_csr(texts, enc)
-    assert enc.used == "hf" and enc.checked_texts == 256  # the first 256 texts of the first 500-row batch
+    assert enc.used == "hf" and enc.checked_texts == len(check_sample(texts[:500])) > 50
     assert len(notices) == 1 and notices[0].startswith(
         "tokenizer backend auto -> hf: fastokens ids differ from HF tokenizers on sampled text "
     ) and notices[0].endswith(" of the first batch")
