@@ -163,33 +163,33 @@ def _stdout(cmd: list[str], env: dict | None = None) -> str:
     return proc.stdout.decode()
 
 
-def measured(cmd: list[str], env=None) -> tuple[float, int, str]:
-    """Wall time, peak RSS (bytes, ``ru_maxrss`` of the child) and stdout of ``cmd`` run in a fresh process."""
+def measured(cmd: list[str], env=None) -> tuple[float, int, str, float]:
+    """Wall time, peak RSS (bytes, ``ru_maxrss`` of the child), stdout and CPU seconds (user + sys) of ``cmd`` in a fresh process."""
     wrapper = [
         sys.executable,
         "-c",
         "import os, resource, subprocess, sys, time; t = time.perf_counter(); "
         "p = subprocess.run(sys.argv[1:], capture_output=True); "
-        "w = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
+        "w = time.perf_counter() - t; u = resource.getrusage(resource.RUSAGE_CHILDREN); r = u.ru_maxrss; "
         "sys.stderr.write(p.stderr.decode()[-3000:]) if p.returncode else None; "
-        "print(f'@@{w} {r} {p.returncode}'); sys.stdout.write(p.stdout.decode())",
+        "print(f'@@{w} {r} {p.returncode} {u.ru_utime + u.ru_stime}'); sys.stdout.write(p.stdout.decode())",
         *cmd,
     ]
     out = _stdout(wrapper, env)
     head, _, rest = out.partition("\n")
-    wall, rss_kb, rc = head[2:].split()
+    wall, rss_kb, rc, cpu = head[2:].split()
     if rc != "0":
         raise RuntimeError(f"{cmd[:4]} exited {rc}")
-    return float(wall), int(rss_kb) * 1024, rest
+    return float(wall), int(rss_kb) * 1024, rest, float(cpu)
 
 
 def packwise_pack(src: Path, out: Path, max_tokens: int, window: int) -> dict:
     """The ``packwise pack`` command in a fresh process, then the library call timed after imports."""
     cmd = [sys.executable, "-m", "packwise.cli.app", "pack", str(src), str(out), "--max-tokens", str(max_tokens)]
     cmd += ["--tokens-column", "input_ids", "--oversize", "split", "--window", str(window), "--overwrite"]
-    wall, rss, _ = measured(cmd)
+    wall, rss, _, _ = measured(cmd)
     stats = json.loads((out / "manifest.json").read_text())["stats"]
-    _, _, text = measured([sys.executable, "-c", _PACKWISE_SCRIPT, str(src), str(out), str(max_tokens), str(window)])
+    _, _, text, _ = measured([sys.executable, "-c", _PACKWISE_SCRIPT, str(src), str(out), str(max_tokens), str(window)])
     inner = json.loads(text.strip().splitlines()[-1])["inner_s"]
     return {"wall": wall, "inner": inner, "rss": rss, "rows": stats["rows_out"], "tokens": stats["tokens_out"]}
 
@@ -198,7 +198,7 @@ def trl_pack(python: str, src: Path, out: Path, max_tokens: int) -> dict:
     cache = Path(tempfile.mkdtemp(prefix="hf-cache-"))
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HOME": str(cache), "HF_DATASETS_OFFLINE": "1"}
     try:
-        wall, rss, text = measured([python, "-c", _TRL_SCRIPT, str(src), str(out), str(max_tokens)], env)
+        wall, rss, text, _ = measured([python, "-c", _TRL_SCRIPT, str(src), str(out), str(max_tokens)], env)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     info = json.loads(text.strip().splitlines()[-1])
@@ -288,18 +288,18 @@ def text_main(args) -> None:
                  str(tok), "--oversize", "split", "--overwrite"])  # fmt: skip
 
         def run():
-            wall, rss, _ = measured(cmd)
+            wall, rss, _, cpu = measured(cmd)
             m = json.loads((out / "manifest.json").read_text())
             assert m["stats"]["tokenizer_backend"]["used"] == backend, m["stats"]["tokenizer_backend"]
-            return {"wall": wall, "rss": rss, "rows": m["stats"]["rows_out"], "tokens": m["stats"]["tokens_out"]}
+            return {"wall": wall, "cpu": cpu, "rss": rss, "rows": m["stats"]["rows_out"], "tokens": m["stats"]["tokens_out"]}
 
         return run
 
     def script(python, code, *argv, env=None):
         def run():
-            wall, rss, text = measured([python, "-c", code, *map(str, argv)], env)
+            wall, rss, text, cpu = measured([python, "-c", code, *map(str, argv)], env)
             info = json.loads(text.strip().splitlines()[-1])
-            return {"wall": wall, "rss": rss, "rows": info["rows"], "tokens": info["tokens"]}
+            return {"wall": wall, "cpu": cpu, "rss": rss, "rows": info["rows"], "tokens": info["tokens"]}
 
         return run
 
@@ -325,26 +325,30 @@ def text_main(args) -> None:
     for name, fn in sides:
         runs = [fn() for _ in range(args.repeats)]
         r = {"tool": name, "wall_s": statistics.median(x["wall"] for x in runs), "walls": [round(x["wall"], 2) for x in runs],
+             "cpu_s": statistics.median(x["cpu"] for x in runs), "load": os.getloadavg()[0],
              "peak_rss_mib": max(x["rss"] for x in runs) / 2**20, "tokens": runs[0]["tokens"], "rows_out": runs[0]["rows"]}  # fmt: skip
         results.append(r)
         print(json.dumps(r), flush=True)
     tokens = results[0]["tokens"]
     assert all(r["tokens"] == tokens for r in results), [(r["tool"], r["tokens"]) for r in results]
     by = {r["tool"]: r for r in results}
-    trl_wall = next((r["wall_s"] for r in results if r["tool"].startswith("HF datasets")), None)
-    floor = by["floor: read + fastokens encode + write"]["wall_s"]
+    floor = by["floor: read + fastokens encode + write"]
     print()
-    header = f"{'pipeline':<48} {'wall s':>7} {'Mtok/s':>7} {'vs HF+TRL':>9} {'vs fastokens floor':>18} {'peak RSS MiB':>12} {'rows':>8}"
+    header = (f"{'pipeline':<48} {'wall s':>7} {'Mtok/s':>7} {'vs HF+TRL':>9} {'/ fastokens floor':>17} | {'CPU s':>6} "
+              f"{'vs HF+TRL':>9} {'/ floor':>7} | {'peak RSS MiB':>12} {'rows':>8}")  # fmt: skip
     print(f"{tokens:,} tokens of real text ({src.name}), {args.max_tokens} tokens per packed row, medians of {args.repeats}")
     print(header)
     print("-" * len(header))
+    trl = next((r for r in results if r["tool"].startswith("HF datasets")), None)
     for r in results:
-        vs = f"{trl_wall / r['wall_s']:.1f}x" if trl_wall else "-"
-        print(f"{r['tool']:<48} {r['wall_s']:>7.2f} {tokens / r['wall_s'] / 1e6:>7.2f} {vs:>9} {r['wall_s'] / floor:>17.2f}x "
-              f"{r['peak_rss_mib']:>12.0f} {r['rows_out']:>8,}")  # fmt: skip
-    print("wall s: the whole command in a fresh process (imports included). vs HF+TRL: its wall / this wall;")
-    print("vs fastokens floor: this wall / the floor's. Floor rows are input rows (no packing).")
-    print(f"load average (uptime): {os.getloadavg()}")
+        vs = f"{trl['wall_s'] / r['wall_s']:.1f}x" if trl else "-"
+        vs_cpu = f"{trl['cpu_s'] / r['cpu_s']:.1f}x" if trl else "-"
+        print(f"{r['tool']:<48} {r['wall_s']:>7.2f} {tokens / r['wall_s'] / 1e6:>7.2f} {vs:>9} {r['wall_s'] / floor['wall_s']:>16.2f}x | "
+              f"{r['cpu_s']:>6.2f} {vs_cpu:>9} {r['cpu_s'] / floor['cpu_s']:>6.2f}x | {r['peak_rss_mib']:>12.0f} {r['rows_out']:>8,}")  # fmt: skip
+    print("wall s: the whole command in a fresh process (imports included); CPU s: its user + sys seconds (all threads")
+    print("and worker processes). vs HF+TRL: HF+TRL's figure / this one; / floor: this one / the fastokens floor's.")
+    print("Floor rows are input rows (no packing). The 1-minute load average after each side is in the JSON lines.")
+    print(f"load average at the end: {os.getloadavg()} on {len(os.sched_getaffinity(0))} cores")
 
 
 def main() -> None:
