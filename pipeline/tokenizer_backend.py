@@ -148,14 +148,23 @@ def fast_csr(fast, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(offsets, np.uint64).astype(np.int64), np.frombuffer(ids, np.uint32).view(np.int32)
 
 
-def hf_csr(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """HF ids (``tokens.encode``: ``tokenizers`` or ``transformers``) as CSR arrays."""
+def hf_csr(tokenizer, texts: list[str], chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """HF ids (``tokens.encode``: ``tokenizers`` or ``transformers``) as CSR arrays.
+
+    Encoded ``chunk`` texts at a time: a Python int per token costs ~36 bytes, so a whole 8 MiB
+    record batch as lists would hold ~80 MB; chunks keep that to a few MB.
+    """
     from .tokens import encode
 
-    ids = encode(tokenizer, texts)
-    offsets = np.zeros(len(ids) + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, ids), np.int64, count=len(ids)), out=offsets[1:])
-    return offsets, np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(offsets[-1]))
+    lengths, parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
+    for i in range(0, len(texts), chunk):
+        ids = encode(tokenizer, texts[i : i + chunk])
+        n = np.fromiter(map(len, ids), np.int64, count=len(ids))
+        lengths.append(n)
+        parts.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(n.sum())))
+    offsets = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    return offsets, np.concatenate(parts)
 
 
 def _first_difference(ao, av, bo, bv) -> int | None:

@@ -232,3 +232,26 @@ def test_pack_records_the_backend_and_resumes_across_backends(tmp_path, files, b
     assert resumed.state == "resume" and resumed.resumed_shards >= 3
     assert resumed.manifest["stats"]["tokenizer_backend"]["used"] == "fastokens"
     assert [s["sha256"] for s in resumed.manifest["shards"]] == [s["sha256"] for s in clean.manifest["shards"]]
+
+
+def test_cli_report_and_pack_take_the_backend_option(tmp_path, shared_data, wordpiece, bpe, files):
+    from typer.testing import CliRunner
+
+    from packwise.cli.app import app
+
+    wp, bp = tmp_path / "wordpiece.json", tmp_path / "bpe.json"
+    wordpiece.save(str(wp))
+    bpe.save(str(bp))
+    c4 = shared_data / "c4_demo.jsonl"
+    run = CliRunner().invoke
+    refused = run(app, ["report", str(c4), "--max-tokens", "512", "--tokenizer", str(wp), "--tokenizer-backend", "fastokens"])
+    assert refused.exit_code == 2
+    assert "--tokenizer-backend fastokens: fastokens cannot load this tokenizer (normalizer error: unsupported normalizer type: BertNormalizer)" in refused.output
+    fell_back = run(app, ["report", str(c4), "--max-tokens", "512", "--tokenizer", str(wp), "--json", str(tmp_path / "r.json")])
+    assert fell_back.exit_code == 0 and fell_back.output.count("packwise: tokenizer backend auto -> hf: fastokens cannot load") == 1
+    lengths = np.diff(hf_reference("c4_demo.jsonl", wordpiece, files["c4_demo.jsonl"])[0])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["num_sequences"], report["total_tokens"]) == (len(lengths), int(lengths.sum()))
+    bad = run(app, ["pack", str(c4), str(tmp_path / "o"), "--max-tokens", "512", "--tokenizer", str(bp), "--tokenizer-backend", "rust"])
+    assert bad.exit_code == 2 and "--tokenizer-backend rust: use one of auto, hf, fastokens" in bad.output
+    assert not (tmp_path / "o").exists()
