@@ -19,8 +19,9 @@ alpaca, stdlib docstrings; each corpus equally likely, rows drawn with replaceme
 tokens of JSONL, a byte-level BPE ``tokenizer.json`` trained on them, and in one run: ``packwise
 pack`` with each ``--tokenizer-backend``; HF ``datasets.load_dataset(json)`` + ``map(encode_batch,
 num_proc=cores)`` + TRL ``pack_dataset(bfd_split)`` + ``to_parquet``; and the floor, read JSONL +
-encode + write Parquet with no packing, one loop in one thread, with each tokenizer.  Every side
-must produce the same number of tokens.
+encode + write Parquet with no packing, one loop in one thread, with each tokenizer (fastokens
+twice: ``encode_batch_flat`` into Arrow buffers, the strict floor, and ``encode_batch`` with a
+list per text, the floor as issue 15 measured it).  Every side must produce the same number of tokens.
 
     nice -n 5 .venv/bin/python benchmarks/bench_pipeline.py --text --repeats 3
 """
@@ -132,7 +133,12 @@ import json, sys, time
 import numpy as np, pyarrow as pa, pyarrow.json as pj, pyarrow.parquet as pq
 src, tok_path, out, backend = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 t0 = time.perf_counter()
-if backend == "fastokens":
+if backend == "fastokens-lists":  # the issue's floor: encode_batch, an Encoding and a list per text
+    import fastokens
+    ft = fastokens.Tokenizer.from_file(tok_path)
+    def encode(texts):
+        return pa.array([e.ids for e in ft.encode_batch(texts, add_special_tokens=False)], pa.list_(pa.int32()))
+elif backend == "fastokens":
     import fastokens
     ft = fastokens.Tokenizer.from_file(tok_path)
     def encode(texts):
@@ -308,6 +314,7 @@ def text_main(args) -> None:
         ("packwise pack --tokenizer-backend fastokens", pack_cmd("fastokens")),
         ("packwise pack --tokenizer-backend hf", pack_cmd("hf")),
         ("floor: read + fastokens encode + write", script(py, _FLOOR_SCRIPT, src, tok, work / "floor-fast.parquet", "fastokens")),
+        ("floor: same, fastokens encode_batch (lists)", script(py, _FLOOR_SCRIPT, src, tok, work / "floor-fast-lists.parquet", "fastokens-lists")),
         ("floor: read + HF tokenizers encode + write", script(py, _FLOOR_SCRIPT, src, tok, work / "floor-hf.parquet", "hf")),
     ]
     if not args.skip_trl:

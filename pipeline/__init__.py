@@ -17,6 +17,8 @@ from .pack_stage import ALGORITHMS, PackedRows, PackStats, StreamPacker
 from .ray_engine import ENGINES
 from .readers import FORMATS, open_input, read
 from .run import PackResult, dataset_lengths, pack_to_parquet
+from .tokenizer_backend import BACKENDS as TOKENIZER_BACKENDS
+from .tokenizer_backend import TextEncoder
 from .tokens import TokenBatch, resolve_tokenizer, token_batches
 from .writer import ShardWriter
 
@@ -31,6 +33,8 @@ __all__ = [
     "PackedRows",
     "ShardWriter",
     "StreamPacker",
+    "TOKENIZER_BACKENDS",
+    "TextEncoder",
     "TokenBatch",
     "dataset_lengths",
     "open_input",
