@@ -19,6 +19,17 @@ obvious alternative, ``json.load`` of the whole array, is timed beside them.
 
 TRL lives in the benchmark venv (heavy, benchmark-only): ``scripts/bench_env.sh``, then
 ``--trl-python /tmp/bench-packing/bin/python``.
+
+``--text``: the raw-text path, where tokenization is the whole cost.  Real texts (c4, wiki,
+alpaca, stdlib docstrings; each corpus equally likely, rows drawn with replacement) to >= 20M
+tokens of JSONL, a byte-level BPE ``tokenizer.json`` trained on them, and in one run: ``packwise
+pack`` with each ``--tokenizer-backend``; HF ``datasets.load_dataset(json)`` + ``map(encode_batch,
+num_proc=cores)`` + TRL ``pack_dataset(bfd_split)`` + ``to_parquet``; and the floor, read JSONL +
+encode + write Parquet with no packing, one loop in one thread, with each tokenizer (fastokens
+twice: ``encode_batch_flat`` into Arrow buffers, the strict floor, and ``encode_batch`` with a
+list per text, the floor as issue 15 measured it).  Every side must produce the same number of tokens.
+
+    nice -n 5 .venv/bin/python benchmarks/bench_pipeline.py --text --repeats 3
 """
 
 from __future__ import annotations
@@ -102,6 +113,61 @@ def build_input(path: Path, target_tokens: int, seed: int = 0) -> dict:
     return {"tokens": total, "rows": rows}
 
 
+_TRL_TEXT_SCRIPT = r"""
+import json, os, sys, time
+import pyarrow.parquet as pq
+from datasets import load_dataset
+from tokenizers import Tokenizer
+from trl import pack_dataset
+src, tok_path, out, seq_length = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+t0 = time.perf_counter()
+tok = Tokenizer.from_file(tok_path)
+enc = getattr(tok, "encode_batch_fast", tok.encode_batch)
+def tokenize(batch):
+    return {"input_ids": [e.ids for e in enc(batch["text"], add_special_tokens=False)]}
+ds = load_dataset("json", data_files=src, split="train")
+ds = ds.map(tokenize, batched=True, num_proc=len(os.sched_getaffinity(0)), remove_columns=ds.column_names)
+packed = pack_dataset(ds, seq_length=seq_length, strategy="bfd_split")
+packed.to_parquet(out)
+meta = pq.read_metadata(out)
+tokens = sum(sum(x) for x in pq.read_table(out, columns=["seq_lengths"]).column("seq_lengths").to_pylist())
+print(json.dumps({"rows": meta.num_rows, "tokens": tokens, "inner_s": time.perf_counter() - t0}))
+"""
+
+_FLOOR_SCRIPT = r"""
+import json, sys, time
+import numpy as np, pyarrow as pa, pyarrow.json as pj, pyarrow.parquet as pq
+src, tok_path, out, backend = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+t0 = time.perf_counter()
+if backend == "fastokens-lists":  # the issue's floor: encode_batch, an Encoding and a list per text
+    import fastokens
+    ft = fastokens.Tokenizer.from_file(tok_path)
+    def encode(texts):
+        return pa.array([e.ids for e in ft.encode_batch(texts, add_special_tokens=False)], pa.list_(pa.int32()))
+elif backend == "fastokens":
+    import fastokens
+    ft = fastokens.Tokenizer.from_file(tok_path)
+    def encode(texts):
+        ids, offsets = ft.encode_batch_flat(texts, add_special_tokens=False)
+        off = pa.py_buffer(np.frombuffer(offsets, np.uint64).astype(np.int32))  # buffers, not arrays: no pandas import
+        values = pa.Array.from_buffers(pa.int32(), len(ids) // 4, [None, pa.py_buffer(ids)])
+        return pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), len(texts) + 1, [None, off]), values)
+else:
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(tok_path)
+    def encode(texts):
+        return pa.array([e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)], pa.list_(pa.int32()))
+tokens = rows = 0
+schema = pa.schema([("input_ids", pa.list_(pa.int32()))])
+with pq.ParquetWriter(out, schema, compression="zstd", use_dictionary=False) as w:
+    for b in pj.open_json(src, read_options=pj.ReadOptions(block_size=8 << 20)):
+        ids = encode(b.column("text").to_pylist())
+        w.write_table(pa.table({"input_ids": ids}))
+        tokens += len(ids.values); rows += len(ids)
+print(json.dumps({"rows": rows, "tokens": tokens, "inner_s": time.perf_counter() - t0}))
+"""
+
+
 def _stdout(cmd: list[str], env: dict | None = None) -> str:
     proc = subprocess.run(cmd, capture_output=True, env=env)
     if proc.returncode != 0:
@@ -109,33 +175,33 @@ def _stdout(cmd: list[str], env: dict | None = None) -> str:
     return proc.stdout.decode()
 
 
-def measured(cmd: list[str], env=None) -> tuple[float, int, str]:
-    """Wall time, peak RSS (bytes, ``ru_maxrss`` of the child) and stdout of ``cmd`` run in a fresh process."""
+def measured(cmd: list[str], env=None) -> tuple[float, int, str, float]:
+    """Wall time, peak RSS (bytes, ``ru_maxrss`` of the child), stdout and CPU seconds (user + sys) of ``cmd`` in a fresh process."""
     wrapper = [
         sys.executable,
         "-c",
         "import os, resource, subprocess, sys, time; t = time.perf_counter(); "
         "p = subprocess.run(sys.argv[1:], capture_output=True); "
-        "w = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
+        "w = time.perf_counter() - t; u = resource.getrusage(resource.RUSAGE_CHILDREN); r = u.ru_maxrss; "
         "sys.stderr.write(p.stderr.decode()[-3000:]) if p.returncode else None; "
-        "print(f'@@{w} {r} {p.returncode}'); sys.stdout.write(p.stdout.decode())",
+        "print(f'@@{w} {r} {p.returncode} {u.ru_utime + u.ru_stime}'); sys.stdout.write(p.stdout.decode())",
         *cmd,
     ]
     out = _stdout(wrapper, env)
     head, _, rest = out.partition("\n")
-    wall, rss_kb, rc = head[2:].split()
+    wall, rss_kb, rc, cpu = head[2:].split()
     if rc != "0":
         raise RuntimeError(f"{cmd[:4]} exited {rc}")
-    return float(wall), int(rss_kb) * 1024, rest
+    return float(wall), int(rss_kb) * 1024, rest, float(cpu)
 
 
 def packwise_pack(src: Path, out: Path, max_tokens: int, window: int) -> dict:
     """The ``packwise pack`` command in a fresh process, then the library call timed after imports."""
     cmd = [sys.executable, "-m", "packwise.cli.app", "pack", str(src), str(out), "--max-tokens", str(max_tokens)]
     cmd += ["--tokens-column", "input_ids", "--oversize", "split", "--window", str(window), "--overwrite"]
-    wall, rss, _ = measured(cmd)
+    wall, rss, _, _ = measured(cmd)
     stats = json.loads((out / "manifest.json").read_text())["stats"]
-    _, _, text = measured([sys.executable, "-c", _PACKWISE_SCRIPT, str(src), str(out), str(max_tokens), str(window)])
+    _, _, text, _ = measured([sys.executable, "-c", _PACKWISE_SCRIPT, str(src), str(out), str(max_tokens), str(window)])
     inner = json.loads(text.strip().splitlines()[-1])["inner_s"]
     return {"wall": wall, "inner": inner, "rss": rss, "rows": stats["rows_out"], "tokens": stats["tokens_out"]}
 
@@ -144,7 +210,7 @@ def trl_pack(python: str, src: Path, out: Path, max_tokens: int) -> dict:
     cache = Path(tempfile.mkdtemp(prefix="hf-cache-"))
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HOME": str(cache), "HF_DATASETS_OFFLINE": "1"}
     try:
-        wall, rss, text = measured([python, "-c", _TRL_SCRIPT, str(src), str(out), str(max_tokens)], env)
+        wall, rss, text, _ = measured([python, "-c", _TRL_SCRIPT, str(src), str(out), str(max_tokens)], env)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     info = json.loads(text.strip().splitlines()[-1])
@@ -196,6 +262,154 @@ def bench_readers(work: Path, megabytes: int, repeats: int) -> None:
     print(f"target: JSON array within 1.5x of JSON Lines: {'met' if arr <= 1.5 * jsonl else 'NOT met'} ({arr / jsonl:.2f}x)", flush=True)
 
 
+def build_text_input(work: Path, target_tokens: int, seed: int = 0) -> dict:
+    """Bootstrap real texts to ``target_tokens`` (under a byte-level BPE trained on them) into JSONL."""
+    from conftest import load_texts
+
+    from packwise.pipeline.demo_data import stdlib_docstrings
+    from packwise.pipeline.tokenizer import train_byte_bpe, token_lengths
+
+    pools = {n: load_texts(n) for n in ("c4", "wiki", "alpaca")}
+    pools["stdlib"] = [r["text"] for r in stdlib_docstrings(min_chars=20)]
+    tok = train_byte_bpe([t for p in pools.values() for t in p], vocab_size=8192)
+    tok.save(str(work / "text-tokenizer.json"))
+    names = list(pools)
+    lens = [token_lengths(tok, pools[n]) for n in names]
+    rng = np.random.default_rng(seed)
+    total = rows = 0
+    tmp = work / "text-input.jsonl.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        while total < target_tokens:
+            which = rng.integers(0, len(names), 256)
+            for d, n in enumerate(names):
+                pick = rng.integers(0, len(pools[n]), int((which == d).sum()))
+                f.writelines(json.dumps({"text": pools[n][i]}, ensure_ascii=False) + "\n" for i in pick)
+                total += int(lens[d][pick].sum())
+                rows += pick.shape[0]
+    os.replace(tmp, work / "text-input.jsonl")
+    return {"tokens": total, "rows": rows, "corpora": {n: len(p) for n, p in pools.items()}}
+
+
+def encode_threads(src: Path, tok_path: Path, batches: int = 4) -> list[str]:
+    """Does each encoder release the GIL?  The same 8 MiB batches on 1 thread, then on one thread per core.
+
+    Each timing gets a fresh encoder (checked on one text), so neither inherits the other's word cache.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.json as pj
+
+    from packwise.pipeline.tokenizer import load_tokenizer
+    from packwise.pipeline.tokenizer_backend import TextEncoder
+
+    texts = []
+    for b in pj.open_json(src, read_options=pj.ReadOptions(block_size=8 << 20)):
+        texts.append(b.column("text").to_pylist())
+        if len(texts) == batches:
+            break
+    cores = len(os.sched_getaffinity(0))
+    lines = []
+    for backend in ("hf", "fastokens"):
+        times = []
+        for threads in (1, cores):
+            enc = TextEncoder(load_tokenizer(tok_path), backend)
+            enc.encode(texts[0][:1])  # the backend check, off the clock
+            t = time.perf_counter()
+            with ThreadPoolExecutor(threads) as pool:
+                tokens = sum(int(o[-1]) for o, _ in pool.map(enc.encode, texts))
+            times.append(time.perf_counter() - t)
+        lines.append(f"{backend:>9} encode of {tokens:,} tokens: 1 thread {times[0]:.2f}s, {cores} threads {times[1]:.2f}s "
+                     f"({times[0] / times[1]:.2f}x)")  # fmt: skip
+    return lines
+
+
+def text_main(args) -> None:
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    src, tok = work / "text-input.jsonl", work / "text-tokenizer.json"
+    target = args.tokens[0]
+    if not src.exists() or not tok.exists():
+        t0 = time.perf_counter()
+        info = build_text_input(work, target)
+        print(f"built {src}: {info['rows']:,} rows, {info['tokens']:,} tokens of {info['corpora']} in {time.perf_counter() - t0:.1f}s", flush=True)
+    for line in encode_threads(src, tok):
+        print(line, flush=True)
+    py = sys.executable
+
+    def pack_cmd(backend):
+        out = work / f"out-text-{backend}"
+        cmd = [py, "-m", "packwise.cli.app", "pack", str(src), str(out), "--max-tokens", str(args.max_tokens), "--tokenizer", str(tok)]
+        cmd += ["--oversize", "split", "--tokenizer-backend", backend, "--overwrite"]
+        warm = work / "warm.jsonl"  # fills numba's on-disk kernel cache before the clock starts (TRL has no JIT)
+        warm.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["packing makes batches dense"] * 8))
+        _stdout([py, "-m", "packwise.cli.app", "pack", str(warm), str(work / "warm-out"), "--max-tokens", "8", "--tokenizer",
+                 str(tok), "--oversize", "split", "--overwrite"])  # fmt: skip
+
+        def run():
+            wall, rss, _, cpu = measured(cmd)
+            m = json.loads((out / "manifest.json").read_text())
+            assert m["stats"]["tokenizer_backend"]["used"] == backend, m["stats"]["tokenizer_backend"]
+            return {"wall": wall, "cpu": cpu, "rss": rss, "rows": m["stats"]["rows_out"], "tokens": m["stats"]["tokens_out"]}
+
+        return run
+
+    def script(python, code, *argv, env=None):
+        def run():
+            wall, rss, text, cpu = measured([python, "-c", code, *map(str, argv)], env)
+            info = json.loads(text.strip().splitlines()[-1])
+            return {"wall": wall, "cpu": cpu, "rss": rss, "rows": info["rows"], "tokens": info["tokens"]}
+
+        return run
+
+    sides = [
+        ("packwise pack --tokenizer-backend fastokens", pack_cmd("fastokens")),
+        ("packwise pack --tokenizer-backend hf", pack_cmd("hf")),
+        ("floor: read + fastokens encode + write", script(py, _FLOOR_SCRIPT, src, tok, work / "floor-fast.parquet", "fastokens")),
+        ("floor: same, fastokens encode_batch (lists)", script(py, _FLOOR_SCRIPT, src, tok, work / "floor-fast-lists.parquet", "fastokens-lists")),
+        ("floor: read + HF tokenizers encode + write", script(py, _FLOOR_SCRIPT, src, tok, work / "floor-hf.parquet", "hf")),
+    ]
+    if not args.skip_trl:
+        if not Path(args.trl_python).exists():
+            sys.exit(f"TRL venv not found at {args.trl_python}; create it (scripts/bench_env.sh) or pass --skip-trl")
+        cache = Path(tempfile.mkdtemp(prefix="hf-cache-"))
+        env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HOME": str(cache), "HF_DATASETS_OFFLINE": "1"}
+        trl = script(args.trl_python, _TRL_TEXT_SCRIPT, src, tok, work / "out-text-trl.parquet", args.max_tokens, env=env)
+
+        def trl_fresh_cache():
+            shutil.rmtree(cache, ignore_errors=True)  # no cached map results between repeats
+            return trl()
+
+        sides.append(("HF datasets.map + TRL pack_dataset + to_parquet", trl_fresh_cache))
+    results = []
+    for name, fn in sides:
+        runs = [fn() for _ in range(args.repeats)]
+        r = {"tool": name, "wall_s": statistics.median(x["wall"] for x in runs), "walls": [round(x["wall"], 2) for x in runs],
+             "cpu_s": statistics.median(x["cpu"] for x in runs), "load": os.getloadavg()[0],
+             "peak_rss_mib": max(x["rss"] for x in runs) / 2**20, "tokens": runs[0]["tokens"], "rows_out": runs[0]["rows"]}  # fmt: skip
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    tokens = results[0]["tokens"]
+    assert all(r["tokens"] == tokens for r in results), [(r["tool"], r["tokens"]) for r in results]
+    by = {r["tool"]: r for r in results}
+    floor = by["floor: read + fastokens encode + write"]
+    print()
+    header = (f"{'pipeline':<48} {'wall s':>7} {'Mtok/s':>7} {'vs HF+TRL':>9} {'/ fastokens floor':>17} | {'CPU s':>6} "
+              f"{'vs HF+TRL':>9} {'/ floor':>7} | {'peak RSS MiB':>12} {'rows':>8}")  # fmt: skip
+    print(f"{tokens:,} tokens of real text ({src.name}), {args.max_tokens} tokens per packed row, medians of {args.repeats}")
+    print(header)
+    print("-" * len(header))
+    trl = next((r for r in results if r["tool"].startswith("HF datasets")), None)
+    for r in results:
+        vs = f"{trl['wall_s'] / r['wall_s']:.1f}x" if trl else "-"
+        vs_cpu = f"{trl['cpu_s'] / r['cpu_s']:.1f}x" if trl else "-"
+        print(f"{r['tool']:<48} {r['wall_s']:>7.2f} {tokens / r['wall_s'] / 1e6:>7.2f} {vs:>9} {r['wall_s'] / floor['wall_s']:>16.2f}x | "
+              f"{r['cpu_s']:>6.2f} {vs_cpu:>9} {r['cpu_s'] / floor['cpu_s']:>6.2f}x | {r['peak_rss_mib']:>12.0f} {r['rows_out']:>8,}")  # fmt: skip
+    print("wall s: the whole command in a fresh process (imports included); CPU s: its user + sys seconds (all threads")
+    print("and worker processes). vs HF+TRL: HF+TRL's figure / this one; / floor: this one / the fastokens floor's.")
+    print("Floor rows are input rows (no packing). The 1-minute load average after each side is in the JSON lines.")
+    print(f"load average at the end: {os.getloadavg()} on {len(os.sched_getaffinity(0))} cores")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, nargs="+", default=[20_000_000], help="input sizes in tokens (>= 20M)")
@@ -207,7 +421,10 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/packwise-bench")
     ap.add_argument("--reader-mb", type=int, default=100, help="size of the JSON reader comparison input")
     ap.add_argument("--readers-only", action="store_true", help="only the JSON array vs JSON Lines reader line")
+    ap.add_argument("--text", action="store_true", help="the raw-text path: tokenize + pack JSONL (see above)")
     args = ap.parse_args()
+    if args.text:
+        return text_main(args)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     bench_readers(work, args.reader_mb, args.repeats)

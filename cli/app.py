@@ -67,6 +67,8 @@ _NO_HEADER_HELP = "The CSV has no header row: its columns are f0, f1, ..."
 _FORMAT_HELP = (
     "Input format when the file names do not say: parquet, json (JSON Lines or one JSON array), csv, text (one row per line) or arrow."
 )
+_BACKEND_HELP = ("auto (fastokens, Rust, when installed and it gives HF's ids on a sample of the input; else HF), "
+                 "hf (Hugging Face tokenizers) or fastokens (the extra packwise\\[fast]).")
 _ENGINE_HELP = "local (in this process, no services) or ray (Ray Data, the extra packwise\\[ray]; see docs/ray.md)."
 _ADDRESS_HELP = "With --engine ray: the cluster to join (host:port or 'auto'); default $RAY_ADDRESS, else a local Ray."
 _INPUT_HELP = "Parquet/JSONL/JSON-array/CSV/TXT/Arrow file, folder, glob, or save_to_disk folder."
@@ -80,6 +82,7 @@ def pack(
     output: Path = typer.Argument(..., help="Folder for the Parquet shards and manifest.json."),
     max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
+    tokenizer_backend: str = typer.Option("auto", "--tokenizer-backend", help=_BACKEND_HELP),
     train_tokenizer: bool = typer.Option(False, "--train-tokenizer", help=_TRAIN_HELP + " Saved as OUTPUT/tokenizer.json."),
     tokens_column: Optional[str] = typer.Option(None, "--tokens-column", help=_TOKENS_HELP),
     labels_column: Optional[str] = typer.Option(None, "--labels-column", help="With --tokens-column: a parallel labels column."),
@@ -146,6 +149,7 @@ def pack(
             ray_address=ray_address,
             block_rows=block_rows,
             tail_pass=tail_pass,
+            tokenizer_backend=tokenizer_backend,
         )
     if result.state == "complete":
         typer.echo(f"{output} is up to date (manifest.json with the same settings and inputs); nothing to do")
@@ -173,6 +177,7 @@ def report(
     max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per step for the padded strategies."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
+    tokenizer_backend: str = typer.Option("auto", "--tokenizer-backend", help=_BACKEND_HELP),
     train_tokenizer: bool = typer.Option(False, "--train-tokenizer", help=_TRAIN_HELP),
     tokens_column: Optional[str] = typer.Option(None, "--tokens-column", help=_TOKENS_HELP),
     text_column: Optional[str] = typer.Option(None, "--text-column", help=_TEXT_HELP),
@@ -226,6 +231,7 @@ def report(
             csv_header=header,
             format=input_format,
             progress=update,
+            tokenizer_backend=tokenizer_backend,
         )
     result = waste_report(lengths, max_tokens, batch_size=batch_size, seed=seed, window=window, oversize=oversize)
     histogram = length_histogram(lengths, max_tokens)

@@ -19,6 +19,8 @@ from .readers import FORMATS, open_input, read
 from .run import PackResult, dataset_lengths, pack_to_parquet
 from .chat import CHAT_TEMPLATES, TRAIN_ON
 from .tokens import TEXT_SEPARATOR, TextRows, TextSpec, TokenBatch, resolve_tokenizer, token_batches
+from .tokenizer_backend import BACKENDS as TOKENIZER_BACKENDS
+from .tokenizer_backend import TextEncoder
 from .writer import ShardWriter
 
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "TRAIN_ON",
     "TextRows",
     "TextSpec",
+    "TOKENIZER_BACKENDS",
+    "TextEncoder",
     "TokenBatch",
     "dataset_lengths",
     "open_input",

@@ -16,6 +16,7 @@ from .pack_stage import StreamPacker
 from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
 from .readers import CsvHeader, open_input
+from .tokenizer_backend import TextEncoder, check_backend
 from .tokens import TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
 from .writer import ShardWriter
 
@@ -74,7 +75,9 @@ def _glob_match(pattern: tuple, parts: tuple) -> bool:
     return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(pattern[1:], parts[1:])
 
 
-def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header):
+def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header,
+             tokenizer_backend="auto"):  # fmt: skip
+    check_backend(tokenizer_backend)
     if tokens_column is not None and (tokenizer is not None or train_tokenizer):
         raise ValueError("pass either --tokens-column or a tokenizer (--tokenizer / --train-tokenizer), not both")
     if tokens_column is None and (tokenizer is None) == (not train_tokenizer):
@@ -96,7 +99,8 @@ def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_
         tok_path, tokenizer = tokenizer, resolve_tokenizer(tokenizer)
     elif train_tokenizer:
         tokenizer = train_on_input(inp.batches(), text)
-    rows = None if tokenizer is None else TextRows(text, tokenizer)  # checks BOS/EOS and the chat template now
+    # checks BOS/EOS and the chat template now; the backend is decided on the first batch encoded
+    rows = None if tokenizer is None else TextRows(text, TextEncoder(tokenizer, tokenizer_backend))
     return inp, rows, tokenizer, tok_path
 
 
@@ -145,6 +149,7 @@ def pack_to_parquet(
     ray_address: str | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     tail_pass: bool = False,
+    tokenizer_backend: str = "auto",
 ) -> PackResult:
     """Pack ``source`` into Parquet shards under ``output`` (see ``packwise pack``).
 
@@ -162,6 +167,10 @@ def pack_to_parquet(
     column, with ``train_on="assistant"`` (the default with a chat template) writing ``labels``
     that are -100 outside the assistant turns.  ``add_eos`` (default: on for ``concat``) /
     ``add_bos`` mark document boundaries with the tokenizer's EOS / BOS token.
+
+    ``tokenizer_backend`` (``auto``, ``hf``, ``fastokens``; see ``tokenizer_backend``) picks the
+    library that encodes the text; every backend gives the same ids, so it is not a setting that
+    blocks a resume; the one used is recorded in ``manifest["stats"]["tokenizer_backend"]``.
 
     Example:
         >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
@@ -191,6 +200,7 @@ def pack_to_parquet(
         batch_size=batch_size,
         format=format,
         csv_header=csv_header,
+        tokenizer_backend=tokenizer_backend,
     )
     text_settings = {k: None for k in text.describe()} if tokens_column else text.describe()
     settings = {
@@ -232,6 +242,8 @@ def pack_to_parquet(
                 from .ray_engine import RayPackRun, ray_session
 
                 with ray_session(ray_address):
+                    if text_rows is not None:  # decide the backend on the driver: every worker then uses the same
+                        next(_stage(inp, text_rows, None, None, None), None)
                     run = RayPackRun(
                         inp, tokenizer=text_rows, text=text, tokens_column=tokens_column, labels_column=labels_column,
                         max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
@@ -246,7 +258,8 @@ def pack_to_parquet(
             raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to pack")
         if stats.sequences == 0:
             raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
-        manifest = writer.close(stats.to_dict())
+        backend = None if text_rows is None else text_rows.encoder.describe()
+        manifest = writer.close({**stats.to_dict(), "tokenizer_backend": backend})
         return PackResult(Path(output), state, resumed, manifest)
 
 
@@ -265,6 +278,7 @@ def dataset_lengths(
     batch_size: int = 8192,
     format: str | None = None,
     progress: Progress | None = None,
+    tokenizer_backend: str = "auto",
 ) -> np.ndarray:
     """Token length of every non-empty row of ``source`` (int64), streaming; for ``packwise report``.
 
@@ -281,6 +295,7 @@ def dataset_lengths(
         batch_size=batch_size,
         format=format,
         csv_header=csv_header,
+        tokenizer_backend=tokenizer_backend,
     )
     parts, n = [], 0
     for tb in _stage(inp, rows, tokens_column, None, progress):

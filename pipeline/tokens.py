@@ -16,7 +16,9 @@ import numpy as np
 
 from . import chat as _chat
 from ._arrow import numpy_view
+from ._prefetch import available_cores, ordered_map
 from .tokenizer import load_tokenizer
+from .tokenizer_backend import as_encoder
 
 TEXT_SEPARATOR = "\n\n"  # between the values of several text columns (empty values are left out)
 IGNORE = -100  # the label of a token not trained on
@@ -178,7 +180,8 @@ class TextRows:
     """
 
     def __init__(self, spec: TextSpec, tokenizer):
-        self.spec, self.tokenizer = spec, tokenizer
+        self.encoder = as_encoder(tokenizer)  # the backend (HF tokenizers or fastokens) that encodes the texts
+        self.spec, self.tokenizer = spec, self.encoder.tokenizer
         self.bos = self._special("bos") if spec.add_bos else None
         self.eos = self._special("eos") if spec.add_eos else None
         self.render = None
@@ -208,10 +211,8 @@ class TextRows:
 
     def tokenize(self, loc) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(offsets, values, labels)`` of one located batch, one sequence per row (labels: assistant mode only)."""
-        import pyarrow as pa
-
         texts, trainable, seg_row = self._segments(loc)
-        seg_offsets, values = _csr(pa.array(encode(self.tokenizer, texts), type=pa.list_(pa.int32())))
+        seg_offsets, values = self.encoder.encode(texts)
         seg_len = np.diff(seg_offsets)
         row_len = np.bincount(seg_row, weights=seg_len, minlength=loc.batch.num_rows).astype(np.int64)
         offsets = np.zeros(row_len.shape[0] + 1, np.int64)
@@ -315,12 +316,15 @@ def token_batches(
     text: TextSpec | None = None,
     tokens_column: str | None = None,
     labels_column: str | None = None,
+    workers: int | None = None,
 ) -> Iterator[TokenBatch]:
     """Turn located record batches into ``TokenBatch`` objects.
 
     With ``tokens_column`` the ids are read as they are (any integer list type, cast to int32);
     otherwise each row is rendered by ``text`` (a ``TextSpec``; default: the ``text`` column) and
-    tokenized with ``tokenizer``.
+    tokenized with ``tokenizer`` (a HF tokenizer, or a ``TextEncoder`` choosing the backend; or a
+    ``TextRows`` binding both).  Batches are tokenized on ``workers`` threads (default: every
+    core), in order.
 
     Example:
         >>> import pyarrow as pa
@@ -334,14 +338,19 @@ def token_batches(
     if tokens_column is None and tokenizer is None:
         raise ValueError("pass a tokenizer (--tokenizer PATH or --train-tokenizer) or a token column (--tokens-column)")
     rows_of = None if tokens_column is not None else (tokenizer if isinstance(tokenizer, TextRows) else TextRows(text or TextSpec(), tokenizer))
-    for loc in located_batches:
+    if rows_of is None:
+        tokenized = ((loc, None) for loc in located_batches)
+    else:
+        tokenized = ordered_map(lambda loc: (loc, rows_of.tokenize(loc)), located_batches,
+                                available_cores() if workers is None else workers)  # fmt: skip
+    for loc, encoded in tokenized:
         labels = None
-        if rows_of is None:
+        if encoded is None:
             ids = _list_column(loc, tokens_column)
             _check_ids(loc, tokens_column, ids, low=0)
             offsets, values = _csr(ids)
         else:
-            offsets, values, labels = rows_of.tokenize(loc)
+            offsets, values, labels = encoded
         if labels_column is not None:
             lab = _list_column(loc, labels_column)
             _check_ids(loc, labels_column, lab, low=-(2**31))

@@ -1,0 +1,174 @@
+"""Which library turns text into token ids: Hugging Face ``tokenizers`` or ``fastokens``.
+
+Why a layer: ``fastokens`` runs the same ``tokenizer.json`` in Rust 10x+ faster and releases the
+GIL, but it covers only part of what ``tokenizers`` does (no Unigram or WordPiece models, no
+BERT/NFKC normalizers, no Metaspace pre-tokenizer, ...).  So ``auto`` uses it only after it loaded
+the tokenizer and encoded a sample of the real input (the first batch) to exactly the ids HF
+gives; any load error or id difference falls back to HF with a one-line notice on stderr.  The
+decision is kept on the encoder (``describe()``) and recorded in the manifest.
+
+Example:
+    >>> from packwise.pipeline.tokenizer import train_byte_bpe
+    >>> from packwise.pipeline.tokenizer_backend import TextEncoder
+    >>> enc = TextEncoder(train_byte_bpe(["packing makes batches dense"] * 50, vocab_size=300), "hf")
+    >>> offsets, values = enc.encode(["packing", "dense batches"])
+    >>> offsets.dtype.name, values.dtype.name, len(offsets), enc.describe()["used"]
+    ('int64', 'int32', 3, 'hf')
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+from typing import Callable
+
+import numpy as np
+
+BACKENDS: tuple[str, ...] = ("auto", "hf", "fastokens")
+SAMPLE_TEXTS = 256  # texts of the first batch encoded by both backends before ``auto`` trusts fastokens,
+SAMPLE_CHARS = 1 << 18  # and at most this many characters of them (HF encodes the sample: ~0.05 s)
+_INSTALL = "pip install 'packwise[fast]'"
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"--tokenizer-backend {backend}: use one of {', '.join(BACKENDS)}")
+
+
+def stderr_notice(line: str) -> None:
+    """The default notice sink: one line on stderr (the CLI's and a library user's terminal)."""
+    print(f"packwise: {line}", file=sys.stderr, flush=True)
+
+
+class TextEncoder:
+    """Texts -> CSR token ids (``offsets`` int64, ``values`` int32) without special tokens.
+
+    ``backend="hf"`` encodes with ``tokenizer`` itself; ``"fastokens"`` must load it and match HF
+    on the sample (else ``ValueError``); ``"auto"`` takes fastokens when it can, HF otherwise.
+    The check runs once, on the first ``encode`` call (thread-safe); ``used`` is ``None`` until then.
+    Pickles (Ray workers) with the decision made: the fastokens tokenizer is rebuilt there.
+    """
+
+    def __init__(self, tokenizer, backend: str = "auto", notify: Callable[[str], None] = stderr_notice):
+        check_backend(backend)
+        self.tokenizer, self.requested, self.notify = tokenizer, backend, notify
+        self.used: str | None = "hf" if backend == "hf" else None
+        self.reason: str | None = None
+        self.checked_texts = 0
+        self._fast = None
+        self._lock = threading.Lock()
+        if backend != "hf":
+            self._fast, why = load_fastokens(tokenizer)
+            if self._fast is None:
+                self._decline(why, notify=why != "fastokens is not installed")
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.used is None:
+            with self._lock:
+                if self.used is None:
+                    self._check(texts)
+        if self.used == "fastokens":
+            return fast_csr(self._fast, texts)
+        return hf_csr(self.tokenizer, texts)
+
+    def describe(self) -> dict:
+        """What was asked, what was used and why (for the manifest)."""
+        return {"requested": self.requested, "used": self.used, "checked_texts": self.checked_texts, "reason": self.reason}
+
+    def _check(self, texts: list[str]) -> None:
+        sample = check_sample(texts)
+        ho, hv = hf_csr(self.tokenizer, sample)
+        self.checked_texts = len(sample)
+        try:
+            fo, fv = fast_csr(self._fast, sample)
+        except Exception as err:  # e.g. a PCRE2 resource limit on a pathological text
+            self._decline(f"fastokens failed on the first batch ({str(err).splitlines()[0]})", notify=True)
+            return
+        bad = _first_difference(ho, hv, fo, fv)
+        if bad is None:
+            self.used = "fastokens"
+            return
+        self._decline(f"fastokens ids differ from HF tokenizers on sampled text {bad} of the first batch", notify=True)
+
+    def _decline(self, why: str, notify: bool) -> None:
+        if self.requested == "fastokens":
+            raise ValueError(f"--tokenizer-backend fastokens: {why}; use --tokenizer-backend hf (or auto, which falls back to HF)")
+        self.used, self.reason, self._fast = "hf", why, None
+        if notify:
+            self.notify(f"tokenizer backend auto -> hf: {why}")
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fast", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._fast = load_fastokens(self.tokenizer)[0] if self.used != "hf" else None
+
+
+def check_sample(texts: list[str]) -> list[str]:
+    """Texts evenly spaced over ``texts``, at most ``SAMPLE_TEXTS`` of them and ``SAMPLE_CHARS`` characters (>= 1 text).
+
+    Example:
+        >>> len(check_sample(["ab"] * 1000)), len(check_sample(["x" * 300_000] * 3))
+        (256, 1)
+    """
+    picked = texts[:: max(1, len(texts) // SAMPLE_TEXTS)][:SAMPLE_TEXTS]
+    chars = np.cumsum([len(t) for t in picked])
+    return picked[: max(1, int(np.searchsorted(chars, SAMPLE_CHARS, side="right")))]
+
+
+def as_encoder(tokenizer) -> TextEncoder:
+    """``tokenizer`` itself when it is a ``TextEncoder``, else an HF encoder of it (no check, no notice)."""
+    return tokenizer if isinstance(tokenizer, TextEncoder) else TextEncoder(tokenizer, "hf")
+
+
+def load_fastokens(tokenizer):
+    """``(fastokens.Tokenizer, None)`` built from ``tokenizer``'s JSON, or ``(None, why not)``."""
+    try:
+        import fastokens
+    except ImportError:
+        return None, "fastokens is not installed"
+    source = tokenizer if hasattr(tokenizer, "to_str") else getattr(tokenizer, "backend_tokenizer", None)
+    if source is None:
+        return None, f"{type(tokenizer).__name__} has no tokenizer.json (not a fast tokenizer)"
+    try:
+        fast = fastokens.Tokenizer.from_json_str(source.to_str())
+    except Exception as err:  # fastokens raises ValueError/RuntimeError naming the unsupported component
+        return None, f"fastokens cannot load this tokenizer ({str(err).splitlines()[0]})"
+    fast.no_truncation()
+    fast.no_padding()
+    return fast, None
+
+
+def fast_csr(fast, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """fastokens' flat buffers as CSR arrays: no Python object per token."""
+    ids, offsets = fast.encode_batch_flat(texts, add_special_tokens=False)
+    return np.frombuffer(offsets, np.uint64).astype(np.int64), np.frombuffer(ids, np.uint32).view(np.int32)
+
+
+def hf_csr(tokenizer, texts: list[str], chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """HF ids (``tokens.encode``: ``tokenizers`` or ``transformers``) as CSR arrays.
+
+    Encoded ``chunk`` texts at a time: a Python int per token costs ~36 bytes, so a whole 8 MiB
+    record batch as lists would hold ~80 MB; chunks keep that to a few MB.
+    """
+    from .tokens import encode
+
+    lengths, parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
+    for i in range(0, len(texts), chunk):
+        ids = encode(tokenizer, texts[i : i + chunk])
+        n = np.fromiter(map(len, ids), np.int64, count=len(ids))
+        lengths.append(n)
+        parts.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(n.sum())))
+    offsets = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    return offsets, np.concatenate(parts)
+
+
+def _first_difference(ao, av, bo, bv) -> int | None:
+    """Index of the first text whose ids differ between two CSR encodings of the same texts."""
+    if np.array_equal(ao, bo) and np.array_equal(av, bv):
+        return None
+    return next(k for k in range(ao.shape[0] - 1) if not np.array_equal(av[ao[k] : ao[k + 1]], bv[bo[k] : bo[k + 1]]))
