@@ -221,7 +221,7 @@ class PackedCollator:
 
     def __init__(
         self,
-        layout: str | Iterable[str] = "flash",
+        layout: str | Iterable[str] = ("flash", "seq_idx"),
         shape: str = "padding_free",
         capacity: int | None = None,
         *,
