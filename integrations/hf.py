@@ -254,7 +254,9 @@ class PackwiseTrainer(PackwiseTrainerMixin, Trainer):
         >>> data = [{"input_ids": list(range(1, 2 + n))} for n in (5, 9, 3, 7)]
         >>> sampler = PackedBatchSampler(np.array([len(d["input_ids"]) for d in data]), max_tokens=16)
         >>> args = transformers.TrainingArguments("/tmp/pw-doctest", max_steps=2, report_to=[], use_cpu=True)
-        >>> PackwiseTrainer(model, args, train_dataset=data, sampler=sampler).train().global_step
+        >>> result = PackwiseTrainer(model, args, train_dataset=data, sampler=sampler).train()
+        {'train_runtime': ...}
+        >>> result.global_step
         2
     """
 

@@ -8,6 +8,7 @@ from .stream import ClosedBins, WindowPacker
 from .waste import StrategyWaste, WasteReport, waste_report
 from .collate import LAYOUTS, SHAPES, DocumentCausalMask, PackedCollator, block_causal_mask, flex_block_mask
 from .loss import example_losses, packed_loss, token_losses
+from .probe import PackingCheck, PackingCheckFailed, check_packing
 
 __all__ = [
     "ALGORITHMS",
@@ -30,4 +31,7 @@ __all__ = [
     "example_losses",
     "packed_loss",
     "token_losses",
+    "PackingCheck",
+    "PackingCheckFailed",
+    "check_packing",
 ]
