@@ -174,8 +174,10 @@ class PackwiseTrainerMixin:
         tok = token_losses(logits, inputs["labels"])
         view = {k: inputs[k] for k in ("labels", "seq_idx", "example_index", "loss_weight") if k in inputs}
         policy = self.packwise_policy
-        training = policy is not None and model.training and "example_ids" in inputs
-        if training:
+        training = policy is not None and model.training
+        if training and "example_ids" not in inputs:  # a DDP padding batch: no examples, zero loss
+            inputs = {**inputs, "example_ids": torch.zeros(0, dtype=torch.int64)}
+        if training and inputs["example_ids"].shape[0]:
             view["loss_weight"] = _token_weights(policy, inputs["example_ids"], inputs)
         denominator = None
         if num_items_in_batch is not None:
@@ -183,7 +185,7 @@ class PackwiseTrainerMixin:
         loss = packed_loss(tok, view, denominator=denominator)
         if training:  # every rank calls update once per micro-batch (it gathers across ranks)
             per_example, _ = example_losses(tok.detach(), inputs)
-            policy.update(inputs["example_ids"].cpu(), per_example.cpu())
+            policy.update(inputs["example_ids"].cpu(), per_example.cpu()[: inputs["example_ids"].shape[0]])
         if denominator is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
         return (loss, outputs) if return_outputs else loss

@@ -176,3 +176,14 @@ def test_policy_needs_seq_idx_in_the_layout(alpaca, tmp_path):
     sampler = PruningSampler(InfoBatch(len(alpaca), num_epochs=2, seed=0), seed=0)
     with pytest.raises(ValueError, match=r"needs per-example losses: give the collator a layout with 'seq_idx'"):
         PackwiseTrainer(_model(), _args(tmp_path), train_dataset=alpaca, sampler=sampler, collator=PackedCollator(layout="flash"))
+
+
+def test_an_empty_ddp_padding_batch_adds_zero_loss_and_still_updates_the_policy(alpaca, tmp_path):
+    policy = InfoBatch(len(alpaca), num_epochs=2, seed=0)
+    trainer = PackwiseTrainer(_model(), _args(tmp_path), train_dataset=alpaca, sampler=PruningSampler(policy, seed=0))
+    calls = []
+    update = policy.update
+    policy.update = lambda ids, loss: calls.append((ids.tolist(), loss.tolist())) or update(ids, loss)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, trainer.packwise_collator([]), num_items_in_batch=torch.tensor(7))
+    assert float(loss) == 0.0 and calls == [([], [])]
