@@ -187,3 +187,20 @@ def test_an_empty_ddp_padding_batch_adds_zero_loss_and_still_updates_the_policy(
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, trainer.packwise_collator([]), num_items_in_batch=torch.tensor(7))
     assert float(loss) == 0.0 and calls == [([], [])]
+
+
+def test_evaluate_gives_the_token_mean_loss_of_the_examples_alone(alpaca, tmp_path):
+    model = _model()
+    evalset = alpaca[:8]
+    trainer = PackwiseTrainer(
+        model, _args(tmp_path, per_device_eval_batch_size=8), train_dataset=alpaca, eval_dataset=evalset,
+        sampler=PackedBatchSampler(_lengths(alpaca), max_tokens=128),
+    )  # fmt: skip
+    got = trainer.evaluate()["eval_loss"]
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for ex in evalset:
+            labels = torch.tensor([ex.get("labels", ex["input_ids"])])
+            total += float(token_losses(model(input_ids=torch.tensor([ex["input_ids"]]), use_cache=False).logits, labels).sum())
+            tokens += int((labels[0, 1:] != -100).sum())
+    assert abs(got - total / tokens) < 1e-5

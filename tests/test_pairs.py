@@ -3,12 +3,13 @@ log-prob sums and DPO loss as every sequence run alone, on a random tiny HF Llam
 
 from __future__ import annotations
 
-import numpy as np
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load_texts
+from conftest import shared_data_dir
 from packwise.packing import PairCollator, pair_lengths, pair_logps
 from packwise.samplers import PackedBatchSampler
 
@@ -19,7 +20,7 @@ VOCAB = 4096
 @pytest.fixture(scope="module")
 def pairs(tokenizer):
     """12 real pairs: alpaca instruction as prompt, its output as chosen, the next row's output as rejected."""
-    rows = __import__("json").load(open(__import__("conftest").shared_data_dir() / "alpaca_en_demo.json", encoding="utf-8"))[:13]
+    rows = json.loads((shared_data_dir() / "alpaca_en_demo.json").read_text(encoding="utf-8"))[:13]
     enc = lambda t: tokenizer.encode(t, add_special_tokens=False).ids  # noqa: E731
     out = []
     for i in range(12):
