@@ -101,12 +101,22 @@ def _token_weights(policy, ids: torch.Tensor, batch: dict) -> torch.Tensor:
     return seg_w[batch["seq_idx"].cpu().long()].to(batch["labels"].device)
 
 
+def _check_layout(policy, collator) -> None:
+    if policy is not None and "seq_idx" not in getattr(collator, "layout", ()):
+        raise ValueError(
+            "a selection policy needs per-example losses: give the collator a layout with 'seq_idx' "
+            "(e.g. PackedCollator(layout=('flash', 'seq_idx')))"
+        )
+
+
 class PackwiseTrainerMixin:
     """Mixin for ``transformers.Trainer`` subclasses; see the module docstring for what it does.
 
     Args (keyword-only, besides the Trainer's own):
         sampler: a packwise batch sampler (``PackedBatchSampler``, ``BucketBatchSampler``, ...) or a
-            ``PruningSampler`` (batches of ``per_device_train_batch_size`` kept examples).
+            ``PruningSampler`` (batches of ``per_device_train_batch_size`` kept examples), or a
+            function ``dataset -> sampler`` called on the Trainer's prepared ``train_dataset`` (for
+            TRL, which tokenizes text itself: ``lambda ds: PackedBatchSampler("input_ids", 4096, dataset=ds)``).
         collator: the packwise collator (default ``PackedCollator()``: padding-free, ``flash`` +
             ``seq_idx`` layout, ``use_cache=False``); also used for evaluation.
         policy: a selection policy to reweight and update (default: ``sampler.policy`` if any).
@@ -115,11 +125,7 @@ class PackwiseTrainerMixin:
     def __init__(self, *args, sampler, collator=None, policy=None, **kwargs):
         collator = PackedCollator() if collator is None else collator
         policy = getattr(sampler, "policy", None) if policy is None else policy
-        if policy is not None and "seq_idx" not in getattr(collator, "layout", ()):
-            raise ValueError(
-                "a selection policy needs per-example losses: give the collator a layout with 'seq_idx' "
-                "(e.g. PackedCollator(layout=('flash', 'seq_idx')))"
-            )
+        _check_layout(policy, collator)
         if "data_collator" in kwargs:
             raise ValueError("pass the packwise collator as collator=..., not data_collator=...")
         self.packwise_sampler = sampler
@@ -127,6 +133,12 @@ class PackwiseTrainerMixin:
         self.packwise_policy = policy
         self._packwise_consumed = 0  # micro-batches of the current epoch handed to training_step
         super().__init__(*args, data_collator=self.packwise_collator, **kwargs)
+        if callable(sampler) and not hasattr(sampler, "__iter__"):
+            # a factory: built on the dataset the Trainer prepared (TRL tokenizes text in __init__)
+            self.packwise_sampler = sampler(self.train_dataset)
+            if policy is None:
+                self.packwise_policy = getattr(self.packwise_sampler, "policy", None)
+                _check_layout(self.packwise_policy, collator)
 
     # --- data ------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:

@@ -204,3 +204,28 @@ def test_evaluate_gives_the_token_mean_loss_of_the_examples_alone(alpaca, tmp_pa
             total += float(token_losses(model(input_ids=torch.tensor([ex["input_ids"]]), use_cache=False).logits, labels).sum())
             tokens += int((labels[0, 1:] != -100).sum())
     assert abs(got - total / tokens) < 1e-5
+
+
+def test_sft_trainer_on_text_with_a_sampler_factory(tokenizer, tmp_path):
+    """TRL tokenizes the text itself; the sampler is built on the dataset it prepared."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from packwise.integrations.hf import PackwiseSFTTrainer
+
+    texts = [t[:300] for t in load_texts("alpaca")[:16]]
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|pad|>", eos_token="<|endoftext|>")
+    args = trl.SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=2, disable_tqdm=True, max_length=128)
+    built = []
+
+    def make(ds):
+        built.append(PackedBatchSampler("input_ids", max_tokens=256, dataset=ds, seed=0))
+        return built[-1]
+
+    collator = Recording()
+    trainer = PackwiseSFTTrainer(_model(), args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tok,
+                                 sampler=make, collator=collator)  # fmt: skip
+    assert trainer.train().global_step == 2
+    ids = trainer.train_dataset["input_ids"]
+    assert collator.seen == built[0].rank_batches(epoch=0)[:2]
+    assert built[0].lengths.tolist() == [len(x) for x in ids] and max(map(len, ids)) <= 128
