@@ -169,7 +169,8 @@ class PackedCollator:
     Always returned: ``input_ids`` (padding = ``pad_token_id``), ``labels`` (-100 at each
     sequence's first token, where the input label is -100, and on padding) and ``position_ids``
     (restarting at ``position_start`` per sequence, e.g. ``padding_idx + 1`` for RoBERTa).
-    ``layout`` adds, per attention backend (one name or several):
+    ``layout`` (default ``("flash", "seq_idx")``: right for every HF backend, Mamba-style layers
+    included) adds, per attention backend (one name or several):
       * ``"position_ids"``: nothing more (HF FlashAttention/SDPA infer boundaries from positions);
       * ``"flash"``: ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32) and ``max_length_q``/``max_length_k``
         (Python ints computed on the CPU: no device-to-host sync);

@@ -126,22 +126,29 @@ def test_infobatch_weights_the_loss_and_learns_scores(alpaca, tmp_path):
     assert w.max() > 1.0 and abs(float(got) - float(expect)) < 1e-5
 
 
-def test_resume_mid_epoch_from_a_trainer_checkpoint(alpaca, tmp_path):
-    """Checkpoint at step 8 (batch 2 of the pruned epoch 1), resume a fresh trainer: same batches, same weights."""
+@pytest.mark.parametrize("kind", ["infobatch", "packed"])
+def test_resume_mid_epoch_from_a_trainer_checkpoint(alpaca, tmp_path, kind):
+    """Checkpoint at step 8 (batch 2 of epoch 1), resume a fresh trainer: same batches, same weights."""
+
+    def sampler():
+        if kind == "packed":  # 6 batches per epoch
+            return PackedBatchSampler(_lengths(alpaca), max_tokens=128, seed=7)
+        return PruningSampler(InfoBatch(len(alpaca), num_epochs=2, prune_ratio=0.5, delta=0.5, seed=0), seed=0)
 
     def run(out, resume=None):
-        policy = InfoBatch(len(alpaca), num_epochs=2, prune_ratio=0.5, delta=0.5, seed=0)
         collator = Recording()
         args = _args(out, num_train_epochs=2, per_device_train_batch_size=4, save_strategy="steps", save_steps=8)
-        trainer = PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=PruningSampler(policy, seed=0), collator=collator)
+        trainer = PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=sampler(), collator=collator)
         trainer.train(resume_from_checkpoint=resume)
         return trainer, collator.seen
 
+    s = sampler()
+    assert (len(s) if kind == "packed" else -(-len(s) // 4)) == 6  # epoch 0: 6 batches either way
     full, seen_full = run(tmp_path / "a")
     ckpt = tmp_path / "a" / "checkpoint-8"
     assert (ckpt / STATE_FILE.format(rank=0)).is_file()
     saved = torch.load(ckpt / STATE_FILE.format(rank=0), weights_only=False)
-    assert saved["epoch"] == 1 and saved["batches_consumed"] == 2  # epoch 0 has 6 batches
+    assert saved["epoch"] == 1 and saved["batches_consumed"] == 2
     resumed, seen_resumed = run(tmp_path / "b", resume=str(ckpt))
     assert seen_resumed == seen_full[8:]
     worst = max((a - b).abs().max().item() for a, b in zip(full.model.parameters(), resumed.model.parameters()))
