@@ -18,7 +18,7 @@ and must make training faster where it counts (real tokens per second).  Two par
    median over repeats.
 
 3. HF ``Trainer``: a random tiny Llama (hidden 128, 2 layers, SDPA) trained for one epoch (or
-   ``--hf-steps`` steps) on the same alpaca examples by (a) ``PackwiseTrainer`` with ``PackedBatchSampler`` batches of
+   ``--hf-steps`` steps) on the same ``--hf-examples`` alpaca examples (a seeded subset, 320) by (a) ``PackwiseTrainer`` with ``PackedBatchSampler`` batches of
    ``--batch`` x the mean length tokens, (b) ``Trainer`` + ``DataCollatorWithFlattening`` (random
    batches of ``--batch`` examples, one padding-free row) and (c) ``Trainer`` padded to the longest
    with ``train_sampling_strategy="group_by_length"`` (which sorts by length, so only a whole
@@ -64,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=4, help="timed training steps per run")
     ap.add_argument("--train-repeats", type=int, default=3, help="training runs per variant; the median is reported")
     ap.add_argument("--hf-steps", type=int, default=None, help="HF Trainer steps per run (default: one epoch)")
+    ap.add_argument("--hf-examples", type=int, default=320, help="alpaca examples (seeded subset) for the HF Trainer epoch")
     ap.add_argument("--rows-capacity", type=int, default=1024, help="row length of the packed-rows training variant")
     args = ap.parse_args(argv)
     if args.quick:
@@ -281,7 +282,8 @@ def bench_hf_trainer(args, seqs) -> list[str]:
     from packwise.integrations.hf import PackwiseTrainer
     from packwise.samplers import PackedBatchSampler
 
-    data = [{"input_ids": list(s[:512])} for s in seqs]
+    pick = np.random.default_rng(2).permutation(len(seqs))[: args.hf_examples]
+    data = [{"input_ids": list(seqs[i][:512])} for i in np.sort(pick)]
     lengths = np.array([len(d["input_ids"]) for d in data], np.int64)
     budget = int(args.batch * lengths.mean())
     rows = max(round(budget / 512), 1)
