@@ -291,6 +291,22 @@ def select(
     render_select_summary(result)
 
 
+@app.command("check-model")
+@exit_on_bad_input
+def check_model(
+    path: Path = typer.Argument(..., help="A local model folder (config.json + weights, as save_pretrained writes)."),
+    attn: Optional[str] = typer.Option(None, "--attn", help="attn_implementation: eager, sdpa, flex_attention, flash_attention_2."),
+    layout: str = typer.Option("flash,seq_idx", "--layout", help="Collator layout(s), comma-separated."),
+    shape: str = typer.Option("padding_free", "--shape", help="padding_free or rows."),
+    capacity: Optional[int] = typer.Option(None, "--capacity", help="Row length (needed for --shape rows)."),
+) -> None:
+    """Check that a model keeps packed sequences apart (exit 1 if it mixes them)."""
+    from .check_cmd import run_check_model
+
+    if not run_check_model(path, attn, layout, shape, capacity):
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app()
 

@@ -8,6 +8,8 @@ from .stream import ClosedBins, WindowPacker
 from .waste import StrategyWaste, WasteReport, waste_report
 from .collate import LAYOUTS, SHAPES, DocumentCausalMask, PackedCollator, block_causal_mask, flex_block_mask
 from .loss import example_losses, packed_loss, token_losses
+from .pairs import PairCollator, SharedPromptMask, pair_lengths, pair_logps, sequence_logps
+from .probe import PackingCheck, PackingCheckFailed, check_packing
 
 __all__ = [
     "ALGORITHMS",
@@ -30,4 +32,12 @@ __all__ = [
     "example_losses",
     "packed_loss",
     "token_losses",
+    "PairCollator",
+    "SharedPromptMask",
+    "pair_lengths",
+    "pair_logps",
+    "sequence_logps",
+    "PackingCheck",
+    "PackingCheckFailed",
+    "check_packing",
 ]

@@ -169,7 +169,8 @@ class PackedCollator:
     Always returned: ``input_ids`` (padding = ``pad_token_id``), ``labels`` (-100 at each
     sequence's first token, where the input label is -100, and on padding) and ``position_ids``
     (restarting at ``position_start`` per sequence, e.g. ``padding_idx + 1`` for RoBERTa).
-    ``layout`` adds, per attention backend (one name or several):
+    ``layout`` (default ``("flash", "seq_idx")``: right for every HF backend, Mamba-style layers
+    included) adds, per attention backend (one name or several):
       * ``"position_ids"``: nothing more (HF FlashAttention/SDPA infer boundaries from positions);
       * ``"flash"``: ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32) and ``max_length_q``/``max_length_k``
         (Python ints computed on the CPU: no device-to-host sync);
@@ -179,6 +180,22 @@ class PackedCollator:
       * ``"flex"``: ``attention_mask``, a FlexAttention ``BlockMask`` (document ids + causal).
     ``loss_weight`` (float32 per token, the example's weight, 0 on padding) comes when examples carry
     ``weight`` or ``loss_weights=True`` (missing weights then count as 1.0).
+
+    Safe ``model(**batch)``: every batch carries ``use_cache=False`` (``use_cache=None`` leaves the
+    key out, for models whose forward has no such argument).  Hugging Face models look for packed
+    sequences in ``position_ids`` only when no KV cache exists, and they create one in eval *and*
+    in train mode (unless gradient checkpointing is on) whenever ``config.use_cache`` is true: the
+    packed batch then silently attends across sequences.  With ``use_cache=False`` the layouts are
+    exact per HF attention backend (``attn_implementation``) as follows:
+      * ``"eager"``, ``"sdpa"``, ``"flex_attention"``: ``"position_ids"``, ``"flash"`` or ``"seq_idx"``
+        (HF builds the block-causal mask from ``position_ids``); ``"sdpa"`` layout only on ``"sdpa"``
+        (its boolean mask is read as-is; ``eager`` would add it to the scores) and ``"flex"`` layout
+        only on ``"flex_attention"``;
+      * ``"flash_attention_2/3"``: ``"flash"`` (``cu_seq_lens_*`` are used directly) or ``"position_ids"``;
+      * Mamba-style / linear-attention layers (Bamba, GraniteMoeHybrid): ``"seq_idx"`` and/or
+        ``"flash"``; HF refuses packed input when the ``mamba_ssm``/``causal_conv1d`` kernels are
+        missing (a ValueError, never a silent mix).
+    :func:`packwise.check_packing` probes a model and a batch for exactly this.
 
     Segments: every token belongs to one segment (an example plus its padding, or a padding run
     at a row's tail, which is a segment of its own), row-major; ``cu_seq_lens`` and ``seq_idx``
@@ -199,13 +216,13 @@ class PackedCollator:
         >>> b = c([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
         >>> b["input_ids"].tolist(), b["labels"].tolist(), b["position_ids"].tolist()
         ([[5, 6, 7, 8, 9]], [[-100, 6, 7, -100, 9]], [[0, 1, 2, 0, 1]])
-        >>> b["cu_seq_lens_q"].tolist(), b["max_length_q"], b["seq_idx"].tolist()
-        ([0, 3, 5], 3, [[0, 0, 0, 1, 1]])
+        >>> b["cu_seq_lens_q"].tolist(), b["max_length_q"], b["seq_idx"].tolist(), b["use_cache"]
+        ([0, 3, 5], 3, [[0, 0, 0, 1, 1]], False)
     """
 
     def __init__(
         self,
-        layout: str | Iterable[str] = "flash",
+        layout: str | Iterable[str] = ("flash", "seq_idx"),
         shape: str = "padding_free",
         capacity: int | None = None,
         *,
@@ -216,6 +233,7 @@ class PackedCollator:
         loss_weights: bool | None = None,
         flex_block_size: int = 128,
         allow_unlabeled: bool = False,
+        use_cache: bool | None = False,
     ):
         self.layout = _normalize_layout(layout)
         if shape not in SHAPES:
@@ -242,6 +260,9 @@ class PackedCollator:
         self.loss_weights = loss_weights
         self.flex_block_size = _positive_int(flex_block_size, "flex_block_size")
         self.allow_unlabeled = bool(allow_unlabeled)
+        if use_cache not in (None, True, False):
+            raise ValueError(f"use_cache must be False (the safe default), True or None (leave the key out), got {use_cache!r}")
+        self.use_cache = use_cache
 
     def __repr__(self) -> str:
         return (
@@ -458,4 +479,6 @@ class PackedCollator:
             batch["attention_mask"] = flex_block_mask(seq, self.flex_block_size)
         if weighted:
             batch["loss_weight"] = torch.from_numpy(out_weight)
+        if self.use_cache is not None:
+            batch["use_cache"] = self.use_cache
         return batch

@@ -56,8 +56,10 @@ def test_padding_free_every_key_exact():
 
 
 def test_layout_only_adds_its_keys():
-    base = {"input_ids", "labels", "position_ids"}
+    base = {"input_ids", "labels", "position_ids", "use_cache"}
     assert set(PackedCollator(layout="position_ids")(EX)) == base
+    assert PackedCollator(layout="position_ids")(EX)["use_cache"] is False
+    assert set(PackedCollator(layout="position_ids", use_cache=None)(EX)) == base - {"use_cache"}
     assert set(PackedCollator(layout="flash")(EX)) == base | {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"}
     assert set(PackedCollator(layout="seq_idx")(EX)) == base | {"seq_idx", "example_index"}
     assert set(PackedCollator(layout="sdpa")(EX)) == base | {"attention_mask"}

@@ -288,9 +288,9 @@ def _hf_alone(llama, examples):
 def test_hf_llama_padding_free_kwargs(llama, examples):
     """``model(**batch)`` with the padding-free position_ids / cu_seq_lens kwargs equals unpacked runs."""
     batch = PackedCollator(layout="flash")(examples)
-    # use_cache=False: with a cache HF skips packed-sequence detection and would attend across sequences
+    assert batch["use_cache"] is False  # with a cache HF skips packed-sequence detection
     with torch.no_grad():
-        out = llama(**batch, use_cache=False)
+        out = llama(**batch)
     ref_logits, ref_loss = _hf_alone(llama, examples)
     bounds = batch["cu_seq_lens_q"].tolist()
     worst = max((out.logits[0, a:b] - r).abs().max().item() for a, b, r in zip(bounds[:-1], bounds[1:], ref_logits))
@@ -304,7 +304,7 @@ def test_hf_llama_rows_with_4d_mask(llama, examples):
     batch = PackedCollator(layout=("sdpa", "seq_idx"), shape="rows", capacity=256)(examples)
     seq_idx, example_index = batch.pop("seq_idx"), batch.pop("example_index")
     with torch.no_grad():
-        out = llama(**batch, use_cache=False)
+        out = llama(**batch)
     ref_logits, ref_loss = _hf_alone(llama, examples)
     flat = out.logits.reshape(-1, out.logits.shape[-1])
     worst = 0.0

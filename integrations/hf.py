@@ -1,0 +1,302 @@
+"""Hugging Face ``Trainer`` and TRL ``SFTTrainer`` on packwise batches, exact by default.
+
+``PackwiseTrainer(model, args, train_dataset=ds, sampler=PackedBatchSampler(lengths, 4096))`` is all
+a user writes.  The mixin owns what a hand-written ``get_train_dataloader`` usually gets wrong:
+
+* the train ``DataLoader`` holds the packwise sampler as is, with this rank's ``num_replicas`` /
+  ``rank`` taken from the Trainer's accelerator; it is never passed through ``accelerator.prepare``
+  (so accelerate cannot shard the already-sharded batches again; the Trainer moves every batch
+  to the device in ``_prepare_inputs``);
+* ``sampler.set_epoch(epoch)`` before every epoch, and the epoch's own length (pruned epochs are
+  shorter) for gradient-accumulation boundaries;
+* the loss: per-token cross-entropy summed over this rank's batch and divided by the supervised
+  tokens of the whole optimizer step (all accumulation micro-batches, all ranks: the Trainer's
+  ``num_items_in_batch``), times the world size that DDP's gradient mean divides out again;
+* selection policies (InfoBatch, RS2, ``ScoreSelector`` behind a ``PruningSampler``): each kept
+  example's loss is scaled by the policy weight (``1/(1-r)`` for InfoBatch) and its per-example
+  loss is fed back with ``policy.update`` (gathered across ranks);
+* checkpoints: every rank writes ``packwise_rank{r}.pt`` (the sampler's ``state_dict`` at the
+  batches the Trainer consumed, the policy's ``state_dict``) into the checkpoint folder;
+  ``trainer.train(resume_from_checkpoint=...)`` restores the policy and the epoch position and
+  resumes mid-epoch with exactly the rest of the epoch.  The Trainer skips the consumed batches by
+  replaying index lists of the (pure) epoch plan, never loading or collating their data.
+
+Batches keep ``labels``/``loss_weight``/``example_index``/``example_ids`` away from the model and
+pass everything else (``position_ids``, ``cu_seq_lens_*``, ``seq_idx``, masks, ``use_cache=False``)
+to ``model(**batch)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+try:
+    from transformers import Trainer
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+except ImportError as err:  # pragma: no cover - the extra is missing
+    raise ImportError("packwise.integrations.hf needs transformers: pip install 'packwise[hf]'") from err
+
+from ..packing import PackedCollator, example_losses, packed_loss, token_losses
+from ..samplers import PruningSampler
+
+STATE_FILE = "packwise_rank{rank}.pt"
+_NOT_FOR_MODEL = ("labels", "loss_weight", "example_index", "example_ids")
+
+
+class IndexedExamples(Dataset):
+    """``ds[i]`` (a dict) plus ``"index": i``: the batch then knows its dataset ids for the policy."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        ex = self.dataset[i]
+        if not isinstance(ex, dict):
+            raise ValueError(f"train_dataset[{i}] is a {type(ex).__name__}; each example must be a dict with 'input_ids'")
+        return {**ex, "index": int(i)}
+
+
+class IdsCollator:
+    """A packwise collator that also returns ``example_ids`` (dataset ids, in the order collated)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        if examples and all("index" in ex for ex in examples):
+            batch["example_ids"] = torch.tensor([int(ex["index"]) for ex in examples], dtype=torch.int64)
+        return batch
+
+
+def _set_replicas(sampler, num_replicas: int, rank: int) -> None:
+    """Point ``sampler`` at this rank of the Trainer's world (its plan is re-dealt on next use)."""
+    if (getattr(sampler, "num_replicas", num_replicas), getattr(sampler, "rank", rank)) == (num_replicas, rank):
+        return
+    if not hasattr(sampler, "num_replicas"):
+        raise ValueError(
+            f"the Trainer runs {num_replicas} processes but {type(sampler).__name__} has no num_replicas/rank; "
+            f"pass a packwise sampler (PackedBatchSampler, BucketBatchSampler, PruningSampler)"
+        )
+    sampler.num_replicas, sampler.rank = int(num_replicas), int(rank)
+    if hasattr(sampler, "_plan"):
+        sampler._plan = None  # the cached dealing was for the old world size
+
+
+def _token_weights(policy, ids: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Per-token policy weight: the weight of the example each token belongs to (0 on padding)."""
+    w = torch.as_tensor(policy.weights_for(ids.cpu().numpy()), dtype=torch.float32)
+    example_index = batch["example_index"].cpu()
+    seg_w = torch.zeros(example_index.shape[0], dtype=torch.float32)
+    real = example_index >= 0
+    seg_w[real] = w[example_index[real]]
+    return seg_w[batch["seq_idx"].cpu().long()].to(batch["labels"].device)
+
+
+def _check_layout(policy, collator) -> None:
+    if policy is not None and "seq_idx" not in getattr(collator, "layout", ()):
+        raise ValueError(
+            "a selection policy needs per-example losses: give the collator a layout with 'seq_idx' "
+            "(e.g. PackedCollator(layout=('flash', 'seq_idx')))"
+        )
+
+
+class PackwiseTrainerMixin:
+    """Mixin for ``transformers.Trainer`` subclasses; see the module docstring for what it does.
+
+    Args (keyword-only, besides the Trainer's own):
+        sampler: a packwise batch sampler (``PackedBatchSampler``, ``BucketBatchSampler``, ...) or a
+            ``PruningSampler`` (batches of ``per_device_train_batch_size`` kept examples), or a
+            function ``dataset -> sampler`` called on the Trainer's prepared ``train_dataset`` (for
+            TRL, which tokenizes text itself: ``lambda ds: PackedBatchSampler("input_ids", 4096, dataset=ds)``).
+        collator: the packwise collator (default ``PackedCollator()``: padding-free, ``flash`` +
+            ``seq_idx`` layout, ``use_cache=False``); also used for evaluation.
+        policy: a selection policy to reweight and update (default: ``sampler.policy`` if any).
+    """
+
+    def __init__(self, *args, sampler, collator=None, policy=None, **kwargs):
+        collator = PackedCollator() if collator is None else collator
+        policy = getattr(sampler, "policy", None) if policy is None else policy
+        _check_layout(policy, collator)
+        if "data_collator" in kwargs:
+            raise ValueError("pass the packwise collator as collator=..., not data_collator=...")
+        self.packwise_sampler = sampler
+        self.packwise_collator = IdsCollator(collator)
+        self.packwise_policy = policy
+        self._packwise_consumed = 0  # micro-batches of the current epoch handed to training_step
+        super().__init__(*args, data_collator=self.packwise_collator, **kwargs)
+        if callable(sampler) and not hasattr(sampler, "__iter__"):
+            # a factory: built on the dataset the Trainer prepared (TRL tokenizes text in __init__)
+            self.packwise_sampler = sampler(self.train_dataset)
+            if policy is None:
+                self.packwise_policy = getattr(self.packwise_sampler, "policy", None)
+                _check_layout(self.packwise_policy, collator)
+
+    # --- data ------------------------------------------------------------------------------------
+    def get_train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        sampler = self.packwise_sampler
+        _set_replicas(sampler, self.accelerator.num_processes, self.accelerator.process_index)
+        workers = self.args.dataloader_num_workers
+        common: dict[str, Any] = dict(
+            collate_fn=self.packwise_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+        )
+        if workers > 0 and self.args.dataloader_prefetch_factor is not None:
+            common["prefetch_factor"] = self.args.dataloader_prefetch_factor
+        dataset = IndexedExamples(self.train_dataset)
+        if isinstance(sampler, PruningSampler):
+            return DataLoader(
+                dataset, sampler=sampler, batch_size=self._train_batch_size, drop_last=self.args.dataloader_drop_last, **common
+            )
+        return DataLoader(dataset, batch_sampler=sampler, **common)
+
+    def _run_epoch(self, **kwargs):
+        # the Trainer sizes every epoch like the first; a pruned epoch is shorter, so its
+        # accumulation boundaries and last step come from this epoch's own length
+        epoch = kwargs["epoch"]
+        self.packwise_sampler.set_epoch(epoch)
+        steps = len(kwargs["train_dataloader"])
+        kwargs["steps_in_epoch"] = steps
+        kwargs["num_update_steps_per_epoch"] = max(math.ceil(steps / self.args.gradient_accumulation_steps), 1)
+        resumed = kwargs.get("resume_from_checkpoint") is not None and epoch == kwargs.get("epochs_trained")
+        self._packwise_consumed = int(kwargs.get("steps_trained_in_current_epoch", 0)) if resumed else 0
+        return super()._run_epoch(**kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._packwise_consumed += 1
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    # --- loss ------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Token-normalised packed loss (over ``num_items_in_batch`` when the Trainer counted it)."""
+        outputs = model(**{k: v for k, v in inputs.items() if k not in _NOT_FOR_MODEL})
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        tok = token_losses(logits, inputs["labels"])
+        view = {k: inputs[k] for k in ("labels", "seq_idx", "example_index", "loss_weight") if k in inputs}
+        policy = self.packwise_policy
+        training = policy is not None and model.training
+        if training and "example_ids" not in inputs:  # a DDP padding batch: no examples, zero loss
+            inputs = {**inputs, "example_ids": torch.zeros(0, dtype=torch.int64)}
+        if training and inputs["example_ids"].shape[0]:
+            view["loss_weight"] = _token_weights(policy, inputs["example_ids"], inputs)
+        denominator = None
+        if num_items_in_batch is not None:
+            denominator = num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch) else max(num_items_in_batch, 1)
+        loss = packed_loss(tok, view, denominator=denominator)
+        if training:  # every rank calls update once per micro-batch (it gathers across ranks)
+            per_example, _ = example_losses(tok.detach(), inputs)
+            policy.update(inputs["example_ids"].cpu(), per_example.cpu()[: inputs["example_ids"].shape[0]])
+        if denominator is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
+        return (loss, outputs) if return_outputs else loss
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def _packwise_state(self) -> dict:
+        sampler = self.packwise_sampler
+        state = dict(sampler.state_dict())
+        consumed = self._packwise_consumed
+        if "batches_yielded" in state:
+            state["batches_yielded"] = consumed
+        elif "yielded" in state:  # PruningSampler counts examples
+            state["yielded"] = min(consumed * self._train_batch_size, len(sampler))
+        policy = self.packwise_policy
+        return {
+            "epoch": int(sampler.epoch),
+            "batches_consumed": consumed,
+            "sampler": state,
+            "policy": policy.state_dict() if policy is not None else None,
+        }
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, STATE_FILE.format(rank=self.accelerator.process_index))
+        tmp = path + ".tmp"
+        torch.save(self._packwise_state(), tmp)
+        os.replace(tmp, path)
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
+        epochs, steps = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        if resume_from_checkpoint is None:
+            return epochs, steps
+        path = os.path.join(resume_from_checkpoint, STATE_FILE.format(rank=self.accelerator.process_index))
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{path} is missing: this checkpoint was not written by a packwise trainer with "
+                f"{self.accelerator.num_processes} processes; resume with the same world size"
+            )
+        saved = torch.load(path, weights_only=False)
+        if saved["policy"] is not None:
+            self.packwise_policy.load_state_dict(saved["policy"])
+        sampler = self.packwise_sampler
+        sampler.load_state_dict(saved["sampler"])  # validates lengths, settings, seed and world size
+        epoch, consumed = int(saved["epoch"]), int(saved["batches_consumed"])
+        # the Trainer skips the consumed batches itself: start the sampler at the epoch's beginning
+        sampler.set_epoch(epoch + 1)
+        sampler.set_epoch(epoch)
+        if consumed >= len(self.get_train_dataloader()):
+            return epoch + 1, 0
+        return epoch, (0 if self.args.ignore_data_skip else consumed)
+
+
+class PackwiseTrainer(PackwiseTrainerMixin, Trainer):
+    """``transformers.Trainer`` on packwise batches.
+
+    Example (a tiny random Llama, two optimizer steps)::
+
+        >>> import numpy as np, transformers
+        >>> from packwise.samplers import PackedBatchSampler
+        >>> from packwise.integrations.hf import PackwiseTrainer
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        ...                                num_attention_heads=2, num_key_value_heads=1)
+        >>> model = transformers.LlamaForCausalLM(cfg)
+        >>> data = [{"input_ids": list(range(1, 2 + n))} for n in (5, 9, 3, 7)]
+        >>> sampler = PackedBatchSampler(np.array([len(d["input_ids"]) for d in data]), max_tokens=16)
+        >>> args = transformers.TrainingArguments("/tmp/pw-doctest", max_steps=2, report_to=[], use_cpu=True)
+        >>> result = PackwiseTrainer(model, args, train_dataset=data, sampler=sampler).train()
+        {'train_runtime': ...}
+        >>> result.global_step
+        2
+    """
+
+
+def _sft_trainer():
+    try:
+        from trl import SFTTrainer
+    except ImportError as err:  # pragma: no cover - the extra is missing
+        raise ImportError("PackwiseSFTTrainer needs trl: pip install 'packwise[hf]'") from err
+    return SFTTrainer
+
+
+def __getattr__(name: str):
+    # TRL is imported only when PackwiseSFTTrainer is asked for (it is slow to import)
+    if name == "PackwiseSFTTrainer":
+        cls = type(
+            "PackwiseSFTTrainer",
+            (PackwiseTrainerMixin, _sft_trainer()),
+            {
+                "__doc__": "TRL ``SFTTrainer`` on packwise batches (same arguments as :class:`PackwiseTrainer`).",
+                "__module__": __name__,
+            },
+        )
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
+
+
+__all__ = ["IdsCollator", "IndexedExamples", "PackwiseSFTTrainer", "PackwiseTrainer", "PackwiseTrainerMixin", "STATE_FILE"]

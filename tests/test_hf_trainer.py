@@ -1,0 +1,238 @@
+"""``packwise.integrations.hf``: the HF Trainer and TRL SFTTrainer on packwise samplers, checked the way a
+user runs them (``trainer.train()``, checkpoints, resume) on a random tiny Llama and real alpaca text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import load_texts
+
+transformers = pytest.importorskip("transformers", reason="transformers is a test extra (pip install packwise[dev])")
+from packwise.integrations.hf import STATE_FILE, PackwiseTrainer  # noqa: E402
+from packwise.packing import PackedCollator, token_losses  # noqa: E402
+from packwise.samplers import PackedBatchSampler, PruningSampler  # noqa: E402
+from packwise.selection import InfoBatch  # noqa: E402
+
+VOCAB = 4096
+
+
+@pytest.fixture(scope="module")
+def alpaca(tokenizer):
+    """24 real alpaca examples, 3..60 tokens, every third with its first third prompt-masked."""
+    out = []
+    for i, enc in enumerate(tokenizer.encode_batch(load_texts("alpaca")[:24], add_special_tokens=False)):
+        ids = enc.ids[: 3 + (37 * i) % 58]
+        ex = {"input_ids": ids}
+        if i % 3 == 0:
+            ex["labels"] = [-100] * (len(ids) // 3) + ids[len(ids) // 3 :]
+        out.append(ex)
+    return out
+
+
+def _lengths(data) -> np.ndarray:
+    return np.array([len(d["input_ids"]) for d in data], np.int64)
+
+
+def _model(seed: int = 0):
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant",
+        weight_decay=0.0, max_grad_norm=0.0, save_strategy="no", logging_steps=1000, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    base.update(kw)
+    return transformers.TrainingArguments(**base)
+
+
+class Recording(PackedCollator):
+    """A PackedCollator that records the dataset ids of every batch it builds."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.seen: list[list[int]] = []
+
+    def __call__(self, examples):
+        self.seen.append([ex["index"] for ex in examples])
+        return super().__call__(examples)
+
+
+def test_one_step_with_accumulation_equals_the_token_mean_of_unpacked_runs(alpaca, tmp_path):
+    """GA=2: one SGD step moves the weights by -lr * grad(sum of token losses / supervised tokens of both batches)."""
+    sampler = PackedBatchSampler(_lengths(alpaca), max_tokens=160, seed=3)
+    collator = Recording()
+    model = _model()
+    ref = _model()
+    args = _args(tmp_path, max_steps=1, gradient_accumulation_steps=2)
+    PackwiseTrainer(model, args, train_dataset=alpaca, sampler=sampler, collator=collator).train()
+    assert collator.seen == sampler.rank_batches(epoch=0)[:2]
+    total, tokens = 0.0, 0
+    for i in collator.seen[0] + collator.seen[1]:
+        ids = torch.tensor([alpaca[i]["input_ids"]])
+        labels = torch.tensor([alpaca[i].get("labels", alpaca[i]["input_ids"])])
+        total = total + token_losses(ref(input_ids=ids, use_cache=False).logits, labels).sum()
+        tokens += int((labels[0, 1:] != -100).sum())
+    (total / tokens).backward()
+    worst = max(((p0 - 0.5 * p0.grad) - p1).abs().max().item() for p0, p1 in zip(ref.parameters(), model.parameters()))
+    assert worst < 2e-6
+
+
+def test_set_epoch_each_epoch_every_example_once(alpaca, tmp_path):
+    sampler = PackedBatchSampler(_lengths(alpaca), max_tokens=128, seed=1)
+    collator = Recording()
+    args = _args(tmp_path, num_train_epochs=2)
+    PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=sampler, collator=collator).train()
+    first, second = sampler.rank_batches(epoch=0), sampler.rank_batches(epoch=1)
+    assert first != second
+    assert collator.seen == first + second
+    assert sorted(i for b in first for i in b) == list(range(len(alpaca)))
+
+
+def test_infobatch_weights_the_loss_and_learns_scores(alpaca, tmp_path):
+    policy = InfoBatch(len(alpaca), num_epochs=3, prune_ratio=0.5, delta=0.67, seed=0)
+    sampler = PruningSampler(policy, seed=0)
+    collator = Recording()
+    trainer = PackwiseTrainer(
+        _model(), _args(tmp_path, num_train_epochs=3, per_device_train_batch_size=4),
+        train_dataset=alpaca, sampler=sampler, collator=collator,
+    )  # fmt: skip
+    trainer.train()
+    sizes = policy.planned_sizes(3).tolist()
+    assert sizes[0] == sizes[2] == len(alpaca) > sizes[1]  # scores were fed back: epoch 1 pruned
+    n0, n1 = -(-len(alpaca) // 4), -(-sizes[1] // 4)
+    assert len(collator.seen) == n0 + n1 + n0  # epoch 2 is the full-data tail
+    epoch1 = [i for b in collator.seen[n0 : n0 + n1] for i in b]
+    assert len(set(epoch1)) == len(epoch1) == sizes[1]
+    kept1 = policy.indices_for_epoch(1)  # re-planned from the final scores, for the loss check below
+    # the loss of a batch: sum(weight * token loss) / supervised tokens
+    trainer.model.eval()
+    batch = trainer.packwise_collator([{**alpaca[i], "index": i} for i in kept1[:4].tolist()])
+    with torch.no_grad():
+        logits = trainer.model(**{k: v for k, v in batch.items() if k not in ("labels", "example_ids", "example_index")}).logits
+        tok = token_losses(logits, batch["labels"])
+        w = policy.weights_for(kept1[:4])
+        seg_w = torch.as_tensor(w)[batch["example_index"]]
+        expect = (tok * seg_w[batch["seq_idx"].long()]).sum() / (batch["labels"] != -100).sum()
+        trainer.model.train()
+        got = trainer.compute_loss(trainer.model, batch, num_items_in_batch=(batch["labels"] != -100).sum())
+    assert w.max() > 1.0 and abs(float(got) - float(expect)) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["infobatch", "packed"])
+def test_resume_mid_epoch_from_a_trainer_checkpoint(alpaca, tmp_path, kind):
+    """Checkpoint at step 8 (batch 2 of epoch 1), resume a fresh trainer: same batches, same weights."""
+
+    def sampler():
+        if kind == "packed":  # 6 batches per epoch
+            return PackedBatchSampler(_lengths(alpaca), max_tokens=128, seed=7)
+        return PruningSampler(InfoBatch(len(alpaca), num_epochs=2, prune_ratio=0.5, delta=0.5, seed=0), seed=0)
+
+    def run(out, resume=None):
+        collator = Recording()
+        args = _args(out, num_train_epochs=2, per_device_train_batch_size=4, save_strategy="steps", save_steps=8)
+        trainer = PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=sampler(), collator=collator)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, collator.seen
+
+    s = sampler()
+    assert (len(s) if kind == "packed" else -(-len(s) // 4)) == 6  # epoch 0: 6 batches either way
+    full, seen_full = run(tmp_path / "a")
+    ckpt = tmp_path / "a" / "checkpoint-8"
+    assert (ckpt / STATE_FILE.format(rank=0)).is_file()
+    saved = torch.load(ckpt / STATE_FILE.format(rank=0), weights_only=False)
+    assert saved["epoch"] == 1 and saved["batches_consumed"] == 2
+    resumed, seen_resumed = run(tmp_path / "b", resume=str(ckpt))
+    assert seen_resumed == seen_full[8:]
+    worst = max((a - b).abs().max().item() for a, b in zip(full.model.parameters(), resumed.model.parameters()))
+    assert worst < 1e-6
+
+
+def test_sft_trainer_trains_on_the_packwise_batches(alpaca, tmp_path):
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from packwise.integrations.hf import PackwiseSFTTrainer
+
+    data = Dataset.from_list([{"input_ids": ex["input_ids"]} for ex in alpaca])
+    sampler = PackedBatchSampler(_lengths(alpaca), max_tokens=128, seed=2)
+    collator = Recording()
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=3, disable_tqdm=True, dataset_kwargs={"skip_prepare_dataset": True},
+    )  # fmt: skip
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=_tiny_tokenizer(), pad_token="<pad>", eos_token="<pad>")
+    trainer = PackwiseSFTTrainer(_model(), args, train_dataset=data, processing_class=tok, sampler=sampler, collator=collator)
+    assert trainer.train().global_step == 3
+    assert collator.seen == sampler.rank_batches(epoch=0)[:3]
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models
+
+    return Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>"))
+
+
+def test_policy_needs_seq_idx_in_the_layout(alpaca, tmp_path):
+    sampler = PruningSampler(InfoBatch(len(alpaca), num_epochs=2, seed=0), seed=0)
+    with pytest.raises(ValueError, match=r"needs per-example losses: give the collator a layout with 'seq_idx'"):
+        PackwiseTrainer(_model(), _args(tmp_path), train_dataset=alpaca, sampler=sampler, collator=PackedCollator(layout="flash"))
+
+
+def test_an_empty_ddp_padding_batch_adds_zero_loss_and_still_updates_the_policy(alpaca, tmp_path):
+    policy = InfoBatch(len(alpaca), num_epochs=2, seed=0)
+    trainer = PackwiseTrainer(_model(), _args(tmp_path), train_dataset=alpaca, sampler=PruningSampler(policy, seed=0))
+    calls = []
+    update = policy.update
+    policy.update = lambda ids, loss: calls.append((ids.tolist(), loss.tolist())) or update(ids, loss)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, trainer.packwise_collator([]), num_items_in_batch=torch.tensor(7))
+    assert float(loss) == 0.0 and calls == [([], [])]
+
+
+def test_evaluate_gives_the_token_mean_loss_of_the_examples_alone(alpaca, tmp_path):
+    model = _model()
+    evalset = alpaca[:8]
+    trainer = PackwiseTrainer(
+        model, _args(tmp_path, per_device_eval_batch_size=8), train_dataset=alpaca, eval_dataset=evalset,
+        sampler=PackedBatchSampler(_lengths(alpaca), max_tokens=128),
+    )  # fmt: skip
+    got = trainer.evaluate()["eval_loss"]
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for ex in evalset:
+            labels = torch.tensor([ex.get("labels", ex["input_ids"])])
+            total += float(token_losses(model(input_ids=torch.tensor([ex["input_ids"]]), use_cache=False).logits, labels).sum())
+            tokens += int((labels[0, 1:] != -100).sum())
+    assert abs(got - total / tokens) < 1e-5
+
+
+def test_sft_trainer_on_text_with_a_sampler_factory(tokenizer, tmp_path):
+    """TRL tokenizes the text itself; the sampler is built on the dataset it prepared."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from packwise.integrations.hf import PackwiseSFTTrainer
+
+    texts = [t[:300] for t in load_texts("alpaca")[:16]]
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|pad|>", eos_token="<|endoftext|>")
+    args = trl.SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=2, disable_tqdm=True, max_length=128)
+    built = []
+
+    def make(ds):
+        built.append(PackedBatchSampler("input_ids", max_tokens=256, dataset=ds, seed=0))
+        return built[-1]
+
+    collator = Recording()
+    trainer = PackwiseSFTTrainer(_model(), args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tok,
+                                 sampler=make, collator=collator)  # fmt: skip
+    assert trainer.train().global_step == 2
+    ids = trainer.train_dataset["input_ids"]
+    assert collator.seen == built[0].rank_batches(epoch=0)[:2]
+    assert built[0].lengths.tolist() == [len(x) for x in ids] and max(map(len, ids)) <= 128

@@ -1,0 +1,70 @@
+"""``PackwiseTrainer`` under real DDP (2 gloo processes): ranks come from the Trainer's accelerator,
+every example is trained on once per epoch across ranks, and one optimizer step equals the
+single-process step on both ranks' batches (the loss is normalised over all ranks' tokens)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from test_hf_trainer import Recording, _args, _lengths, _model, alpaca  # noqa: F401 - shared helpers and fixture
+from packwise.packing import token_losses
+
+transformers = pytest.importorskip("transformers", reason="transformers is a test extra (pip install packwise[dev])")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, port: int, tmp: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    from packwise.integrations.hf import PackwiseTrainer
+    from packwise.samplers import PackedBatchSampler
+
+    class AfterFirstStep(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step == 1 and rank == 0:
+                torch.save(model.state_dict(), Path(tmp, "step.pt"))
+
+    data = json.loads(Path(tmp, "data.json").read_text())
+    sampler = PackedBatchSampler(_lengths(data), max_tokens=128, seed=4)  # built before the Trainer: world of 1
+    collator = Recording()
+    args = _args(Path(tmp, "run"), num_train_epochs=2)
+    PackwiseTrainer(_model(), args, train_dataset=data, sampler=sampler, collator=collator, callbacks=[AfterFirstStep()]).train()
+    out = {"epochs": collator.seen, "replicas": [sampler.num_replicas, sampler.rank]}
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps(out))
+
+
+def test_ddp_two_ranks(alpaca, tmp_path):
+    (tmp_path / "data.json").write_text(json.dumps(alpaca))
+    mp.start_processes(_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["replicas"] == [2, 0] and r1["replicas"] == [2, 1]
+    assert len(r0["epochs"]) == len(r1["epochs"])  # equal step counts: no hang
+    per_epoch = len(r0["epochs"]) // 2
+    for e in range(2):
+        both = r0["epochs"][e * per_epoch : (e + 1) * per_epoch] + r1["epochs"][e * per_epoch : (e + 1) * per_epoch]
+        assert sorted(i for b in both for i in b) == list(range(len(alpaca)))
+    # one DDP step == one step on the token mean over both ranks' batches
+    ref = _model()
+    total, tokens = 0.0, 0
+    for i in r0["epochs"][0] + r1["epochs"][0]:
+        ids = torch.tensor([alpaca[i]["input_ids"]])
+        labels = torch.tensor([alpaca[i].get("labels", alpaca[i]["input_ids"])])
+        total = total + token_losses(ref(input_ids=ids, use_cache=False).logits, labels).sum()
+        tokens += int((labels[0, 1:] != -100).sum())
+    (total / tokens).backward()
+    stepped = torch.load(tmp_path / "step.pt")
+    worst = max(((p - 0.5 * p.grad) - stepped[n]).abs().max().item() for n, p in ref.named_parameters())
+    assert worst < 2e-6
