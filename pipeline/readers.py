@@ -352,19 +352,19 @@ def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True)
             return pc.ReadOptions(block_size=block_size, autogenerate_column_names=True)
         return pc.ReadOptions(block_size=block_size, column_names=list(header))
 
-    if columns is not None:
-        names = pc.open_csv(path, read_options=read_options(_BLOCK_BYTES), parse_options=parse).schema.names
-        if header is True and any(c not in names for c in columns) and _looks_like_data(names):
-            raise ValueError(
-                f"{path}: column {next(c for c in columns if c not in names)!r} not found, and the first row looks like "
-                f"data, not a header ({', '.join(repr(n[:24]) for n in names[:3])}); name the columns of a headerless CSV with --csv-columns "
-                f"({len(names)} comma-separated names, e.g. --csv-columns {','.join(f'c{i}' for i in range(len(names)))}) "
-                f"or pass --no-header (columns {', '.join(f'f{i}' for i in range(min(len(names), 3)))}, ...)"
-            )
-        _missing(columns, names, str(path))
     convert = pc.ConvertOptions(include_columns=columns)
 
     def blocks(block_size):
+        if columns is not None:  # inside the growing blocks: a first row longer than a block must not fail here
+            names = pc.open_csv(path, read_options=read_options(block_size), parse_options=parse).schema.names
+            if header is True and any(c not in names for c in columns) and _looks_like_data(names):
+                raise ValueError(
+                    f"{path}: column {next(c for c in columns if c not in names)!r} not found, and the first row looks like "
+                    f"data, not a header ({', '.join(repr(n[:24]) for n in names[:3])}); name the columns of a headerless CSV with --csv-columns "
+                    f"({len(names)} comma-separated names, e.g. --csv-columns {','.join(f'c{i}' for i in range(len(names)))}) "
+                    f"or pass --no-header (columns {', '.join(f'f{i}' for i in range(min(len(names), 3)))}, ...)"
+                )
+            _missing(columns, names, str(path))
         return pc.open_csv(path, read_options=read_options(block_size), parse_options=parse, convert_options=convert)
 
     yield from _growing_blocks(blocks, path, "csv")
