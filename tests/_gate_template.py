@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 
-def gated(value):
+def gated(row: dict) -> str:
     gate = Path(os.environ["PACKWISE_TEST_GATE"])
     (gate.parent / "started").touch()
     while not gate.exists():
         time.sleep(0.02)
-    return value
+    return row["text"]
