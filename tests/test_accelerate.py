@@ -113,7 +113,7 @@ def _accelerate_scenarios(acc, ids, lengths) -> dict:
     # dispatch_batches=True: process 0 reads the global plan, accelerate concatenates and slices rows
     from packwise.packing import PackedCollator
 
-    packer = PackedCollator(layout="position_ids", capacity=2048)
+    packer = PackedCollator(layout="position_ids", capacity=2048, use_cache=None)  # accelerate concatenates tensors only
 
     def fixed_shape(examples):
         batch = packer([{"input_ids": e["input_ids"].tolist()} for e in examples])
