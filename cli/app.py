@@ -250,7 +250,7 @@ def select(
     output: Path = typer.Argument(..., help="Folder for the kept rows (Parquet shards), decisions.parquet and manifest.json."),
     method: str = typer.Option(..., "--method", help="dedup, prototypes, balance, decontaminate or score."),
     embeddings_column: Optional[str] = typer.Option(None, "--embeddings-column", help="Vector column (list<float>) to cluster."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Local sentence-transformers folder to embed --text-column."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Local sentence-transformers folder to embed --text-column, or all-MiniLM-L6-v2 (the copy the embed extra installs)."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text (with --model)."),
     k: int = typer.Option(100, "--k", help="k-means clusters."),
     eps: float = typer.Option(0.05, "--eps", help="dedup: drop a row whose cosine to an earlier kept row in its cluster is > 1 - eps."),

