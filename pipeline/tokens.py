@@ -188,7 +188,7 @@ class TextRows:
         if spec.chat == "chatml":
             self.render = _chat.chatml
         elif spec.chat == "tokenizer":
-            self.render = _chat.hf_template(tokenizer)
+            self.render = _chat.hf_template(self.tokenizer)
 
     def _special(self, kind: str) -> int:
         tid = special_token_id(self.tokenizer, kind)
