@@ -18,5 +18,5 @@ fi
 mkdir -p demo
 packwise demo-data demo/stdlib_docstrings.jsonl
 packwise pack demo/stdlib_docstrings.jsonl demo/packed --max-tokens 1024 --train-tokenizer --oversize split --overwrite
-packwise report demo/stdlib_docstrings.jsonl --max-tokens 1024 --batch-size 8 --tokenizer demo/packed/tokenizer.json \
+packwise report demo/stdlib_docstrings.jsonl --max-tokens 1024 --batch-size 8 --tokenizer demo/packed/tokenizer.json --oversize split \
   --json demo/report.json --plot demo/report.png
