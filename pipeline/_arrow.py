@@ -39,3 +39,15 @@ def arrow_array(values: np.ndarray, kind):
 
     values = np.ascontiguousarray(values, dtype=kind.to_pandas_dtype())
     return pa.Array.from_buffers(kind, values.shape[0], [None, pa.py_buffer(values)])
+
+
+def list_array(offsets: np.ndarray, values: np.ndarray, kind=None):
+    """A zero-copy Arrow ``list<kind>`` (default ``list<int32>``) from CSR ``offsets`` (fit int32) and ``values``.
+
+    Example:
+        >>> list_array(np.array([0, 2, 3]), np.array([7, 8, 9])).to_pylist()
+        [[7, 8], [9]]
+    """
+    import pyarrow as pa
+
+    return pa.ListArray.from_arrays(arrow_array(offsets, pa.int32()), arrow_array(values, kind or pa.int32()))

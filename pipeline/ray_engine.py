@@ -38,6 +38,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._arrow import list_array
 from .pack_stage import PackedRows, PackStats, StreamPacker
 from .readers import Located
 from .tokens import TextRows, token_batches
@@ -161,22 +162,14 @@ def _tokenize_batch(table, *, tokenizer, tokens_column, labels_column, source):
         for b in table.to_batches():
             if b.num_rows:
                 offsets, values, lab = tokenizer.tokenize(Located(b, source, 0, 0))
-                ids.append(_lists(offsets, values))
+                ids.append(list_array(offsets, values))
                 if lab is not None:
-                    labels.append(_lists(offsets, lab))
+                    labels.append(list_array(offsets, lab))
         cols = {"input_ids": pa.chunked_array(ids, type=pa.list_(pa.int32()))}
         if tokenizer.spec.has_labels:
             cols["labels"] = pa.chunked_array(labels, type=pa.list_(pa.int32()))
     cols["length"] = pc.fill_null(pc.list_value_length(cols["input_ids"]), 0).cast(pa.int32())
     return pa.table(cols)
-
-
-def _lists(offsets, values):
-    import pyarrow as pa
-
-    from ._arrow import arrow_array
-
-    return pa.ListArray.from_arrays(arrow_array(offsets, pa.int32()), arrow_array(values, pa.int32()))
 
 
 BLOCKS = ".packwise-blocks"  # per-block records and tails of the run in progress (removed by the commit)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._arrow import arrow_array
+from ._arrow import list_array
 from .atomic import atomic_path, os_error_message, publish, temp_beside
 from .pack_stage import PackedRows
 
@@ -373,15 +373,12 @@ def _table(rows: PackedRows, has_labels: bool):
         cut = int(np.searchsorted(rows.token_offsets, limit, side="right")) - 1
         return pa.concat_tables([_table(_slice(rows, 0, cut), has_labels), _table(_slice(rows, cut, rows.num_rows), has_labels)])
 
-    def lists(offsets, values, kind):
-        return pa.ListArray.from_arrays(arrow_array(offsets, pa.int32()), arrow_array(values, kind))
-
-    columns = {"input_ids": lists(rows.token_offsets, rows.tokens, pa.int32())}
+    columns = {"input_ids": list_array(rows.token_offsets, rows.tokens, pa.int32())}
     if has_labels:
-        columns["labels"] = lists(rows.token_offsets, rows.labels, pa.int32())
-    columns["seq_lens"] = lists(rows.seq_offsets, rows.seq_lens, pa.int32())
-    columns["source_index"] = lists(rows.seq_offsets, rows.source_index, pa.int64())
-    columns["source_start"] = lists(rows.seq_offsets, rows.source_start.astype(np.int32), pa.int32())
+        columns["labels"] = list_array(rows.token_offsets, rows.labels, pa.int32())
+    columns["seq_lens"] = list_array(rows.seq_offsets, rows.seq_lens, pa.int32())
+    columns["source_index"] = list_array(rows.seq_offsets, rows.source_index, pa.int64())
+    columns["source_start"] = list_array(rows.seq_offsets, rows.source_start.astype(np.int32), pa.int32())
     return pa.table(columns)
 
 
