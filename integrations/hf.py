@@ -86,9 +86,7 @@ def _set_replicas(sampler, num_replicas: int, rank: int) -> None:
             f"the Trainer runs {num_replicas} processes but {type(sampler).__name__} has no num_replicas/rank; "
             f"pass a packwise sampler (PackedBatchSampler, BucketBatchSampler, PruningSampler)"
         )
-    sampler.num_replicas, sampler.rank = int(num_replicas), int(rank)
-    if hasattr(sampler, "_plan"):
-        sampler._plan = None  # the cached dealing was for the old world size
+    sampler.num_replicas, sampler.rank = int(num_replicas), int(rank)  # a planned sampler re-deals for the new world size
 
 
 def _token_weights(policy, ids: torch.Tensor, batch: dict) -> torch.Tensor:

@@ -121,9 +121,9 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
 
     # --- the epoch plan ---------------------------------------------------------------------
     def plan(self, epoch: int | None = None) -> _EpochPlan:
-        """The epoch's global batches and their dealing to ranks (cached for the last epoch)."""
+        """The epoch's global batches and their dealing to ranks (cached for the last epoch and world size)."""
         epoch = self.epoch if epoch is None else int(epoch)
-        if self._plan is not None and self._plan.epoch == epoch:
+        if self._plan is not None and (self._plan.epoch, self._plan.stats.num_replicas) == (epoch, self.num_replicas):
             return self._plan
         batches = self._batches(epoch)
         costs = batches.work.astype(np.float64) + self.attention_weight * batches.squares
