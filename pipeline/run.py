@@ -242,8 +242,9 @@ def pack_to_parquet(
                 from .ray_engine import RayPackRun, ray_session
 
                 with ray_session(ray_address):
-                    if text_rows is not None:  # decide the backend on the driver: every worker then uses the same
-                        next(_stage(inp, text_rows, None, None, None), None)
+                    first = next(iter(inp.batches()), None) if text_rows is not None else None
+                    if first is not None:  # decide the backend on the driver: every worker then uses the same
+                        text_rows.tokenize(first)
                     run = RayPackRun(
                         inp, tokenizer=text_rows, text=text, tokens_column=tokens_column, labels_column=labels_column,
                         max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
