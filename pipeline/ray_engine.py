@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -188,13 +189,37 @@ def _tail_path(output: Path, block: int) -> Path:
     return output / BLOCKS / f"tail-{block:06d}.parquet"
 
 
-def _write_block_shards(output: Path, block: int, table, shard_rows: int) -> list[dict]:
+class StoppedByDriver(RuntimeError):
+    """A block task that saw its run's stop marker: the driver is unwinding, nothing more is written."""
+
+
+def _check_stop(cfg: dict, block: int) -> None:
+    """Raise once the driver has created this run's stop marker (see ``_stop_tasks``)."""
+    if Path(cfg["stop"]).exists():
+        raise StoppedByDriver(f"block {block}: the driver stopped the run")
+
+
+def _stop_tasks(ray, pending: dict, marker: Path) -> None:
+    """Stop the in-flight block tasks before the driver's error goes on: each looks for ``marker``
+    before every file it writes, so this waits at most one shard write. Not ``ray.cancel(force=True)``:
+    in Ray 2.60 a forced cancel that races a task's completion aborts the driver process."""
+    if not pending:
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    ray.wait(list(pending), num_returns=len(pending))
+    marker.unlink(missing_ok=True)  # left behind if a second Ctrl-C cut the wait: its tasks still stop
+
+
+def _write_block_shards(output: Path, block: int, table, shard_rows: int, check=lambda: None) -> list[dict]:
     """A block's packed rows as shards of ``shard_rows`` rows in row groups of the local writer's
-    size, each through its ``_OpenShard`` (hidden temporary file, fsync, rename): same bytes as local."""
+    size, each through its ``_OpenShard`` (hidden temporary file, fsync, rename): same bytes as local.
+    ``check`` runs before each shard and raises to stop."""
     from .writer import _ROW_GROUP, _OpenShard
 
     entries = []
     for k, first in enumerate(range(0, table.num_rows, shard_rows)):
+        check()
         part, shard = table.slice(first, shard_rows), _OpenShard(output / block_shard_name(block, k))
         for g in range(0, part.num_rows, _ROW_GROUP):
             group = part.slice(g, _ROW_GROUP)
@@ -215,6 +240,7 @@ def _pack_write_block(table, block: int, row0: int, cfg: dict) -> dict:
     from .writer import _table
 
     output, capacity, seed = Path(cfg["output"]), cfg["max_tokens"], cfg["seed"]
+    _check_stop(cfg, block)
     packer = StreamPacker(capacity, cfg["algorithm"], cfg["oversize"], window=cfg["window"])
     located, first = [], row0
     for b in table.to_batches():
@@ -238,7 +264,8 @@ def _pack_write_block(table, block: int, row0: int, cfg: dict) -> dict:
     if seed is not None:  # each window's rows shuffled like the local packer's; block 0's keys are local's
         windows = [(t.take(pa.array(np.random.default_rng([seed, (block << 32) | w]).permutation(t.num_rows))), w) for t, w in windows]
     tables = [t for t, _ in windows]
-    shards = _write_block_shards(output, block, pa.concat_tables(tables) if tables else pa.table({}), cfg["shard_rows"])
+    shards = _write_block_shards(output, block, pa.concat_tables(tables) if tables else pa.table({}), cfg["shard_rows"],
+                                 check=lambda: _check_stop(cfg, block))
     tail_info = None
     if tail is not None and tail.num_rows:
         tail_info = {"rows": tail.num_rows, "tokens": _list_total(tail, "input_ids"), "pieces": _list_total(tail, "seq_lens")}
@@ -249,6 +276,7 @@ def _pack_write_block(table, block: int, row0: int, cfg: dict) -> dict:
             import pyarrow.parquet as pq
 
             pq.write_table(tail, tmp)
+    _check_stop(cfg, block)
     record = {"block": block, "row0": row0, "rows": table.num_rows, "stats": packer.stats.to_dict(), "shards": shards, "tail": tail_info}
     with atomic_path(_record_path(output, block)) as tmp:
         tmp.write_text(json.dumps(record, sort_keys=True))
@@ -397,7 +425,8 @@ class RayPackRun:
         tasks per CPU in flight, so the object store holds a bounded number of blocks."""
         ray = require_ray()
         task = ray.remote(num_cpus=1)(_pack_write_block)
-        cfg = {**self.block_kwargs, "output": str(shards.output.resolve()), "shard_rows": shards.shard_rows}
+        stop = shards.output.resolve() / BLOCKS / f"stop-{uuid.uuid4().hex}"  # this run's, never a stale one
+        cfg = {**self.block_kwargs, "output": str(shards.output.resolve()), "shard_rows": shards.shard_rows, "stop": str(stop)}
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         records: dict[int, dict] = {}
         pending: dict = {}  # task ref -> block id
@@ -430,10 +459,8 @@ class RayPackRun:
                     collect(wait_all=False)
                     block, row = block + 1, row + meta.num_rows
             collect(wait_all=True)
-        except BaseException:  # no task may go on writing behind the caller: stop them like a crash would
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            ray.wait(list(pending), num_returns=len(pending), timeout=60)
+        except BaseException:  # no task may go on writing behind the caller
+            _stop_tasks(ray, pending, stop)
             raise
         return [records[b] for b in range(block)]
 

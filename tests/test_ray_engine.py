@@ -138,7 +138,7 @@ def _same_output(out, full) -> None:
 
 
 def test_labels_round_trip_and_an_interrupted_run_resumes_block_by_block_to_the_same_bytes(tmp_path, labelled):
-    """The driver dies after 3 blocks (its in-flight tasks are killed); one finished shard is then
+    """The driver dies after 3 blocks (its in-flight tasks stop at their next file); one finished shard is then
     truncated. The rerun keeps the intact blocks' files untouched, redoes the rest, equals the whole run."""
     from packwise.pipeline import pack_to_parquet
 
@@ -166,6 +166,7 @@ def test_labels_round_trip_and_an_interrupted_run_resumes_block_by_block_to_the_
     with pytest.raises(Killed):
         pack_to_parquet(src, part, progress=die, **kw)
     assert not (part / "manifest.json").exists() and (part / ".packwise-run.json").exists()
+    assert _block_workers() == [] and not list(part.glob(".packwise-blocks/stop-*"))  # every task stopped first
     done = sorted(int(p.stem.split("-")[1]) for p in (part / ".packwise-blocks").glob("block-*.json"))
     assert len(done) >= 3
     kept = [p for p in sorted(part.glob("shard-*.parquet")) if int(p.name.split("-")[1]) in done[1:]]
