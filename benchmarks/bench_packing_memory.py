@@ -24,13 +24,15 @@ _CHILD = r"""
 import json, resource
 import numpy as np
 from packwise.packing import WindowPacker, pack
-case, cap, floor = {case!r}, {cap}, {floor}
+case, cap, floor = {case!r}, {cap}, {floor!r}
 if case.startswith("PackedBatchSampler"):
     from packwise.samplers import PackedBatchSampler
 x = np.load({lengths!r})
 x = np.minimum(x, cap)
 bins = None
-if floor:
+if floor == "numba":
+    pack(x[:3], cap)  # numba's start-up (LLVM, the runtime, one cached kernel): paid once per process
+elif floor:
     pass
 elif case.startswith("pack "):
     bins = pack(x, cap, case.split()[1]).num_bins
@@ -45,7 +47,7 @@ print(json.dumps({{"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 """
 
 
-def measure(case: str, lengths: Path, cap: int, floor: bool = False) -> dict:
+def measure(case: str, lengths: Path, cap: int, floor: bool | str = False) -> dict:
     code = _CHILD.format(lengths=str(lengths), case=case, cap=cap, floor=floor)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode:
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         floors = {sampler: measure(CASES[-1] if sampler else CASES[0], lengths, 1, floor=True)["rss_mib"] for sampler in (False, True)}
         print(f"| imports + lengths only | | | {floors[False]:.0f} | 0 |")
         print(f"| imports (with torch) + lengths only | | | {floors[True]:.0f} | 0 |")
+        warm = measure(CASES[0], lengths, 10, floor="numba")["rss_mib"]
+        print(f"| imports + lengths + numba start-up (a 3-item pack) | | | {warm:.0f} | {warm - floors[False]:.0f} |")
         for cap in args.max_tokens:
             for case in CASES:
                 r = measure(case, lengths, cap)

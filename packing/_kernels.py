@@ -34,14 +34,22 @@ def longest(lengths):
 
 @njit(cache=True)
 def counting_sort_desc(lengths, top):
-    """Stable sort by decreasing length (``top`` >= every length): ``(positions, sorted lengths)``.
+    """Stable sort by decreasing length (``top`` >= every length): ``(positions, sorted lengths)``."""
+    out = np.empty(lengths.shape[0], np.int64)
+    return out, sort_desc_into(lengths, top, out)
+
+
+@njit(cache=True)
+def sort_desc_into(lengths, top, out):
+    """``counting_sort_desc`` writing the positions into ``out`` (any integer dtype wide enough for
+    ``n``: int32 halves the biggest temporaries); returns the sorted lengths.
 
     A counting sort, O(n + top), when ``top`` is small next to n; a stable merge sort otherwise
     (same order, O(n) memory whatever the lengths)."""
     n = lengths.shape[0]
     if top > 4 * n + 1024:
-        out = np.argsort(-lengths, kind="mergesort").astype(np.int64)
-        return out, lengths[out].astype(np.int64)
+        out[:] = np.argsort(-lengths, kind="mergesort")
+        return lengths[out].astype(np.int64)
     starts = np.zeros(top + 2, np.int64)
     for i in range(n):
         starts[top - lengths[i] + 1] += 1
@@ -50,12 +58,16 @@ def counting_sort_desc(lengths, top):
     values = np.empty(n, np.int64)
     for key in range(top + 1):
         values[starts[key] : starts[key + 1]] = top - key
-    out = np.empty(n, np.int64)
     for i in range(n):
         key = top - lengths[i]
         out[starts[key]] = i
         starts[key] += 1
-    return out, values
+    return values
+
+
+def index_dtype(n: int):
+    """The narrowest of int32 / int64 that indexes ``n`` items or bins (the kernels' temporaries)."""
+    return np.int32 if n < 2**31 else np.int64
 
 
 @njit(cache=True)
@@ -220,19 +232,21 @@ def _insert_by_stamp(words, starts, head, below, above, stamp, r, b):
 
 
 @njit(cache=True)
-def best_fit_decreasing(lengths, capacity):
+def best_fit_decreasing(lengths, capacity, index):
     """Best-fit decreasing: sort, then best fit through the free-space bitset over ``[0, top]``.
 
     A bin with more than ``top`` tokens free (``big``) fits any item and is the worst fit of all;
-    only the newest bin can be one (a bin opens only when nothing fits), so it waits aside."""
+    only the newest bin can be one (a bin opens only when nothing fits), so it waits aside.
+    Item and bin indices are kept in ``index``'s dtype (``index_dtype(n)``)."""
     n = lengths.shape[0]
     top = longest(lengths)
-    sequence, values = counting_sort_desc(lengths, top)
+    sequence = np.empty(n, index.dtype)
+    values = sort_desc_into(lengths, top, sequence)
     words, starts = new_bitset(top)
-    head = np.full(top + 1, -1, np.int64)
-    below = np.empty(n, np.int64)
-    above = np.empty(n, np.int64)
-    bin_of = np.empty(n, np.int64)
+    head = np.full(top + 1, -1, index.dtype)
+    below = np.empty(n, index.dtype)
+    above = np.empty(n, index.dtype)
+    bin_of = np.empty(n, index.dtype)
     num_bins = 0
     big = -1
     big_free = 0
@@ -341,7 +355,7 @@ def first_fit(sequence, values, capacity, max_bins):
     n = sequence.shape[0]
     size = _next_pow2(max(max_bins, 1))
     tree = np.full(2 * size, capacity, np.int64)
-    bin_of = np.empty(n, np.int64)
+    bin_of = np.empty(n, sequence.dtype)  # bins <= items: the positions' width fits
     num_bins = 0
     for k in range(n):
         s = values[k]

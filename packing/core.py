@@ -222,28 +222,41 @@ def _max_bins_any_fit(lengths: np.ndarray, capacity: int) -> int:
 
 
 def _pack_entries(entry_lengths: np.ndarray, capacity: int, algorithm: str, window: int, max_age: int):
+    index = np.empty(0, _kernels.index_dtype(entry_lengths.shape[0]))
     if algorithm == "bfd":
-        return _kernels.best_fit_decreasing(entry_lengths, capacity)
+        return _kernels.best_fit_decreasing(entry_lengths, capacity, index)
     if algorithm == "fill":
         return _kernels.exact_fill(entry_lengths, capacity)
     if algorithm == "ffd":
-        sequence, values = _kernels.counting_sort_desc(entry_lengths, _kernels.longest(entry_lengths))
+        sequence = np.empty(entry_lengths.shape[0], index.dtype)
+        values = _kernels.sort_desc_into(entry_lengths, _kernels.longest(entry_lengths), sequence)
         return _kernels.first_fit(sequence, values, capacity, _max_bins_any_fit(entry_lengths, capacity))
     if algorithm == "first_fit":
-        sequence = np.arange(entry_lengths.shape[0], dtype=np.int64)
+        sequence = np.arange(entry_lengths.shape[0], dtype=index.dtype)
         return _kernels.first_fit(sequence, entry_lengths, capacity, _max_bins_any_fit(entry_lengths, capacity))
     if algorithm == "next_fit":
         return _kernels.next_fit(entry_lengths, capacity)
     if algorithm == "window_bfd":
         from .stream import WindowPacker
 
+        n = entry_lengths.shape[0]
         packer = WindowPacker(capacity, window=window, max_age=max_age)
-        parts = [packer.add(entry_lengths[i : i + window], start=i) for i in range(0, entry_lengths.shape[0], window)]
-        parts.append(packer.flush())
-        sizes = np.concatenate([np.diff(p.offsets) for p in parts])
+        perm, perm_lengths, sizes, done = np.empty(n, np.int64), np.empty(n, np.int64), [], 0
+
+        def put(part) -> None:  # each window's closed bins straight into the output: no list of parts
+            nonlocal done
+            k = part.ids.shape[0]
+            perm[done : done + k], perm_lengths[done : done + k] = part.ids, part.lengths
+            sizes.append(np.diff(part.offsets))
+            done += k
+
+        for i in range(0, n, window):
+            put(packer.add(entry_lengths[i : i + window], start=i))
+        put(packer.flush())
+        sizes = np.concatenate(sizes)
         offsets = np.zeros(sizes.shape[0] + 1, np.int64)
         np.cumsum(sizes, out=offsets[1:])
-        return np.concatenate([p.ids for p in parts]), offsets, np.concatenate([p.lengths for p in parts])
+        return perm, offsets, perm_lengths
     raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
 
 
