@@ -380,9 +380,12 @@ def text_main(args) -> None:
             return trl()
 
         sides.append(("HF datasets.map + TRL pack_dataset + to_parquet", trl_fresh_cache))
-    results = []
-    for name, fn in sides:
-        runs = [fn() for _ in range(args.repeats)]
+    results, all_runs = [], {name: [] for name, _ in sides}
+    for _ in range(args.repeats):  # round robin: a slow spell of the shared machine hits every side alike
+        for name, fn in sides:
+            all_runs[name].append(fn())
+    for name, _ in sides:
+        runs = all_runs[name]
         r = {"tool": name, "wall_s": statistics.median(x["wall"] for x in runs), "walls": [round(x["wall"], 2) for x in runs],
              "cpu_s": statistics.median(x["cpu"] for x in runs), "load": os.getloadavg()[0],
              "peak_rss_mib": max(x["rss"] for x in runs) / 2**20, "tokens": runs[0]["tokens"], "rows_out": runs[0]["rows"]}  # fmt: skip
@@ -406,7 +409,7 @@ def text_main(args) -> None:
               f"{r['cpu_s']:>6.2f} {vs_cpu:>9} {r['cpu_s'] / floor['cpu_s']:>6.2f}x | {r['peak_rss_mib']:>12.0f} {r['rows_out']:>8,}")  # fmt: skip
     print("wall s: the whole command in a fresh process (imports included); CPU s: its user + sys seconds (all threads")
     print("and worker processes). vs HF+TRL: HF+TRL's figure / this one; / floor: this one / the fastokens floor's.")
-    print("Floor rows are input rows (no packing). The 1-minute load average after each side is in the JSON lines.")
+    print("Floor rows are input rows (no packing). The sides run round robin, one run each per round, so load hits them alike.")
     print(f"load average at the end: {os.getloadavg()} on {len(os.sched_getaffinity(0))} cores")
 
 

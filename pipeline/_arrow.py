@@ -27,6 +27,24 @@ def numpy_view(array, dtype) -> np.ndarray:
     return view
 
 
+def pool_empty(n: int, dtype) -> np.ndarray:
+    """A writable, uninitialised NumPy array of ``n`` items in Arrow's memory pool.
+
+    Why not ``np.empty``: NumPy asks the kernel for transparent huge pages on every large array,
+    and on a host whose memory is fragmented each first touch then waits for compaction (0.4-0.8 s
+    for the 80 MB token buffer of a 20M-token pack here, against 0.07 s from the pool, which also
+    reuses freed memory without new page faults).
+
+    Example:
+        >>> a = pool_empty(3, np.int32); a[:] = 7; a.tolist()
+        [7, 7, 7]
+    """
+    import pyarrow as pa
+
+    dtype = np.dtype(dtype)
+    return np.frombuffer(pa.allocate_buffer(max(n, 0) * dtype.itemsize), dtype=dtype)
+
+
 def arrow_array(values: np.ndarray, kind):
     """A zero-copy Arrow array of type ``kind`` over ``values`` (copied once if not contiguous).
 

@@ -9,6 +9,7 @@ that are still waiting for a row are held, so peak memory follows the window, no
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
@@ -18,6 +19,7 @@ from ..packing import ALGORITHMS as _PACKERS
 from ..packing import WindowPacker, concat_chunk, pack
 from ..packing.core import OVERSIZE_POLICIES, _apply_oversize, validate_capacity
 from . import _kernels
+from ._arrow import pool_empty
 from .tokens import TokenBatch
 
 _PER_WINDOW = tuple(a for a in _PACKERS if a != "window_bfd")  # each window packed on its own
@@ -114,6 +116,56 @@ class _Chunk:
         return head, tail
 
 
+def check_pack_settings(capacity, algorithm: str, oversize: str, window, seed) -> tuple[int, int]:
+    """``(capacity, window)`` validated, or a ``ValueError`` naming the bad setting (no kernel runs)."""
+    capacity = validate_capacity(capacity, "max_tokens")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if oversize not in OVERSIZE_POLICIES:
+        raise ValueError(f"oversize must be one of {OVERSIZE_POLICIES}, got {oversize!r}")
+    window = validate_capacity(window, "window")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"--seed {seed}: must be an integer >= 0 (or left out for the packer's order)")
+    return capacity, window
+
+
+def warm_up(algorithm: str, oversize: str, labels: bool = False) -> threading.Thread:
+    """Load the packing kernels from numba's cache on a background thread, started before a run
+    reads its input: the load costs ~0.3 s of (mostly GIL-holding) Python per process, which then
+    overlaps reading and tokenizing instead of preceding them. Once per process and settings; a
+    daemon thread (numba replaces cache files atomically), so an early error does not wait for it.
+
+    Example:
+        >>> warm_up("window_bfd", "split").join()
+    """
+    key = (algorithm, oversize, labels)
+    if key in _WARMED:
+        return _WARMED[key]
+
+    def run() -> None:
+        try:
+            load()
+        except Exception:  # the run itself meets the same error, and reports it where it happens
+            pass
+
+    def load() -> None:
+        values = np.arange(1, 7, dtype=np.int32)
+        batch = TokenBatch(np.array([0, 2, 6], np.int64), values, np.array([0, 1], np.int64), values.copy() if labels else None, 2)
+        for seed in (None, 0):  # the seeded path also shuffles rows (csr_take)
+            packer = StreamPacker(4, algorithm, oversize if oversize != "error" else "split", window=2, seed=seed)
+            for _ in packer.add(batch):
+                pass
+            for _ in packer.finish():
+                pass
+
+    thread = _WARMED[key] = threading.Thread(target=run, name="packwise-warm-kernels", daemon=True)
+    thread.start()
+    return thread
+
+
+_WARMED: dict[tuple, threading.Thread] = {}
+
+
 class StreamPacker:
     """Pack a stream of ``TokenBatch`` objects into rows of at most ``capacity`` tokens.
 
@@ -140,22 +192,15 @@ class StreamPacker:
         max_age: int = 4,
         seed: int | None = None,
     ):
-        self.capacity = validate_capacity(capacity, "max_tokens")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-        if oversize not in OVERSIZE_POLICIES:
-            raise ValueError(f"oversize must be one of {OVERSIZE_POLICIES}, got {oversize!r}")
-        self.algorithm, self.oversize = algorithm, oversize
-        self.window = validate_capacity(window, "window")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"--seed {seed}: must be an integer >= 0 (or left out for the packer's order)")
-        self.seed = seed
+        self.capacity, self.window = check_pack_settings(capacity, algorithm, oversize, window, seed)
+        self.algorithm, self.oversize, self.seed = algorithm, oversize, seed
         self.stats = PackStats(self.capacity, algorithm)
         self._hist = np.zeros(64, np.int64)
         self._chunks: list[_Chunk] = []  # sequences of the current window and of pending entries
         self._new: list[_Chunk] = []
         self._new_count = 0
-        self._packer = WindowPacker(self.capacity, window=self.window, max_age=max_age) if algorithm == "window_bfd" else None
+        self._max_age = validate_capacity(max_age, "max_age")
+        self._packer: WindowPacker | None = None  # made at the first window: its kernels load meanwhile (warm_up)
         # pending entries: serial (window_bfd id), input row, first token, length
         self._pending = (_I64, _I64, _I64, _I64)
         self._next_serial = 0
@@ -243,11 +288,11 @@ class StreamPacker:
             item_rows = np.concatenate([item_rows, rows[local]])
             starts = np.concatenate([starts, np.zeros(m, np.int64) if piece_starts is None else piece_starts])
             lens = np.concatenate([lens, entry_lengths])
-            closed = [self._packer.add(entry_lengths, ids=ids)]
+            closed = [self._window_packer().add(entry_lengths, ids=ids)]
         else:
             closed = []
         if final:
-            closed.append(self._packer.flush())
+            closed.append(self._window_packer().flush())
         ids = np.concatenate([c.ids for c in closed]) if closed else _I64
         sizes = np.concatenate([np.diff(c.offsets) for c in closed]) if closed else _I64
         offsets = np.zeros(sizes.shape[0] + 1, np.int64)
@@ -275,6 +320,11 @@ class StreamPacker:
         self._pending = (_I64, _I64, _I64, _I64)
         return item_rows, starts, lens, offsets
 
+    def _window_packer(self) -> WindowPacker:
+        if self._packer is None:
+            self._packer = WindowPacker(self.capacity, window=self.window, max_age=self._max_age)
+        return self._packer
+
     def _lost(self, truncated: int, dropped: int, dropped_tokens: int) -> None:
         self.stats.truncated_tokens += int(truncated)
         self.stats.dropped_sequences += int(dropped)
@@ -289,8 +339,8 @@ class StreamPacker:
             item_rows, starts, lens = item_rows[idx], starts[idx], lens[idx]
         cum = np.zeros(lens.shape[0] + 1, np.int64)
         np.cumsum(lens, out=cum[1:])
-        tokens = np.empty(int(cum[-1]), np.int32)
-        labels = None if self._chunks[0].labels is None else np.empty(int(cum[-1]), np.int32)
+        tokens = pool_empty(int(cum[-1]), np.int32)
+        labels = None if self._chunks[0].labels is None else pool_empty(int(cum[-1]), np.int32)
         firsts = np.array([c.rows[0] for c in self._chunks])
         which = np.searchsorted(firsts, item_rows, side="right") - 1
         for c in np.unique(which):

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .pack_stage import StreamPacker
+from .pack_stage import StreamPacker, check_pack_settings, warm_up
 from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
 from .readers import CsvHeader, open_input
@@ -182,9 +182,11 @@ def pack_to_parquet(
         >>> r.manifest["stats"]["rows_out"], r.manifest["stats"]["tokens_out"]
         (2, 10)
     """
-    StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)  # validate before reading
+    check_pack_settings(max_tokens, algorithm, oversize, window, seed)  # before reading
     check_output_outside_input(source, output)
     check_engine(engine)
+    if engine == "local":
+        warm_up(algorithm, oversize, labels_column is not None or train_on is not None)  # overlaps the reading
     if engine == "ray":
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
             raise ValueError(f"--block-rows must be an integer >= 1 (input rows per Ray pack block), got {block_rows!r}")

@@ -67,7 +67,9 @@ class TextEncoder:
         if self.used is None:
             with self._lock:
                 if self.used is None:
-                    self._check(texts)
+                    first = self._check(texts)
+                    if first is not None:
+                        return first
         if self.used == "fastokens":
             return fast_csr(self._fast, texts)
         return hf_csr(self.tokenizer, texts)
@@ -76,20 +78,30 @@ class TextEncoder:
         """What was asked, what was used and why (for the manifest)."""
         return {"requested": self.requested, "used": self.used, "checked_texts": self.checked_texts, "reason": self.reason}
 
-    def _check(self, texts: list[str]) -> None:
-        sample = check_sample(texts)
-        ho, hv = hf_csr(self.tokenizer, sample)
-        self.checked_texts = len(sample)
-        try:
-            fo, fv = fast_csr(self._fast, sample)
-        except Exception as err:  # e.g. a PCRE2 resource limit on a pathological text
-            self._decline(f"fastokens failed on the first batch ({str(err).splitlines()[0]})", notify=True)
-            return
-        bad = _first_difference(ho, hv, fo, fv)
+    def _check(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Decide on the first batch; return it encoded when fastokens is taken. HF encodes the
+        sample on a helper thread while fastokens encodes the whole batch (both release the GIL),
+        so the check costs about the HF sample's time, not that plus two fastokens passes."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        picks = sample_positions(texts)
+        self.checked_texts = len(picks)
+        with ThreadPoolExecutor(1, thread_name_prefix="packwise-backend-check") as pool:
+            hf = pool.submit(hf_csr, self.tokenizer, [texts[i] for i in picks])
+            try:
+                fo, fv = fast_csr(self._fast, texts)
+            except Exception as err:  # e.g. a PCRE2 resource limit on a pathological text
+                hf.result()
+                self._decline(f"fastokens failed on the first batch ({str(err).splitlines()[0]})", notify=True)
+                return None
+            ho, hv = hf.result()
+        so, sv = csr_rows(fo, fv, picks)
+        bad = _first_difference(ho, hv, so, sv)
         if bad is None:
             self.used = "fastokens"
-            return
+            return fo, fv
         self._decline(f"fastokens ids differ from HF tokenizers on sampled text {bad} of the first batch", notify=True)
+        return None
 
     def _decline(self, why: str, notify: bool) -> None:
         if self.requested == "fastokens":
@@ -114,9 +126,24 @@ def check_sample(texts: list[str]) -> list[str]:
         >>> len(check_sample(["ab"] * 1000)), len(check_sample(["x" * 300_000] * 3))
         (256, 1)
     """
-    picked = texts[:: max(1, len(texts) // SAMPLE_TEXTS)][:SAMPLE_TEXTS]
-    chars = np.cumsum([len(t) for t in picked])
+    return [texts[i] for i in sample_positions(texts)]
+
+
+def sample_positions(texts: list[str]) -> np.ndarray:
+    """Positions of ``check_sample(texts)`` in ``texts``."""
+    step = max(1, len(texts) // SAMPLE_TEXTS)
+    picked = np.arange(0, len(texts), step, dtype=np.int64)[:SAMPLE_TEXTS]
+    chars = np.cumsum([len(texts[i]) for i in picked])
     return picked[: max(1, int(np.searchsorted(chars, SAMPLE_CHARS, side="right")))]
+
+
+def csr_rows(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR of ``rows`` (positions) of a CSR encoding, in that order."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    out = np.zeros(rows.shape[0] + 1, np.int64)
+    np.cumsum(lengths, out=out[1:])
+    parts = [values[offsets[r] : offsets[r + 1]] for r in rows]
+    return out, np.concatenate(parts) if parts else values[:0]
 
 
 def as_encoder(tokenizer) -> TextEncoder:
