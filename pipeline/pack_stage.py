@@ -169,6 +169,10 @@ _WARMED: dict[tuple, threading.Thread] = {}
 class StreamPacker:
     """Pack a stream of ``TokenBatch`` objects into rows of at most ``capacity`` tokens.
 
+    ``part_rows`` caps the rows of each ``PackedRows`` yielded (``None``: one per window): the
+    local writer takes its row-group size, so it compresses one group while the next is gathered
+    and a window's output is never whole in memory. The rows and their order do not change.
+
     Example:
         >>> import numpy as np
         >>> from packwise.pipeline.pack_stage import StreamPacker
@@ -191,9 +195,11 @@ class StreamPacker:
         window: int = 10_000,
         max_age: int = 4,
         seed: int | None = None,
+        part_rows: int | None = None,
     ):
         self.capacity, self.window = check_pack_settings(capacity, algorithm, oversize, window, seed)
         self.algorithm, self.oversize, self.seed = algorithm, oversize, seed
+        self.part_rows = None if part_rows is None else validate_capacity(part_rows, "part_rows")
         self.stats = PackStats(self.capacity, algorithm)
         self._hist = np.zeros(64, np.int64)
         self._chunks: list[_Chunk] = []  # sequences of the current window and of pending entries
@@ -242,7 +248,7 @@ class StreamPacker:
         else:
             plan = self._concat(rows, lengths, final)
         if plan is not None and plan[3].shape[0] > 1:
-            yield self._rows(*plan, window_no)
+            yield from self._rows(*plan, window_no)
         pending = self._pending[1]
         if pending.shape[0] == 0:
             self._chunks = []
@@ -331,12 +337,21 @@ class StreamPacker:
         self.stats.dropped_tokens += int(dropped_tokens)
 
     # --- gather ---------------------------------------------------------------------------------
-    def _rows(self, item_rows, starts, lens, offsets, window_no: int) -> PackedRows:
+    def _rows(self, item_rows, starts, lens, offsets, window_no: int) -> Iterator[PackedRows]:
+        """The window's rows (shuffled with ``seed``), gathered ``part_rows`` at a time."""
         n_rows = offsets.shape[0] - 1
         if self.seed is not None:
             perm = np.random.default_rng([self.seed, window_no]).permutation(n_rows)
             idx, offsets = _kernels.csr_take(offsets, perm)
             item_rows, starts, lens = item_rows[idx], starts[idx], lens[idx]
+        step = self.part_rows or n_rows
+        for a in range(0, n_rows, step):
+            b = min(a + step, n_rows)
+            s0, s1 = int(offsets[a]), int(offsets[b])
+            yield self._gather(item_rows[s0:s1], starts[s0:s1], lens[s0:s1], offsets[a : b + 1] - s0)
+
+    def _gather(self, item_rows, starts, lens, offsets) -> PackedRows:
+        n_rows = offsets.shape[0] - 1
         cum = np.zeros(lens.shape[0] + 1, np.int64)
         np.cumsum(lens, out=cum[1:])
         tokens = pool_empty(int(cum[-1]), np.int32)

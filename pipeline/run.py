@@ -18,7 +18,7 @@ from .ray_engine import RayShards, check_engine, require_ray
 from .readers import CsvHeader, open_input
 from .tokenizer_backend import TextEncoder, check_backend
 from .tokens import TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
-from .writer import ShardWriter
+from .writer import _ROW_GROUP, ShardWriter
 
 Progress = Callable[[int, int], None]
 DEFAULT_BLOCK_ROWS = 100_000  # --engine ray: input rows per pack block (10 default windows)
@@ -233,7 +233,7 @@ def pack_to_parquet(
                 tok.save(str(tmp))
         try:
             if engine == "local":
-                packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed)
+                packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed, part_rows=_ROW_GROUP)
                 for tb in _stage(inp, text_rows, tokens_column, labels_column, progress):
                     for rows in packer.add(tb):
                         writer.write(rows)

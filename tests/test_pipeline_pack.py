@@ -271,3 +271,32 @@ def test_packed_dataset_map_style_and_iterable_through_dataloader_workers(tmp_pa
     assert sorted(r["input_ids"].tolist() for r in shuffled) == sorted(raw["input_ids"])
     with pytest.raises(ValueError, match=r"no manifest\.json in .*run packwise pack to the end"):
         PackedDataset(tmp_path)
+
+
+@pytest.mark.parametrize("algorithm, seed", [("window_bfd", None), ("window_bfd", 3), ("bfd", 1), ("concat", None)])
+def test_part_rows_splits_a_window_into_parts_with_the_same_rows_in_order(c4_ids, algorithm, seed):
+    """The local writer asks for row-group-sized parts: the rows, their order and the stats are
+    those of one part per window."""
+    from packwise.pipeline.pack_stage import StreamPacker
+    from packwise.pipeline.tokens import TokenBatch
+
+    ids = c4_ids[:300]
+    offsets = np.zeros(len(ids) + 1, np.int64)
+    np.cumsum([len(x) for x in ids], out=offsets[1:])
+    values = np.concatenate([np.asarray(x, np.int32) for x in ids])
+    batches = [TokenBatch(offsets[a : b + 1] - offsets[a], values[offsets[a] : offsets[b]], np.arange(a, b), rows_read=b - a)
+               for a, b in ((0, 120), (120, 300))]  # fmt: skip
+
+    def run(part_rows):
+        packer = StreamPacker(CAP, algorithm, "split", window=100, seed=seed, part_rows=part_rows)
+        parts = [r for tb in batches for r in packer.add(tb)] + list(packer.finish())
+        rows = [(r.tokens[r.token_offsets[k] : r.token_offsets[k + 1]].tolist(), r.source_index[r.seq_offsets[k] : r.seq_offsets[k + 1]].tolist())
+                for r in parts for k in range(r.num_rows)]  # fmt: skip
+        return rows, [r.num_rows for r in parts], packer.stats.to_dict()
+
+    whole, whole_sizes, whole_stats = run(None)
+    split, split_sizes, split_stats = run(7)
+    assert split == whole and split_stats == whole_stats and len(whole) > 40
+    assert max(split_sizes) == 7 and len(split_sizes) > len(whole_sizes)
+    with pytest.raises(ValueError, match="part_rows"):
+        StreamPacker(CAP, part_rows=0)
