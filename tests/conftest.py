@@ -65,3 +65,21 @@ def real_lengths(tokenizer) -> dict[str, np.ndarray]:
     from packwise.pipeline.tokenizer import token_lengths
 
     return {name: token_lengths(tokenizer, load_texts(name)) for name in ("c4", "alpaca", "glaive", "ag_news")}
+
+
+def end_ddp_worker() -> None:
+    """End a spawned gloo worker once its results are on disk: a barrier, then ``os._exit(0)``.
+
+    Why not ``destroy_process_group`` and a normal exit: when one rank tears its gloo threads
+    down while the other is still in its own teardown, torch 2.13 can abort the slower one
+    ("terminate called without an active exception", SIGABRT), seen once in CI under load after
+    every collective had finished. Nothing is left to check by then, so the process just ends.
+    """
+    import sys
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

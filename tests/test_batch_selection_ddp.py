@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.multiprocessing as mp
+from conftest import end_ddp_worker
 
 from test_selection_ddp import _free_port, agnews_features  # noqa: F401  (the real-data fixture)
 
@@ -67,8 +68,7 @@ def _worker(rank: int, port: int, data_path: str, out_dir: str) -> None:
             }
         )
     Path(out_dir, f"rank-{rank}.json").write_text(json.dumps(record))
-    dist.barrier()
-    dist.destroy_process_group()
+    end_ddp_worker()
 
 
 def test_ranks_select_the_same_sub_batch_and_get_equal_shares(agnews_features, tmp_path):  # noqa: F811

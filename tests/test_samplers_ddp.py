@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import end_ddp_worker
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
@@ -63,8 +64,7 @@ def _ddp_worker(rank: int, world: int, port: int, data_path: str, out_path: str)
     dist.all_gather_object(gathered, seen)
     if rank == 0:
         Path(out_path).write_text(json.dumps(gathered))
-    dist.barrier()
-    dist.destroy_process_group()
+    end_ddp_worker()
 
 
 @pytest.fixture(scope="module")

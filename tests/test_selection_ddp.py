@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import end_ddp_worker
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -85,8 +86,7 @@ def _worker(rank: int, phase: str, port: int, data_path: str, out_dir: str) -> N
     record["seen"] = ib.store.seen.tolist()
     record["params"] = [p.detach().reshape(-1).tolist() for p in model.parameters()]
     Path(out_dir, f"{phase}-{rank}.json").write_text(json.dumps(record))
-    dist.barrier()
-    dist.destroy_process_group()
+    end_ddp_worker()
 
 
 @pytest.fixture(scope="module")
