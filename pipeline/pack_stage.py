@@ -143,20 +143,17 @@ def warm_up(algorithm: str, oversize: str, labels: bool = False) -> threading.Th
         return _WARMED[key]
 
     def run() -> None:
-        try:
-            load()
-        except Exception:  # the run itself meets the same error, and reports it where it happens
-            pass
-
-    def load() -> None:
         values = np.arange(1, 7, dtype=np.int32)
         batch = TokenBatch(np.array([0, 2, 6], np.int64), values, np.array([0, 1], np.int64), values.copy() if labels else None, 2)
-        for seed in (None, 0):  # the seeded path also shuffles rows (csr_take)
-            packer = StreamPacker(4, algorithm, oversize if oversize != "error" else "split", window=2, seed=seed)
-            for _ in packer.add(batch):
-                pass
-            for _ in packer.finish():
-                pass
+        try:
+            for seed in (None, 0):  # the seeded path also shuffles rows (csr_take)
+                packer = StreamPacker(4, algorithm, oversize, window=2, seed=seed)  # lengths 2 and 4: none oversize
+                for _ in packer.add(batch):
+                    pass
+                for _ in packer.finish():
+                    pass
+        except Exception:  # the run itself meets the same error, and reports it where it happens
+            pass
 
     thread = _WARMED[key] = threading.Thread(target=run, name="packwise-warm-kernels", daemon=True)
     thread.start()

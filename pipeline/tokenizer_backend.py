@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from ._kernels import csr_take
+
 BACKENDS: tuple[str, ...] = ("auto", "hf", "fastokens")
 SAMPLE_TEXTS = 256  # texts of the first batch encoded by both backends before ``auto`` trusts fastokens,
 SAMPLE_CHARS = 1 << 18  # and at most this many characters of them (HF encodes the sample: ~0.05 s)
@@ -95,7 +97,8 @@ class TextEncoder:
                 self._decline(f"fastokens failed on the first batch ({str(err).splitlines()[0]})", notify=True)
                 return None
             ho, hv = hf.result()
-        so, sv = csr_rows(fo, fv, picks)
+        entries, so = csr_take(fo, picks)  # the sampled texts' ids out of the whole batch
+        sv = fv[entries]
         bad = _first_difference(ho, hv, so, sv)
         if bad is None:
             self.used = "fastokens"
@@ -135,15 +138,6 @@ def sample_positions(texts: list[str]) -> np.ndarray:
     picked = np.arange(0, len(texts), step, dtype=np.int64)[:SAMPLE_TEXTS]
     chars = np.cumsum([len(texts[i]) for i in picked])
     return picked[: max(1, int(np.searchsorted(chars, SAMPLE_CHARS, side="right")))]
-
-
-def csr_rows(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The CSR of ``rows`` (positions) of a CSR encoding, in that order."""
-    lengths = offsets[rows + 1] - offsets[rows]
-    out = np.zeros(rows.shape[0] + 1, np.int64)
-    np.cumsum(lengths, out=out[1:])
-    parts = [values[offsets[r] : offsets[r + 1]] for r in rows]
-    return out, np.concatenate(parts) if parts else values[:0]
 
 
 def as_encoder(tokenizer) -> TextEncoder:
