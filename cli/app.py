@@ -9,6 +9,7 @@ import typer
 
 from .. import __version__
 from ._errors import exit_on_bad_input
+from ._process import batch_job, run_and_exit
 
 app = typer.Typer(
     name="packwise",
@@ -114,6 +115,7 @@ def pack(
     ),
 ) -> None:
     """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
+    batch_job(kernels_only=True)
     from ..pipeline import open_input, pack_to_parquet
     from ._progress import progress_bar
     from .pack_cmd import csv_header, load_template, render_summary
@@ -194,6 +196,7 @@ def report(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the report: PATH.png or PATH.html."),
     seed: int = typer.Option(0, help="Seed of the random-batches baseline."),
 ) -> None:
+    batch_job(kernels_only=True)
     from ..packing import waste_report
     from ..packing.core import OVERSIZE_POLICIES, validate_capacity
     from ..pipeline import dataset_lengths, open_input
@@ -275,6 +278,7 @@ def select(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
 ) -> None:
     """Select rows offline: semantic dedup, prototype pruning, cluster balance, decontamination or score policies."""
+    batch_job()
     from ._progress import progress_bar
     from ..selection.select_run import run_select
     from .select_cmd import render_select_summary
@@ -308,7 +312,8 @@ def check_model(
 
 
 def main() -> None:
-    app()
+    """The ``packwise`` console script: the app, then a fast exit (``cli._process.exit_now``)."""
+    run_and_exit(app)
 
 
 if __name__ == "__main__":

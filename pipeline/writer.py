@@ -36,6 +36,7 @@ RUN_MARKER = ".packwise-run.json"
 FORMAT = "packwise.packed/1"
 _ROW_GROUP = 1024
 _BACKLOG = 8  # row groups queued for the encoder at most (bounded memory)
+_NO_STATISTICS = ("input_ids", "labels")  # min/max of token ids serve no reader and cost ~15% of the encoding
 
 
 def shard_name(k: int) -> str:
@@ -275,7 +276,8 @@ class _OpenShard:
         try:
             if self._writer is None:
                 self._tmp = temp_beside(self.path)
-                self._writer = pq.ParquetWriter(self._tmp, group.schema, compression="zstd", use_dictionary=False)
+                stats = [f"{name}.list.element" for name in group.schema.names if name not in _NO_STATISTICS]
+                self._writer = pq.ParquetWriter(self._tmp, group.schema, compression="zstd", use_dictionary=False, write_statistics=stats)
             self._writer.write_table(group, row_group_size=_ROW_GROUP)
         except OSError as err:
             self.discard()
