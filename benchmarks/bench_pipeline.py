@@ -138,6 +138,7 @@ _FLOOR_SCRIPT = r"""
 import json, sys, time
 import numpy as np, pyarrow as pa, pyarrow.json as pj, pyarrow.parquet as pq
 src, tok_path, out, backend = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+pa.set_memory_pool(pa.jemalloc_memory_pool())  # packwise's CLI allocator (cli/_process.py): the floor pays no page faults it avoids
 t0 = time.perf_counter()
 if backend == "fastokens-lists":  # the issue's floor: encode_batch, an Encoding and a list per text
     import fastokens
