@@ -10,10 +10,13 @@ leave to its caller. Each choice was measured on the raw-text pack of
   host, that cost 1.0-1.6 s of system time per run, against 0.5 s. ``$ARROW_DEFAULT_MEMORY_POOL``,
   when set, wins.
 - ``pack`` and ``report`` run only packwise's own kernels, so:
-  - the cyclic garbage collector is off: their data lives in NumPy and Arrow buffers, and the
-    collections only walked numba's objects again and again (0.1 s);
+  - the cyclic garbage collector is off unless a ``--template`` runs the user's code on every
+    row: their data lives in NumPy and Arrow buffers (the chat renderers make no reference
+    cycles), and the collections only walked numba's objects again and again (0.1 s);
   - numba is imported without ``scipy.linalg``. numba needs it only for ``np.dot`` and
-    ``np.linalg`` inside kernels, which no packwise kernel calls; the import cost 0.15-0.2 s.
+    ``np.linalg`` inside kernels, which no packwise kernel calls; the import cost 0.15-0.2 s;
+  - NumPy's OpenBLAS starts no thread pool (``$OPENBLAS_NUM_THREADS`` 1 unless set): these jobs
+    never call BLAS, and each pool thread spun for ~0.1 s at start-up beside the real work.
 - The process ends with ``os._exit`` once the job is done, its files are closed, its atexit
   handlers have run and no other thread is running. Tearing down the interpreter's modules (numba
   and llvmlite above all) took 0.15 s after the work ended.
@@ -29,11 +32,14 @@ import threading
 from typing import Callable, NoReturn
 
 
-def batch_job(*, kernels_only: bool = False) -> None:
-    """Set this process up for one data job; ``kernels_only`` for jobs that run no model or BLAS code.
+def batch_job(*, kernels_only: bool = False, user_code: bool = False) -> None:
+    """Set this process up for one data job; ``kernels_only`` for jobs that run no model or BLAS
+    code, ``user_code`` when the user's own function runs per row (the collector then stays on).
 
     Call it before the job imports its libraries (``packwise.pipeline`` imports numba).
     """
+    if kernels_only and "numpy" not in sys.modules:  # read once, when NumPy loads OpenBLAS
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
         import pyarrow as pa
 
@@ -42,7 +48,8 @@ def batch_job(*, kernels_only: bool = False) -> None:
         except NotImplementedError:  # a pyarrow built without jemalloc
             pa.set_memory_pool(pa.system_memory_pool())
     if kernels_only:
-        gc.disable()
+        if not user_code:
+            gc.disable()
         import_numba_without_blas()
 
 

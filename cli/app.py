@@ -115,7 +115,7 @@ def pack(
     ),
 ) -> None:
     """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
-    batch_job(kernels_only=True)
+    batch_job(kernels_only=True, user_code=template is not None)
     from ..pipeline import open_input, pack_to_parquet
     from ._progress import progress_bar
     from .pack_cmd import csv_header, load_template, render_summary
@@ -196,7 +196,7 @@ def report(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the report: PATH.png or PATH.html."),
     seed: int = typer.Option(0, help="Seed of the random-batches baseline."),
 ) -> None:
-    batch_job(kernels_only=True)
+    batch_job(kernels_only=True, user_code=template is not None)
     from ..packing import waste_report
     from ..packing.core import OVERSIZE_POLICIES, validate_capacity
     from ..pipeline import dataset_lengths, open_input

@@ -16,30 +16,32 @@ def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120)
 
 
-def test_batch_job_picks_the_pool_and_turns_the_collector_off_for_kernel_jobs():
-    out = _python("""
-        import gc, json
+@pytest.mark.parametrize("user_code", [False, True])
+def test_batch_job_picks_the_pool_and_turns_the_collector_off_for_kernel_jobs(user_code):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "ARROW_DEFAULT_MEMORY_POOL")}
+    out = _python(f"""
+        import gc, json, os
         from packwise.cli._process import batch_job
-        batch_job(kernels_only=True)
+        batch_job(kernels_only=True, user_code={user_code})
         import pyarrow as pa
-        print(json.dumps([pa.default_memory_pool().backend_name, gc.isenabled()]))
-    """)
+        print(json.dumps([pa.default_memory_pool().backend_name, gc.isenabled(), os.environ["OPENBLAS_NUM_THREADS"]]))
+    """, env)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    pool, collecting = json.loads(out.stdout)
-    assert pool in ("jemalloc", "system") and collecting is False
+    pool, collecting, blas_threads = json.loads(out.stdout)
+    assert pool in ("jemalloc", "system") and collecting is user_code and blas_threads == "1"
 
 
 def test_batch_job_keeps_the_users_pool_and_the_collector_for_other_jobs():
-    env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}
+    env = {**{k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}
     out = _python("""
-        import gc, json
+        import gc, json, os
         from packwise.cli._process import batch_job
         batch_job()
         import pyarrow as pa
-        print(json.dumps([pa.default_memory_pool().backend_name, gc.isenabled()]))
+        print(json.dumps([pa.default_memory_pool().backend_name, gc.isenabled(), "OPENBLAS_NUM_THREADS" in os.environ]))
     """, env)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == ["mimalloc", True]
+    assert json.loads(out.stdout) == ["mimalloc", True, False]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("scipy") is None, reason="scipy is not installed: numba never imports it")
