@@ -25,7 +25,7 @@ alpaca, stdlib docstrings; each corpus equally likely, rows drawn with replaceme
 tokens of JSONL, a byte-level BPE ``tokenizer.json`` trained on them, and in one run: ``packwise
 pack`` with each ``--tokenizer-backend``; HF ``datasets.load_dataset(json)`` + ``map(encode_batch,
 num_proc=cores)`` + TRL ``pack_dataset(bfd_split)`` + ``to_parquet``; and the floor, read JSONL +
-encode + write Parquet with no packing, one loop in one thread, with each tokenizer (fastokens
+encode + write Parquet with no packing, one loop in one thread, on the allocator packwise's CLI uses (jemalloc), with each tokenizer (fastokens
 twice: ``encode_batch_flat`` into Arrow buffers, the strict floor, and ``encode_batch`` with a
 list per text, the floor as issue 15 measured it).  Every side must produce the same number of tokens.
 
