@@ -169,17 +169,17 @@ def fast_csr(fast, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(offsets, np.uint64).astype(np.int64), np.frombuffer(ids, np.uint32).view(np.int32)
 
 
-def hf_csr(tokenizer, texts: list[str], chunk: int = 1024, chunk_chars: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+def hf_csr(tokenizer, texts: list[str], chunk_chars: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
     """HF ids (``tokens.encode``: ``tokenizers`` or ``transformers``) as CSR arrays.
 
-    Encoded ``chunk`` texts and at most ``chunk_chars`` characters (or one text) at a time: a Python
-    int per token costs ~36 bytes, so a whole 8 MiB record batch as lists would hold ~80 MB per
-    encoding thread; chunks of 1M characters keep that near 10 MB.
+    Encoded at most ``chunk_chars`` characters (or one text) at a time: a Python int per token
+    costs ~36 bytes, so a whole 8 MiB record batch as lists would hold ~80 MB per encoding
+    thread; chunks of 1M characters keep that near 10 MB.
     """
     from .tokens import encode
 
     lengths, parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
-    for a, b in _chunks(texts, chunk, chunk_chars):
+    for a, b in _chunks(texts, chunk_chars):
         ids = encode(tokenizer, texts[a:b])
         n = np.fromiter(map(len, ids), np.int64, count=len(ids))
         lengths.append(n)
@@ -189,18 +189,18 @@ def hf_csr(tokenizer, texts: list[str], chunk: int = 1024, chunk_chars: int = 1 
     return offsets, np.concatenate(parts)
 
 
-def _chunks(texts: list[str], most: int, chars: int):
-    """``(start, stop)`` ranges of ``texts``: at most ``most`` texts, and ``chars`` characters unless one text is longer.
+def _chunks(texts: list[str], chars: int):
+    """``(start, stop)`` ranges of ``texts`` of at most ``chars`` characters each, or one longer text.
 
     Example:
-        >>> list(_chunks(["aaaa", "b", "c", "dddddd", "e"], most=2, chars=5))
+        >>> list(_chunks(["aaaa", "b", "c", "dddddd", "e"], chars=5))
         [(0, 2), (2, 3), (3, 4), (4, 5)]
     """
     ends = np.cumsum(np.fromiter(map(len, texts), np.int64, count=len(texts)))
     a = 0
     while a < len(texts):
         base = int(ends[a - 1]) if a else 0
-        b = min(a + most, max(a + 1, int(np.searchsorted(ends, base + chars, side="right"))))
+        b = max(a + 1, int(np.searchsorted(ends, base + chars, side="right")))
         yield a, b
         a = b
 
