@@ -1,25 +1,26 @@
 """How a ``packwise`` command's process starts its job and ends.
 
 A command runs one data job in a process of its own, so it may make choices that a library must
-leave to its caller. Each choice was measured on the raw-text pack of
-``benchmarks/bench_pipeline.py --text`` (20M tokens, 2 cores; README, performance):
+leave to its caller. ``benchmarks/bench_cli_process.py`` undoes each one on the raw-text pack of
+``bench_pipeline.py --text`` (results: ``benchmarks/results/bench_pipeline_text.md``):
 
 - Arrow's memory pool is jemalloc (or the system allocator), not mimalloc. mimalloc returns freed
   pages to the kernel within milliseconds and asks for transparent huge pages, so the next
-  record batch faults in fresh, zeroed 2 MiB pages. On a VM whose free memory goes back to the
-  host, that cost 1.0-1.6 s of system time per run, against 0.5 s. ``$ARROW_DEFAULT_MEMORY_POOL``,
-  when set, wins.
+  record batch faults in fresh, zeroed 2 MiB pages; on a VM whose free memory goes back to the
+  host, each of those is slow. ``$ARROW_DEFAULT_MEMORY_POOL``, when set, wins.
 - ``pack`` and ``report`` run only packwise's own kernels, so:
   - the cyclic garbage collector is off unless a ``--template`` runs the user's code on every
     row: their data lives in NumPy and Arrow buffers (the chat renderers make no reference
-    cycles), and the collections only walked numba's objects again and again (0.1 s);
+    cycles), and the collections only walked numba's objects again and again;
   - numba is imported without ``scipy.linalg``. numba needs it only for ``np.dot`` and
-    ``np.linalg`` inside kernels, which no packwise kernel calls; the import cost 0.15-0.2 s;
+    ``np.linalg`` inside kernels, which no packwise kernel calls;
   - NumPy's OpenBLAS starts no thread pool (``$OPENBLAS_NUM_THREADS`` 1 unless set): these jobs
-    never call BLAS, and each pool thread spun for ~0.1 s at start-up beside the real work.
+    never call BLAS, and each pool thread spins for a while at start-up beside the real work.
 - The process ends with ``os._exit`` once the job is done, its files are closed, its atexit
-  handlers have run and no other thread is running. Tearing down the interpreter's modules (numba
-  and llvmlite above all) took 0.15 s after the work ended.
+  handlers have run and no other thread is running: the interpreter's teardown of its modules
+  (numba and llvmlite above all) is skipped.
+
+Undone one at a time, each cost 2-10% of the wall time there; all together, 1.66x.
 """
 
 from __future__ import annotations
