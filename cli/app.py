@@ -42,8 +42,12 @@ def demo_data(
     min_chars: int = typer.Option(20, help="Skip docstrings shorter than this many characters."),
 ) -> None:
     """Write a real offline corpus: every docstring of the Python standard library."""
+    import sysconfig
+
+    from ..pipeline._paths import refuse_overlap
     from ..pipeline.demo_data import write_demo_corpus
 
+    refuse_overlap([("output", output)], [("the standard library", sysconfig.get_paths()["stdlib"])])
     rows = write_demo_corpus(output, min_chars=min_chars)
     typer.echo(f"wrote {rows} docstrings to {output}")
 
@@ -117,9 +121,11 @@ def pack(
     """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
     batch_job(kernels_only=True, user_code=template is not None)
     from ..pipeline import open_input, pack_to_parquet
+    from ..pipeline._paths import refuse_overlap
     from ._progress import progress_bar
-    from .pack_cmd import csv_header, load_template, render_summary
+    from .pack_cmd import csv_header, load_template, render_summary, run_reads
 
+    refuse_overlap([("output", output)], run_reads(input, tokenizer=tokenizer, template=template))
     fn = load_template(template)
     header = csv_header(csv_columns, no_header)
     total = open_input(input, None, format=input_format, csv_header=header).num_rows
@@ -200,8 +206,9 @@ def report(
     from ..packing import waste_report
     from ..packing.core import OVERSIZE_POLICIES, validate_capacity
     from ..pipeline import dataset_lengths, open_input
+    from ..pipeline._paths import refuse_overlap
     from ._progress import progress_bar
-    from .pack_cmd import csv_header, load_template
+    from .pack_cmd import csv_header, load_template, run_reads
     from .report_cmd import length_histogram, render_report, report_dict, write_json, write_plot
 
     from ..pipeline.atomic import check_writable
@@ -214,7 +221,9 @@ def report(
         raise ValueError(f"--oversize must be one of {OVERSIZE_POLICIES}, got {oversize!r}")
     if plot is not None and plot.suffix.lower() not in (".png", ".html"):
         raise ValueError(f"--plot {plot}: the file must end in .png or .html")
-    for option, path in (("--json", json_path), ("--plot", plot)):
+    writes = (("--json", json_path), ("--plot", plot))
+    refuse_overlap(writes, run_reads(input, tokenizer=tokenizer, template=template))
+    for option, path in writes:
         if path is not None:
             check_writable(path, option)  # before the whole report runs
     fn = load_template(template)
@@ -280,6 +289,10 @@ def select(
     """Select rows offline: semantic dedup, prototype pruning, cluster balance, decontamination or score policies."""
     batch_job()
     from ._progress import progress_bar
+    from ..pipeline._paths import refuse_overlap
+    from .pack_cmd import run_reads
+
+    refuse_overlap([("output", output)], run_reads(input, model=model, eval_input=eval_input))
     from ..selection.select_run import run_select
     from .select_cmd import render_select_summary
 

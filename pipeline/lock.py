@@ -7,8 +7,10 @@ output while it still reports success.  ``flock`` is released by the kernel when
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -54,9 +56,41 @@ def output_lock(output: str | Path, *, what: str = "output") -> Iterator[Path]:
         os.close(fd)
 
 
+_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO planted there never hangs the open
+
+
+def _open_own(path: Path, what: str) -> int | None:
+    """Open (or create) the lock file itself: never through a symlink, never anything but a plain
+    file with one name (a hard link to another file would be truncated with it).  ``None``: the
+    file was removed by its last holder while we opened it; try again."""
+    try:
+        fd = os.open(path, _FLAGS, 0o644)
+    except OSError as err:
+        if err.errno not in (errno.ELOOP, errno.EISDIR):
+            raise
+        _refuse(path, what, "a symlink" if err.errno == errno.ELOOP else "a folder")
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink <= 1:
+        if info.st_nlink == 0:
+            os.close(fd)
+            return None
+        return fd
+    os.close(fd)
+    _refuse(path, what, "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file")
+
+
+def _refuse(path: Path, what: str, kind: str) -> None:
+    raise ValueError(
+        f"{what}: the lock {path} is {kind}; packwise writes its pid only into a plain file of its own: "
+        f"remove {path} (what it points at is left alone) and rerun"
+    )
+
+
 def _acquire(path: Path, what: str) -> int:
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_own(path, what)
+        if fd is None:
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -67,7 +101,7 @@ def _acquire(path: Path, what: str) -> int:
                 f"Wait for that run to finish, or choose another output folder"
             ) from None
         try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            same = os.fstat(fd).st_ino == os.lstat(path).st_ino
         except FileNotFoundError:
             same = False
         if same:  # not a file its last holder removed while we waited for it

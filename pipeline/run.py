@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ._paths import refuse_overlap
 from .pack_stage import StreamPacker, check_pack_settings, warm_up
 from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
@@ -47,32 +48,10 @@ def _tokenizer_id(tokenizer, path) -> str:
     return f"object:{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}"
 
 
-def check_output_outside_input(source, output) -> None:
-    """Refuse an output folder that the input covers (the folder itself, or a glob matching its
-    shards): a rerun would read its own output as input."""
-    import os
-
-    if not isinstance(source, (str, Path)):
-        return
-    text, out = str(source), Path(os.path.abspath(output))
-    src = Path(os.path.abspath(text))
-    inside = src.is_dir() and (out == src or src in out.parents)
-    if any(ch in text for ch in "*?["):
-        pattern = Path(os.path.abspath(text)).parts
-        inside = any(_glob_match(pattern, (out / name).parts) for name in ("shard-00000.parquet", "decisions.parquet"))
-    if inside:
-        raise ValueError(f"output: {output} lies inside the input {text}; a rerun would read its own shards: choose an output folder outside the input")
-
-
-def _glob_match(pattern: tuple, parts: tuple) -> bool:
-    """``glob.glob(recursive=True)`` semantics on path parts: ``**`` spans folders, ``*`` does not."""
-    import fnmatch
-
-    if not pattern:
-        return not parts
-    if pattern[0] == "**":
-        return any(_glob_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(pattern[1:], parts[1:])
+def check_output_outside_input(source, output, tokenizer=None) -> None:
+    """Refuse an output folder that is, holds or lies inside the input or the tokenizer (symlinks
+    followed), or that an input glob covers: the run would write over, or a rerun read, its own output."""
+    refuse_overlap([("output", output)], [("the input", source), ("the --tokenizer", tokenizer)])
 
 
 def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header,
@@ -183,7 +162,7 @@ def pack_to_parquet(
         (2, 10)
     """
     check_pack_settings(max_tokens, algorithm, oversize, window, seed)  # before reading
-    check_output_outside_input(source, output)
+    check_output_outside_input(source, output, tokenizer)
     check_engine(engine)
     if engine == "local":
         warm_up(algorithm, oversize, labels_column is not None or train_on is not None)  # overlaps the reading

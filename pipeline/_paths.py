@@ -1,0 +1,102 @@
+"""Path safety of every command: nothing a run writes may be, hold, or lie inside what it reads.
+
+Why: ``report X --json X`` replaced its own input, ``pack in out`` with ``out -> in`` (a symlink)
+wrote shards into the input, and ``pack OUT/shard-00001.parquet OUT --overwrite`` deleted its own
+input.  Paths are compared resolved (symlinks followed, ``..`` removed), before anything is written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+Named = Sequence[tuple[str, object]]  # (option, path) pairs; a path of None (option not given) is skipped
+_GLOB_CHARS = "*?["
+_OUTPUT_NAMES = ("shard-00000.parquet", "decisions.parquet")  # what a rerun's glob could pick up in an output folder
+
+
+def refuse_overlap(writes: Named, reads: Named) -> None:
+    """Raise a ``ValueError`` naming both paths when a path in ``writes`` is a path in ``reads``,
+    holds one (a folder output around an input) or lies inside one (an input folder), symlinks
+    followed; or when an input glob would match what the run writes (a rerun would read it)."""
+    for what, target in writes:
+        if target is None:
+            continue
+        written = _resolved(target)
+        for source_what, source in reads:
+            for read in _read_paths(source):
+                problem = _relation(written, _resolved(read))
+                if problem:
+                    raise ValueError(_message(what, target, problem, source_what, source, written, _resolved(read)))
+            if _glob_covers(source, Path(os.path.abspath(target))) or _glob_covers(source, written):
+                raise ValueError(
+                    f"{what} {target}: lies inside {source_what} {source} (the glob matches what this run writes there); "
+                    f"a rerun would read its own output: choose an output outside the input"
+                )
+
+
+def template_file(spec: str | None) -> Path | None:
+    """The file of a ``--template FILE.py[:function]`` spec (``None`` for ``module:function``)."""
+    if spec is None:
+        return None
+    target = spec.rpartition(":")[0] if ":" in spec else spec
+    return Path(target) if target.endswith(".py") or Path(target).is_file() else None
+
+
+def existing(path) -> Path | None:
+    """``path`` when it names something on disk (``--model`` may also be a bundled model's name)."""
+    return Path(path) if path is not None and os.path.lexists(path) else None
+
+
+def _resolved(path) -> Path:
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def _read_paths(source) -> Iterable[Path]:
+    """The concrete paths of an input: itself, or every match of a glob."""
+    if source is None or not isinstance(source, (str, Path)):
+        return ()  # an in-memory dataset or tokenizer object: nothing on disk to protect
+    text = str(source)
+    if any(ch in text for ch in _GLOB_CHARS) and not os.path.lexists(text):
+        return [Path(p) for p in glob.glob(text, recursive=True)]
+    return [Path(text)]
+
+
+def _relation(written: Path, read: Path) -> str | None:
+    if written == read:
+        return "is"
+    if read in written.parents:
+        return "lies inside"
+    if written in read.parents:
+        return "holds"
+    return None
+
+
+def _message(what: str, target, problem: str, source_what: str, source, written: Path, read: Path) -> str:
+    where = f"both resolve to {written}" if problem == "is" else f"resolved: {written} and {read}"
+    plain = Path(os.path.abspath(target)) == written and Path(os.path.abspath(source)) == read
+    resolved = "" if plain else f" ({where})"
+    fix = "choose an output folder outside the input" if what == "output" else f"choose a {what} path outside the inputs"
+    return f"{what} {target}: {problem} {source_what} {source}{resolved}; packwise never writes over what it reads: {fix}"
+
+
+def _glob_covers(source, written: Path) -> bool:
+    """Whether the input glob ``source`` matches ``written`` or the files a run writes in it (a
+    rerun would read them)."""
+    if not isinstance(source, (str, Path)) or not any(ch in str(source) for ch in _GLOB_CHARS):
+        return False
+    pattern = Path(os.path.abspath(str(source))).parts
+    candidates = [written] + [written / name for name in _OUTPUT_NAMES]
+    return any(_glob_match(pattern, c.parts) for c in candidates)
+
+
+def _glob_match(pattern: tuple, parts: tuple) -> bool:
+    """``glob.glob(recursive=True)`` semantics on path parts: ``**`` spans folders, ``*`` does not."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(pattern[1:], parts[1:])
