@@ -38,6 +38,19 @@ def refuse_overlap(writes: Named, reads: Named) -> None:
                 )
 
 
+def refuse_stray(output: Path, owned: set[Path], writes: Iterable[str]) -> None:
+    """Raise naming the first file of ``output`` the run would write over (``writes``) or read as its
+    own (``shard-*.parquet``) that is not in ``owned`` (what a previous run's manifest lists):
+    packwise leaves what it did not write alone, ``--overwrite`` included."""
+    stray = sorted(p.name for p in output.glob("shard-*.parquet") if p not in owned)
+    stray += [n for n in writes if os.path.lexists(output / n) and output / n not in owned]
+    if stray:
+        raise ValueError(
+            f"output: {output / stray[0]} is in the way: no packwise manifest in {output} lists it, so packwise did not "
+            f"write it and leaves it alone (--overwrite removes only what a previous run wrote); move it away or choose another output folder"
+        )
+
+
 def template_file(spec: str | None) -> Path | None:
     """The file of a ``--template FILE.py[:function]`` spec (``None`` for ``module:function``)."""
     if spec is None:

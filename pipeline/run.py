@@ -19,7 +19,7 @@ from .ray_engine import RayShards, check_engine, require_ray
 from .readers import CsvHeader, open_input
 from .tokenizer_backend import TextEncoder, check_backend
 from .tokens import TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
-from .writer import _ROW_GROUP, ShardWriter
+from .writer import _ROW_GROUP, TRAINED_TOKENIZER, ShardWriter
 
 Progress = Callable[[int, int], None]
 DEFAULT_BLOCK_ROWS = 100_000  # --engine ray: input rows per pack block (10 default windows)
@@ -201,14 +201,15 @@ def pack_to_parquet(
     }
     with output_lock(output):  # one run per output folder
         writer_class = RayShards if engine == "ray" else ShardWriter  # Ray: the workers write the shards, this commits
-        writer = writer_class(output, settings=settings, fingerprint=inp.fingerprint(), shard_rows=shard_rows, overwrite=overwrite)
+        writer = writer_class(output, settings=settings, fingerprint=inp.fingerprint(), shard_rows=shard_rows, overwrite=overwrite,
+                              also_writes=(TRAINED_TOKENIZER,) if train_tokenizer else ())  # fmt: skip
         if writer.state == "complete":
             return PackResult(Path(output), "complete", len(writer.manifest["shards"]), writer.manifest)
         state, resumed = writer.state, len(writer.shards)
         if train_tokenizer and hasattr(tok, "save"):
             from .atomic import atomic_path
 
-            with atomic_path(Path(output) / "tokenizer.json") as tmp:
+            with atomic_path(Path(output) / TRAINED_TOKENIZER) as tmp:
                 tok.save(str(tmp))
         try:
             if engine == "local":

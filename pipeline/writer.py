@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ._arrow import list_array
+from ._paths import refuse_stray
 from .atomic import atomic_path, os_error_message, publish, temp_beside
 from .pack_stage import PackedRows
 
@@ -43,11 +44,46 @@ def shard_name(k: int) -> str:
     return f"shard-{k:05d}.parquet"
 
 
-def _our_files(output: Path) -> list[Path]:
-    names = [p for p in output.glob("shard-*.parquet")] + [p for p in output.glob(".shard-*.tmp")]
-    names += [output / n for n in (MANIFEST, RUN_MARKER, "tokenizer.json") if (output / n).exists()]
-    names += list(output.glob(f".{MANIFEST}.*.tmp")) + list(output.glob(f".{RUN_MARKER}.*.tmp"))
-    return names
+TRAINED_TOKENIZER = "tokenizer.json"  # what --train-tokenizer saves beside the shards
+
+
+def _owned_files(output: Path, previous: dict) -> set[Path]:
+    """What ``--overwrite`` may remove: the files the previous run's manifest lists (for a run that
+    stopped, its marker and the shards carrying packwise's footer), and packwise's own temporaries.
+    Nothing else in the folder was written by packwise, so nothing else is ever deleted."""
+    if "shards" in previous:
+        names = {s.get("file") for s in previous["shards"] if isinstance(s, dict)} | {MANIFEST}
+    else:
+        names = {p.name for p in output.glob("shard-*.parquet") if _packwise_shard(p)}
+    if str((previous.get("settings") or {}).get("tokenizer") or "").startswith("object#"):  # trained, so saved here
+        names.add(TRAINED_TOKENIZER)
+    owned = {output / n for n in names | {RUN_MARKER} if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}
+    owned |= {p for n in ("shard-*", MANIFEST, RUN_MARKER, TRAINED_TOKENIZER) for p in output.glob(f".{n}.*.tmp")}
+    return {p for p in owned if p.is_symlink() or p.is_file()}
+
+
+def _packwise_shard(path: Path) -> bool:
+    """Whether ``path`` is a shard this writer published (its footer carries packwise's metadata)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return b"packwise" in (pq.read_metadata(path).metadata or {})
+    except Exception:
+        return False
+
+
+def _read_manifest(path: Path) -> dict:
+    """The previous run's manifest; a ``manifest.json`` packwise did not write is in the way."""
+    try:
+        data = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or not str(data.get("format", "")).startswith("packwise.packed/"):
+        raise ValueError(
+            f"output: {path} is in the way: it is not a packwise manifest, so packwise did not write it and leaves it "
+            f"alone; move it away or choose another output folder"
+        )
+    return data
 
 
 def _sha256(path: Path) -> str:
@@ -85,6 +121,7 @@ class ShardWriter:
         fingerprint: str,
         shard_rows: int = 8192,
         overwrite: bool = False,
+        also_writes: tuple[str, ...] = (),
     ):
         if isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer)) or shard_rows < 1:
             raise ValueError(f"shard_rows must be an integer >= 1, got {shard_rows!r}")
@@ -103,29 +140,32 @@ class ShardWriter:
         self._opened: list[_OpenShard] = []  # shards of this run not yet known to be published
         self._encoder = _Encoder()
         self._has_labels: bool | None = None
+        self.also_writes = tuple(also_writes)  # other files the run writes here (tokenizer.json): never over one not ours
         self.output.mkdir(parents=True, exist_ok=True)
         self._open(overwrite)
 
     def _open(self, overwrite: bool) -> None:
         manifest, marker = self.output / MANIFEST, self.output / RUN_MARKER
         previous = None
-        if manifest.is_file():
-            previous = json.loads(manifest.read_text())
+        if os.path.lexists(manifest):
+            previous = _read_manifest(manifest)
         elif marker.is_file() and any(self.output.glob("shard-*.parquet")):
             previous = json.loads(marker.read_text())
         elif marker.is_file():  # a run that stopped before its first shard: nothing to keep, any settings may retry
             marker.unlink()
-        elif any(self.output.glob("shard-*.parquet")):
-            previous = {"settings": "unknown (no manifest)"}
         same = previous is not None and all(previous.get(k) == v for k, v in self.run.items())
-        if previous is not None and (overwrite or not same):
+        if previous is None:
+            refuse_stray(self.output, set(), (MANIFEST, *self.also_writes))
+        elif overwrite or not same:
             if not overwrite:
                 raise ValueError(
                     f"output: {self.output} holds packwise output made with other settings or inputs "
                     f"({self._difference(previous)}); pass --overwrite to replace it, or choose another output folder"
                 )
-            for path in _our_files(self.output):
-                path.unlink()
+            owned = _owned_files(self.output, previous)
+            refuse_stray(self.output, owned, (MANIFEST, *self.also_writes))  # before anything is removed
+            for path in owned:
+                path.unlink(missing_ok=True)
             previous = None
         for tmp in list(self.output.glob(".shard-*.tmp")):  # left by a killed run (the lock says none runs now)
             tmp.unlink()

@@ -12,6 +12,7 @@ clusters (``clusters/``) sit beside them; ``manifest.json`` is written last.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -104,16 +105,36 @@ def check_options(method, *, k, eps, order, target, keep, mode, alpha, eval_inpu
             raise ValueError(f"--beta {beta}: must be > 0 (the temperature of the stochastic policies)")
 
 
+_TEMPORARIES = (".shard-*.tmp", ".decisions.parquet.*.tmp", f".{MANIFEST}.*.tmp", ".embeddings.npy.tmp", ".eval_embeddings.npy.tmp")
+
+
 def clear_leftovers(output: Path, *, old_selection: bool) -> None:
-    """Remove temporary files a killed run left (``.<name>.*.tmp``), and with ``old_selection``
-    the previous selection's shards and manifest (just before the new ones are written)."""
+    """Remove temporary files a killed run left (packwise's own ``.<name>.*.tmp`` names), and with
+    ``old_selection`` the shards and manifest the previous selection's manifest lists (just before
+    the new ones are written); nothing packwise did not write."""
     if not output.is_dir():
         return
-    for tmp in output.glob(".*.tmp"):
+    for tmp in [p for pattern in _TEMPORARIES for p in output.glob(pattern)]:
         tmp.unlink(missing_ok=True)
     if old_selection:
-        for old in list(output.glob("shard-*.parquet")) + [output / MANIFEST]:
+        for old in previous_selection(output) - {output / "decisions.parquet"}:  # decisions: replaced below
             old.unlink(missing_ok=True)
+
+
+def previous_selection(output: Path) -> set[Path]:
+    """The files the selection's ``manifest.json`` in ``output`` lists (its shards, decisions and
+    itself): all that ``--overwrite`` may replace.  Other files there are in the way, never deleted."""
+    manifest = output / MANIFEST
+    if not os.path.lexists(manifest):
+        return set()
+    try:
+        data = json.loads(manifest.read_text()) if manifest.is_file() and not manifest.is_symlink() else None
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"output: {manifest} is in the way: it is not a packwise selection manifest, so packwise leaves it alone; move it away or choose another output folder")
+    names = {s.get("name") for s in data.get("shards", []) if isinstance(s, dict)} | {MANIFEST, data.get("decisions")}
+    return {output / n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}
 
 
 def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str, fmt: str | None, progress=None, name: str = "embeddings"):
@@ -267,6 +288,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
 
     from ..pipeline import open_input
     from ..pipeline.atomic import atomic_path
+    from ..pipeline._paths import refuse_stray
     from ..pipeline.run import check_output_outside_input
     from .. import selection as sel
     from ..pipeline.ray_engine import check_engine
@@ -280,6 +302,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     check_output_outside_input(input, output)
     if (output / MANIFEST).exists() and not overwrite:
         raise ValueError(f"{output} already holds a selection (manifest.json); pass --overwrite to replace it")
+    refuse_stray(output, previous_selection(output), (MANIFEST, "decisions.parquet"))  # never over a file not ours
     clear_leftovers(output, old_selection=False)
     output.mkdir(parents=True, exist_ok=True)
     notes: list[tuple[str, str]] = []
