@@ -1,0 +1,180 @@
+"""Issue 22, "never destroy what the user owns": no command writes over, deletes or writes into
+what it reads, ``--overwrite`` removes only what a previous packwise run wrote, and the lock never
+follows a symlink.  Every case runs the real CLI on real files, expects exit 2 with a message naming
+the paths, and checks the user's files are byte-identical afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import sysconfig
+
+import pyarrow.parquet as pq
+import pytest
+from test_cli_failures import _fails, token_parquet  # noqa: F401  (token_parquet is a fixture)
+from test_cli_pack import invoke, tok_file  # noqa: F401  (tok_file is a fixture)
+
+from packwise.pipeline.lock import LOCK
+
+PACK = ("--max-tokens", 1024, "--tokens-column", "input_ids", "--oversize", "split", "--shard-rows", 64)
+SELECT = ("--method", "score", "--score-column", "score", "--keep", 0.5)
+NEVER = "packwise never writes over what it reads"
+
+
+def _tree(root) -> dict:
+    """Every entry under ``root`` (itself included): a symlink's target, a file's bytes, or a folder."""
+    out = {}
+    for here, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            p = os.path.join(here, name)
+            rel = os.path.relpath(p, root)
+            out[rel] = ("link", os.readlink(p)) if os.path.islink(p) else ("dir",) if os.path.isdir(p) else open(p, "rb").read()
+    return out
+
+
+# --- item 2: an output that is, holds or lies inside an input -----------------------------------
+def test_report_json_onto_its_input_exits_2_and_leaves_the_input_byte_identical(tmp_path, token_parquet):
+    src, ids = token_parquet
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"input_ids": list(map(int, r))}) + "\n" for r in ids))  # ~0.5 MB of real token ids
+    before = data.read_bytes()
+    _fails(invoke("report", data, "--max-tokens", 1024, "--tokens-column", "input_ids", "--json", data),
+           f"--json {data}: is the input {data}; {NEVER}: choose a --json path outside the inputs")  # fmt: skip
+    link = tmp_path / "report.json"
+    link.symlink_to(data)  # a symlink to the input is the input
+    _fails(invoke("report", data, "--max-tokens", 1024, "--tokens-column", "input_ids", "--json", link),
+           f"--json {link}: is the input {data} (both resolve to {data});")  # fmt: skip
+    assert data.read_bytes() == before and os.readlink(link) == str(data)
+
+
+def test_report_outputs_onto_the_tokenizer_or_into_the_input_folder_exit_2(tmp_path, token_parquet, tok_file):  # noqa: F811
+    src, _ = token_parquet
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "c4.parquet").write_bytes(src.read_bytes())
+    tok = tmp_path / "tok.json"
+    tok.write_bytes(tok_file.read_bytes())
+    before = (_tree(folder), tok.read_bytes())
+    _fails(invoke("report", folder, "--max-tokens", 1024, "--tokens-column", "input_ids", "--plot", folder / "waste.png"),
+           f"--plot {folder / 'waste.png'}: lies inside the input {folder}; {NEVER}")  # fmt: skip
+    _fails(invoke("report", src, "--max-tokens", 1024, "--tokenizer", tok, "--text-column", "text", "--json", tok),
+           f"--json {tok}: is the --tokenizer {tok}; {NEVER}")  # fmt: skip
+    assert (_tree(folder), tok.read_bytes()) == before
+
+
+def test_pack_and_select_outputs_holding_what_they_read_exit_2(tmp_path, token_parquet):  # noqa: F811
+    src, _ = token_parquet
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "in.parquet").write_bytes(src.read_bytes())
+    (out / "tmpl.py").write_text("def template(row):\n    return row['text']\n")
+    before = _tree(out)
+    _fails(invoke("pack", src, out, *PACK[:2], "--oversize", "split", "--train-tokenizer", "--template", f"{out / 'tmpl.py'}:template"),
+           f"output {out}: holds the --template {out / 'tmpl.py'}; {NEVER}: choose an output folder outside the input")  # fmt: skip
+    _fails(invoke("select", out / "in.parquet", out, *SELECT), f"output {out}: holds the input {out / 'in.parquet'}; {NEVER}")
+    _fails(invoke("select", src, out, "--method", "decontaminate", "--embeddings-column", "e", "--eval", out / "in.parquet"),
+           f"output {out}: holds the --eval input {out / 'in.parquet'}; {NEVER}")  # fmt: skip
+    assert _tree(out) == before
+
+
+def test_demo_data_onto_the_standard_library_it_reads_exits_2():
+    stdlib = sysconfig.get_paths()["stdlib"]  # the folder itself: the original code failed late there, harmlessly
+    before = sorted(os.listdir(stdlib))
+    _fails(invoke("demo-data", stdlib), f"output {stdlib}: is the standard library {stdlib}", NEVER)
+    assert sorted(os.listdir(stdlib)) == before
+
+
+# --- item 3: --overwrite deletes only what a previous run wrote --------------------------------
+def test_pack_overwrite_never_deletes_the_runs_own_input_or_tokenizer(tmp_path, token_parquet, tok_file):  # noqa: F811
+    src, _ = token_parquet
+    out = tmp_path / "out"
+    assert invoke("pack", src, out, *PACK).exit_code == 0
+    shard = out / "shard-00001.parquet"
+    before = _tree(out)
+    _fails(invoke("pack", shard, out, *PACK, "--overwrite"), f"output {out}: holds the input {shard}; {NEVER}")
+    (out / "tokenizer.json").write_bytes(tok_file.read_bytes())
+    before = _tree(out)
+    _fails(invoke("pack", src, out, "--max-tokens", 512, "--tokenizer", out / "tokenizer.json", "--text-column", "text", "--overwrite"),
+           f"output {out}: holds the --tokenizer {out / 'tokenizer.json'}; {NEVER}")  # fmt: skip
+    assert _tree(out) == before
+
+
+def test_pack_overwrite_keeps_files_packwise_did_not_write_and_names_those_in_the_way(tmp_path, token_parquet, tok_file):  # noqa: F811
+    src, _ = token_parquet
+    out = tmp_path / "out"
+    assert invoke("pack", src, out, *PACK).exit_code == 0
+    old = [s["file"] for s in json.loads((out / "manifest.json").read_text())["shards"]]
+    mine = {"notes.txt": b"my notes", "tokenizer.json": tok_file.read_bytes(), ".draft.tmp": b"mine too"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    done = invoke("pack", src, out, *PACK[:-1], 128, "--overwrite")  # other settings: the old shards go, mine stay
+    assert done.exit_code == 0, done.output
+    assert {n: (out / n).read_bytes() for n in mine} == mine
+    new = json.loads((out / "manifest.json").read_text())
+    assert (len(old), len(new["shards"]), new["shard_rows"]) == (4, 2, 128)  # shards 2 and 3 of the old run are gone
+    assert sorted(p.name for p in out.glob("shard-*.parquet")) == [s["file"] for s in new["shards"]] == old[:2]
+    stray = out / "shard-00042.parquet"
+    stray.write_bytes(src.read_bytes())  # a Parquet file of the user's under a shard's name: no manifest lists it
+    before = _tree(out)
+    in_the_way = f"output: {stray} is in the way: no packwise manifest in {out} lists it, so packwise did not write it and leaves it alone"
+    _fails(invoke("pack", src, out, *PACK, "--overwrite"), in_the_way)
+    assert _tree(out) == before
+    stray.unlink()
+    before = _tree(out)  # --train-tokenizer would save over the user's tokenizer.json
+    _fails(invoke("pack", src, out, *PACK[:2], "--train-tokenizer", "--text-column", "text", "--overwrite"),
+           f"output: {out / 'tokenizer.json'} is in the way: no packwise manifest in {out} lists it")  # fmt: skip
+    assert _tree(out) == before
+
+
+def test_select_overwrite_keeps_files_packwise_did_not_write(tmp_path, token_parquet):  # noqa: F811
+    src, _ = token_parquet
+    out = tmp_path / "sel"
+    assert invoke("select", src, out, *SELECT).exit_code == 0
+    (out / ".draft.tmp").write_bytes(b"the user's")
+    again = invoke("select", src, out, *SELECT[:-1], 0.25, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert (out / ".draft.tmp").read_bytes() == b"the user's"
+    assert sum(pq.read_metadata(p).num_rows for p in out.glob("shard-*.parquet")) == json.loads((out / "manifest.json").read_text())["rows_out"]
+    stray = out / "shard-00007.parquet"
+    stray.write_bytes(src.read_bytes())
+    before = _tree(out)
+    _fails(invoke("select", src, out, *SELECT, "--overwrite"), f"output: {stray} is in the way: no packwise manifest in {out} lists it")
+    assert _tree(out) == before
+
+
+# --- item 4: a symlinked output resolving to the input -----------------------------------------
+@pytest.mark.parametrize("command", ["pack", "select"])
+def test_an_output_symlinked_to_the_input_folder_exits_2_naming_both(tmp_path, token_parquet, command):  # noqa: F811
+    src, _ = token_parquet
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "c4.parquet").write_bytes(src.read_bytes())
+    out = tmp_path / "out"
+    out.symlink_to(data)
+    before = _tree(data)
+    options = PACK if command == "pack" else SELECT
+    _fails(invoke(command, data, out, *options), f"output {out}: is the input {data} (both resolve to {data}); {NEVER}")
+    assert _tree(data) == before and os.readlink(out) == str(data)
+
+
+# --- item 6: the lock never follows a symlink ---------------------------------------------------
+@pytest.mark.parametrize("kind", ["symlink", "hard link", "fifo"])
+def test_a_lock_that_is_not_a_plain_file_of_ours_exits_2_and_the_victim_is_untouched(tmp_path, token_parquet, kind):  # noqa: F811
+    src, _ = token_parquet
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / LOCK
+    if kind == "symlink":
+        lock.symlink_to(victim)
+        says = "a symlink"
+    elif kind == "hard link":
+        os.link(victim, lock)
+        says = "a hard link to another file"
+    else:
+        os.mkfifo(lock)
+        says = "not a regular file"
+    for command, options in (("pack", PACK), ("select", SELECT)):
+        _fails(invoke(command, src, out, *options), f"output: the lock {lock} is {says}; packwise writes its pid only into a plain file of its own: remove {lock}")
+        assert victim.read_bytes() == b"precious\n" and {p.name for p in out.iterdir()} == {LOCK}
