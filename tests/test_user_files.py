@@ -32,6 +32,13 @@ def _tree(root) -> dict:
     return out
 
 
+def _folder_with(folder, src, name: str = "c4.parquet"):
+    """A new folder holding a copy of the input ``src``."""
+    folder.mkdir()
+    (folder / name).write_bytes(src.read_bytes())
+    return folder
+
+
 # --- item 2: an output that is, holds or lies inside an input -----------------------------------
 def test_report_json_onto_its_input_exits_2_and_leaves_the_input_byte_identical(tmp_path, token_parquet):
     src, ids = token_parquet
@@ -49,9 +56,7 @@ def test_report_json_onto_its_input_exits_2_and_leaves_the_input_byte_identical(
 
 def test_report_outputs_onto_the_tokenizer_or_into_the_input_folder_exit_2(tmp_path, token_parquet, tok_file):  # noqa: F811
     src, _ = token_parquet
-    folder = tmp_path / "data"
-    folder.mkdir()
-    (folder / "c4.parquet").write_bytes(src.read_bytes())
+    folder = _folder_with(tmp_path / "data", src)
     tok = tmp_path / "tok.json"
     tok.write_bytes(tok_file.read_bytes())
     before = (_tree(folder), tok.read_bytes())
@@ -64,9 +69,7 @@ def test_report_outputs_onto_the_tokenizer_or_into_the_input_folder_exit_2(tmp_p
 
 def test_pack_and_select_outputs_holding_what_they_read_exit_2(tmp_path, token_parquet):  # noqa: F811
     src, _ = token_parquet
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "in.parquet").write_bytes(src.read_bytes())
+    out = _folder_with(tmp_path / "out", src, "in.parquet")
     (out / "tmpl.py").write_text("def template(row):\n    return row['text']\n")
     before = _tree(out)
     _fails(invoke("pack", src, out, *PACK[:2], "--oversize", "split", "--train-tokenizer", "--template", f"{out / 'tmpl.py'}:template"),
@@ -146,9 +149,7 @@ def test_select_overwrite_keeps_files_packwise_did_not_write(tmp_path, token_par
 @pytest.mark.parametrize("command", ["pack", "select"])
 def test_an_output_symlinked_to_the_input_folder_exits_2_naming_both(tmp_path, token_parquet, command):  # noqa: F811
     src, _ = token_parquet
-    data = tmp_path / "in"
-    data.mkdir()
-    (data / "c4.parquet").write_bytes(src.read_bytes())
+    data = _folder_with(tmp_path / "in", src)
     out = tmp_path / "out"
     out.symlink_to(data)
     before = _tree(data)
