@@ -125,7 +125,7 @@ def pack(
     from ._progress import progress_bar
     from .pack_cmd import csv_header, load_template, render_summary, run_reads
 
-    refuse_overlap([("output", output)], run_reads(input, tokenizer=tokenizer, template=template))
+    refuse_overlap([("output", output)], run_reads(input, tokenizer=tokenizer, template=template), folders=True)
     fn = load_template(template)
     header = csv_header(csv_columns, no_header)
     total = open_input(input, None, format=input_format, csv_header=header).num_rows
@@ -292,7 +292,7 @@ def select(
     from ..pipeline._paths import refuse_overlap
     from .pack_cmd import run_reads
 
-    refuse_overlap([("output", output)], run_reads(input, model=model, eval_input=eval_input))
+    refuse_overlap([("output", output)], run_reads(input, model=model, eval_input=eval_input), folders=True)
     from ..selection.select_run import run_select
     from .select_cmd import render_select_summary
 

@@ -18,10 +18,11 @@ _GLOB_CHARS = "*?["
 _OUTPUT_NAMES = ("shard-00000.parquet", "decisions.parquet")  # what a rerun's glob could pick up in an output folder
 
 
-def refuse_overlap(writes: Named, reads: Named) -> None:
+def refuse_overlap(writes: Named, reads: Named, *, folders: bool = False) -> None:
     """Raise a ``ValueError`` naming both paths when a path in ``writes`` is a path in ``reads``,
     holds one (a folder output around an input) or lies inside one (an input folder), symlinks
-    followed; or when an input glob would match what the run writes (a rerun would read it)."""
+    followed; or when an input glob would match what the run writes (a rerun would read it):
+    with ``folders``, the written paths are folders and the shards the run puts in them count."""
     for what, target in writes:
         if target is None:
             continue
@@ -31,7 +32,7 @@ def refuse_overlap(writes: Named, reads: Named) -> None:
                 problem = _relation(written, _resolved(read))
                 if problem:
                     raise ValueError(_message(what, target, problem, source_what, source, written, _resolved(read)))
-            if _glob_covers(source, Path(os.path.abspath(target))) or _glob_covers(source, written):
+            if any(_glob_covers(source, p, folders) for p in (Path(os.path.abspath(target)), written)):
                 raise ValueError(
                     f"{what} {target}: lies inside {source_what} {source} (the glob matches what this run writes there); "
                     f"a rerun would read its own output: choose an output outside the input"
@@ -96,13 +97,13 @@ def _message(what: str, target, problem: str, source_what: str, source, written:
     return f"{what} {target}: {problem} {source_what} {source}{resolved}; packwise never writes over what it reads: {fix}"
 
 
-def _glob_covers(source, written: Path) -> bool:
+def _glob_covers(source, written: Path, folder: bool) -> bool:
     """Whether the input glob ``source`` matches ``written`` or the files a run writes in it (a
     rerun would read them)."""
     if not isinstance(source, (str, Path)) or not any(ch in str(source) for ch in _GLOB_CHARS):
         return False
     pattern = Path(os.path.abspath(str(source))).parts
-    candidates = [written] + [written / name for name in _OUTPUT_NAMES]
+    candidates = [written] + ([written / name for name in _OUTPUT_NAMES] if folder else [])
     return any(_glob_match(pattern, c.parts) for c in candidates)
 
 

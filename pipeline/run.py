@@ -51,7 +51,7 @@ def _tokenizer_id(tokenizer, path) -> str:
 def check_output_outside_input(source, output, tokenizer=None) -> None:
     """Refuse an output folder that is, holds or lies inside the input or the tokenizer (symlinks
     followed), or that an input glob covers: the run would write over, or a rerun read, its own output."""
-    refuse_overlap([("output", output)], [("the input", source), ("the --tokenizer", tokenizer)])
+    refuse_overlap([("output", output)], [("the input", source), ("the --tokenizer", tokenizer)], folders=True)
 
 
 def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header,

@@ -62,6 +62,12 @@ def test_report_outputs_onto_the_tokenizer_or_into_the_input_folder_exit_2(tmp_p
     before = (_tree(folder), tok.read_bytes())
     _fails(invoke("report", folder, "--max-tokens", 1024, "--tokens-column", "input_ids", "--plot", folder / "waste.png"),
            f"--plot {folder / 'waste.png'}: lies inside the input {folder}; {NEVER}")  # fmt: skip
+    glob = str(folder / "**" / "*.parquet")  # a report beside the files a glob reads, matched by none of them, is fine
+    ok = invoke("report", glob, "--max-tokens", 1024, "--tokens-column", "input_ids", "--json", folder / "waste.json")
+    assert ok.exit_code == 0, ok.output
+    (folder / "waste.json").unlink()
+    _fails(invoke("report", glob, "--max-tokens", 1024, "--tokens-column", "input_ids", "--json", folder / "waste.parquet"),
+           f"--json {folder / 'waste.parquet'}: lies inside the input {glob} (the glob matches what this run writes there)")  # fmt: skip
     _fails(invoke("report", src, "--max-tokens", 1024, "--tokenizer", tok, "--text-column", "text", "--json", tok),
            f"--json {tok}: is the --tokenizer {tok}; {NEVER}")  # fmt: skip
     assert (_tree(folder), tok.read_bytes()) == before
