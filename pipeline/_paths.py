@@ -34,7 +34,7 @@ def refuse_overlap(writes: Named, reads: Named, *, folders: bool = False) -> Non
                     raise ValueError(_message(what, target, problem, source_what, source, written, _resolved(read)))
             if any(_glob_covers(source, p, folders) for p in (Path(os.path.abspath(target)), written)):
                 raise ValueError(
-                    f"{what} {target}: lies inside {source_what} {source} (the glob matches what this run writes there); "
+                    f"{_head(what, target)} lies inside {source_what} {source} (the glob matches what this run writes there); "
                     f"a rerun would read its own output: choose an output outside the input"
                 )
 
@@ -94,7 +94,12 @@ def _message(what: str, target, problem: str, source_what: str, source, written:
     plain = Path(os.path.abspath(target)) == written and Path(os.path.abspath(source)) == read
     resolved = "" if plain else f" ({where})"
     fix = "choose an output folder outside the input" if what == "output" else f"choose a {what} path outside the inputs"
-    return f"{what} {target}: {problem} {source_what} {source}{resolved}; packwise never writes over what it reads: {fix}"
+    return f"{_head(what, target)} {problem} {source_what} {source}{resolved}; packwise never writes over what it reads: {fix}"
+
+
+def _head(what: str, target) -> str:
+    """``output: PATH`` (as the other output errors say) or ``--json PATH:`` (as option errors say)."""
+    return f"output: {target}" if what == "output" else f"{what} {target}:"
 
 
 def _glob_covers(source, written: Path, folder: bool) -> bool:

@@ -13,7 +13,9 @@ thread works in submission order with a bounded backlog, and the manifest waits 
 shard.  A rerun with the same settings skips the rows of the complete shards (the packing is
 deterministic, so the rows it replays are the same) and writes the rest; other settings are
 refused unless ``overwrite=True`` (a run that stopped before its first shard kept nothing, so it
-may be retried with any settings).
+may be retried with any settings).  ``overwrite`` removes only what the previous manifest lists
+(or, for a stopped run, the shards carrying packwise's footer) and packwise's temporaries; a file
+packwise did not write that is in the way is named in the error and left alone.
 """
 
 from __future__ import annotations

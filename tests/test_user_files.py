@@ -79,17 +79,17 @@ def test_pack_and_select_outputs_holding_what_they_read_exit_2(tmp_path, token_p
     (out / "tmpl.py").write_text("def template(row):\n    return row['text']\n")
     before = _tree(out)
     _fails(invoke("pack", src, out, *PACK[:2], "--oversize", "split", "--train-tokenizer", "--template", f"{out / 'tmpl.py'}:template"),
-           f"output {out}: holds the --template {out / 'tmpl.py'}; {NEVER}: choose an output folder outside the input")  # fmt: skip
-    _fails(invoke("select", out / "in.parquet", out, *SELECT), f"output {out}: holds the input {out / 'in.parquet'}; {NEVER}")
+           f"output: {out} holds the --template {out / 'tmpl.py'}; {NEVER}: choose an output folder outside the input")  # fmt: skip
+    _fails(invoke("select", out / "in.parquet", out, *SELECT), f"output: {out} holds the input {out / 'in.parquet'}; {NEVER}")
     _fails(invoke("select", src, out, "--method", "decontaminate", "--embeddings-column", "e", "--eval", out / "in.parquet"),
-           f"output {out}: holds the --eval input {out / 'in.parquet'}; {NEVER}")  # fmt: skip
+           f"output: {out} holds the --eval input {out / 'in.parquet'}; {NEVER}")  # fmt: skip
     assert _tree(out) == before
 
 
 def test_demo_data_onto_the_standard_library_it_reads_exits_2():
     stdlib = sysconfig.get_paths()["stdlib"]  # the folder itself: the original code failed late there, harmlessly
     before = sorted(os.listdir(stdlib))
-    _fails(invoke("demo-data", stdlib), f"output {stdlib}: is the standard library {stdlib}", NEVER)
+    _fails(invoke("demo-data", stdlib), f"output: {stdlib} is the standard library {stdlib}", NEVER)
     assert sorted(os.listdir(stdlib)) == before
 
 
@@ -100,11 +100,11 @@ def test_pack_overwrite_never_deletes_the_runs_own_input_or_tokenizer(tmp_path, 
     assert invoke("pack", src, out, *PACK).exit_code == 0
     shard = out / "shard-00001.parquet"
     before = _tree(out)
-    _fails(invoke("pack", shard, out, *PACK, "--overwrite"), f"output {out}: holds the input {shard}; {NEVER}")
+    _fails(invoke("pack", shard, out, *PACK, "--overwrite"), f"output: {out} holds the input {shard}; {NEVER}")
     (out / "tokenizer.json").write_bytes(tok_file.read_bytes())
     before = _tree(out)
     _fails(invoke("pack", src, out, "--max-tokens", 512, "--tokenizer", out / "tokenizer.json", "--text-column", "text", "--overwrite"),
-           f"output {out}: holds the --tokenizer {out / 'tokenizer.json'}; {NEVER}")  # fmt: skip
+           f"output: {out} holds the --tokenizer {out / 'tokenizer.json'}; {NEVER}")  # fmt: skip
     assert _tree(out) == before
 
 
@@ -135,6 +135,20 @@ def test_pack_overwrite_keeps_files_packwise_did_not_write_and_names_those_in_th
     assert _tree(out) == before
 
 
+@pytest.mark.parametrize("command", ["pack", "select"])
+def test_overwrite_leaves_a_manifest_json_packwise_did_not_write(tmp_path, token_parquet, command):  # noqa: F811
+    src, _ = token_parquet
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "my project", "files": 3}')
+    before = _tree(out)
+    options = PACK if command == "pack" else SELECT
+    kind = "packwise manifest" if command == "pack" else "packwise selection manifest"
+    _fails(invoke(command, src, out, *options, "--overwrite"),
+           f"output: {out / 'manifest.json'} is in the way: it is not a {kind}, so packwise")  # fmt: skip
+    assert _tree(out) == before
+
+
 def test_select_overwrite_keeps_files_packwise_did_not_write(tmp_path, token_parquet):  # noqa: F811
     src, _ = token_parquet
     out = tmp_path / "sel"
@@ -160,7 +174,7 @@ def test_an_output_symlinked_to_the_input_folder_exits_2_naming_both(tmp_path, t
     out.symlink_to(data)
     before = _tree(data)
     options = PACK if command == "pack" else SELECT
-    _fails(invoke(command, data, out, *options), f"output {out}: is the input {data} (both resolve to {data}); {NEVER}")
+    _fails(invoke(command, data, out, *options), f"output: {out} is the input {data} (both resolve to {data}); {NEVER}")
     assert _tree(data) == before and os.readlink(out) == str(data)
 
 
