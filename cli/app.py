@@ -121,9 +121,9 @@ def pack(
     """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
     batch_job(kernels_only=True, user_code=template is not None)
     from ..pipeline import open_input, pack_to_parquet
-    from ..pipeline._paths import refuse_overlap
+    from ..pipeline._paths import refuse_overlap, run_reads
     from ._progress import progress_bar
-    from .pack_cmd import csv_header, load_template, render_summary, run_reads
+    from .pack_cmd import csv_header, load_template, render_summary
 
     refuse_overlap([("output", output)], run_reads(input, tokenizer=tokenizer, template=template), folders=True)
     fn = load_template(template)
@@ -206,9 +206,9 @@ def report(
     from ..packing import waste_report
     from ..packing.core import OVERSIZE_POLICIES, validate_capacity
     from ..pipeline import dataset_lengths, open_input
-    from ..pipeline._paths import refuse_overlap
+    from ..pipeline._paths import refuse_overlap, run_reads
     from ._progress import progress_bar
-    from .pack_cmd import csv_header, load_template, run_reads
+    from .pack_cmd import csv_header, load_template
     from .report_cmd import length_histogram, render_report, report_dict, write_json, write_plot
 
     from ..pipeline.atomic import check_writable
@@ -289,13 +289,11 @@ def select(
     """Select rows offline: semantic dedup, prototype pruning, cluster balance, decontamination or score policies."""
     batch_job()
     from ._progress import progress_bar
-    from ..pipeline._paths import refuse_overlap
-    from .pack_cmd import run_reads
-
-    refuse_overlap([("output", output)], run_reads(input, model=model, eval_input=eval_input), folders=True)
+    from ..pipeline._paths import refuse_overlap, run_reads
     from ..selection.select_run import run_select
     from .select_cmd import render_select_summary
 
+    refuse_overlap([("output", output)], run_reads(input, model=model, eval_input=eval_input), folders=True)
     with progress_bar("embeddings", None) as update:
         result = run_select(
             input, output, method=method, embeddings_column=embeddings_column, model=model, text_column=text_column,

@@ -32,14 +32,6 @@ def load_template(spec: str | None):
     return fn
 
 
-def run_reads(input: str, *, tokenizer=None, template: str | None = None, model=None, eval_input: str | None = None) -> list:
-    """Every path a command reads, named as its option: what no output of the run may touch."""
-    from ..pipeline._paths import existing, template_file
-
-    return [("the input", input), ("the --tokenizer", tokenizer), ("the --template", template_file(template)),
-            ("the --model", existing(model)), ("the --eval input", eval_input)]  # fmt: skip
-
-
 def _load_file(path: str, spec: str):
     import importlib.util
 

@@ -52,7 +52,13 @@ def refuse_stray(output: Path, owned: set[Path], writes: Iterable[str]) -> None:
         )
 
 
-def template_file(spec: str | None) -> Path | None:
+def run_reads(input, *, tokenizer=None, template: str | None = None, model=None, eval_input=None) -> list[tuple[str, object]]:
+    """Every path a command reads, named as its option: what no output of the run may touch."""
+    return [("the input", input), ("the --tokenizer", tokenizer), ("the --template", _template_file(template)),
+            ("the --model", _existing(model)), ("the --eval input", eval_input)]  # fmt: skip
+
+
+def _template_file(spec: str | None) -> Path | None:
     """The file of a ``--template FILE.py[:function]`` spec (``None`` for ``module:function``)."""
     if spec is None:
         return None
@@ -60,7 +66,7 @@ def template_file(spec: str | None) -> Path | None:
     return Path(target) if target.endswith(".py") or Path(target).is_file() else None
 
 
-def existing(path) -> Path | None:
+def _existing(path) -> Path | None:
     """``path`` when it names something on disk (``--model`` may also be a bundled model's name)."""
     return Path(path) if path is not None and os.path.lexists(path) else None
 

@@ -13,7 +13,7 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 LOCK = ".packwise.lock"
 
@@ -79,7 +79,7 @@ def _open_own(path: Path, what: str) -> int | None:
     _refuse(path, what, "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file")
 
 
-def _refuse(path: Path, what: str, kind: str) -> None:
+def _refuse(path: Path, what: str, kind: str) -> NoReturn:
     raise ValueError(
         f"{what}: the lock {path} is {kind}; packwise writes its pid only into a plain file of its own: "
         f"remove {path} (what it points at is left alone) and rerun"
