@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._paths import refuse_overlap
+from ._paths import refuse_overlap, run_reads
 from .pack_stage import StreamPacker, check_pack_settings, warm_up
 from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
@@ -46,12 +46,6 @@ def _tokenizer_id(tokenizer, path) -> str:
     if hasattr(tokenizer, "to_str"):
         return "object#sha256:" + hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
     return f"object:{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}"
-
-
-def check_output_outside_input(source, output, tokenizer=None) -> None:
-    """Refuse an output folder that is, holds or lies inside the input or the tokenizer (symlinks
-    followed), or that an input glob covers: the run would write over, or a rerun read, its own output."""
-    refuse_overlap([("output", output)], [("the input", source), ("the --tokenizer", tokenizer)], folders=True)
 
 
 def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header,
@@ -162,7 +156,7 @@ def pack_to_parquet(
         (2, 10)
     """
     check_pack_settings(max_tokens, algorithm, oversize, window, seed)  # before reading
-    check_output_outside_input(source, output, tokenizer)
+    refuse_overlap([("output", output)], run_reads(source, tokenizer=tokenizer), folders=True)  # nothing over what it reads
     check_engine(engine)
     if engine == "local":
         warm_up(algorithm, oversize, labels_column is not None or train_on is not None)  # overlaps the reading

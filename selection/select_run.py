@@ -288,8 +288,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
 
     from ..pipeline import open_input
     from ..pipeline.atomic import atomic_path
-    from ..pipeline._paths import refuse_stray
-    from ..pipeline.run import check_output_outside_input
+    from ..pipeline._paths import refuse_overlap, refuse_stray, run_reads
     from .. import selection as sel
     from ..pipeline.ray_engine import check_engine
 
@@ -299,7 +298,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
                   score_column=score_column, policy=policy, beta=beta, seed=seed, shard_rows=shard_rows,
                   embeddings_column=embeddings_column, model=model)  # fmt: skip
     output = Path(output)
-    check_output_outside_input(input, output)
+    refuse_overlap([("output", output)], run_reads(input, model=model, eval_input=eval_input), folders=True)
     if (output / MANIFEST).exists() and not overwrite:
         raise ValueError(f"{output} already holds a selection (manifest.json); pass --overwrite to replace it")
     refuse_stray(output, previous_selection(output), (MANIFEST, "decisions.parquet"))  # never over a file not ours

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sysconfig
 
 import pyarrow.parquet as pq
@@ -37,6 +38,14 @@ def _folder_with(folder, src, name: str = "c4.parquet"):
     folder.mkdir()
     (folder / name).write_bytes(src.read_bytes())
     return folder
+
+
+def _linked_input(tmp_path, src):
+    """An input folder and an output path that is a symlink to it."""
+    data = _folder_with(tmp_path / "in", src)
+    out = tmp_path / "out"
+    out.symlink_to(data)
+    return data, out
 
 
 # --- item 2: an output that is, holds or lies inside an input -----------------------------------
@@ -169,9 +178,7 @@ def test_select_overwrite_keeps_files_packwise_did_not_write(tmp_path, token_par
 @pytest.mark.parametrize("command", ["pack", "select"])
 def test_an_output_symlinked_to_the_input_folder_exits_2_naming_both(tmp_path, token_parquet, command):  # noqa: F811
     src, _ = token_parquet
-    data = _folder_with(tmp_path / "in", src)
-    out = tmp_path / "out"
-    out.symlink_to(data)
+    data, out = _linked_input(tmp_path, src)
     before = _tree(data)
     options = PACK if command == "pack" else SELECT
     _fails(invoke(command, data, out, *options), f"output: {out} is the input {data} (both resolve to {data}); {NEVER}")
@@ -199,3 +206,23 @@ def test_a_lock_that_is_not_a_plain_file_of_ours_exits_2_and_the_victim_is_untou
     for command, options in (("pack", PACK), ("select", SELECT)):
         _fails(invoke(command, src, out, *options), f"output: the lock {lock} is {says}; packwise writes its pid only into a plain file of its own: remove {lock}")
         assert victim.read_bytes() == b"precious\n" and {p.name for p in out.iterdir()} == {LOCK}
+
+
+def test_the_python_api_refuses_the_same_outputs(tmp_path, token_parquet, tok_file):  # noqa: F811
+    from packwise.pipeline import pack_to_parquet
+    from packwise.selection.select_run import run_select
+
+    src, _ = token_parquet
+    data, out = _linked_input(tmp_path, src)
+    before = _tree(data)
+    with pytest.raises(ValueError, match="^" + re.escape(f"output: {out} is the input {data} (both resolve to {data}); {NEVER}")):
+        pack_to_parquet(str(data), out, max_tokens=1024, tokens_column="input_ids")
+    assert _tree(data) == before
+    tok = data / "tok.json"
+    tok.write_bytes(tok_file.read_bytes())
+    before = _tree(data)
+    with pytest.raises(ValueError, match="^" + re.escape(f"output: {data} holds the --tokenizer {tok}; {NEVER}")):
+        pack_to_parquet(str(src), data, max_tokens=1024, tokenizer=tok)
+    with pytest.raises(ValueError, match="^" + re.escape(f"output: {data} holds the --eval input {tok}; {NEVER}")):
+        run_select(str(src), data, method="decontaminate", embeddings_column="e", eval_input=str(tok))
+    assert _tree(data) == before
