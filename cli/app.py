@@ -113,15 +113,19 @@ def pack(
     tail_pass: bool = typer.Option(
         False, "--tail-pass", help="With --engine ray: repack the open rows left at every block's end together (padding as local)."
     ),
+    allow_unlabeled: bool = typer.Option(
+        False, "--allow-unlabeled", help="Keep sequences whose labels are all -100 (they train on nothing; counted in the summary)."
+    ),
 ) -> None:
     """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
     batch_job(kernels_only=True, user_code=template is not None)
     from ..pipeline import open_input, pack_to_parquet
     from ._progress import progress_bar
-    from .pack_cmd import csv_header, load_template, render_summary
+    from .pack_cmd import announce_layout, csv_header, load_template, render_summary
 
     fn = load_template(template)
     header = csv_header(csv_columns, no_header)
+    announce_layout(input, dict(t=text_column, k=tokens_column, f=fn, c=chat_template), input_format, header, tokenizer)
     total = open_input(input, None, format=input_format, csv_header=header).num_rows
     with progress_bar("packing", total) as update:
         result = pack_to_parquet(
@@ -152,6 +156,7 @@ def pack(
             block_rows=block_rows,
             tail_pass=tail_pass,
             tokenizer_backend=tokenizer_backend,
+            allow_unlabeled=allow_unlabeled,
         )
     if result.state == "complete":
         typer.echo(f"{output} is up to date (manifest.json with the same settings and inputs); nothing to do")
@@ -201,7 +206,7 @@ def report(
     from ..packing.core import OVERSIZE_POLICIES, validate_capacity
     from ..pipeline import dataset_lengths, open_input
     from ._progress import progress_bar
-    from .pack_cmd import csv_header, load_template
+    from .pack_cmd import announce_layout, csv_header, load_template
     from .report_cmd import length_histogram, render_report, report_dict, write_json, write_plot
 
     from ..pipeline.atomic import check_writable
@@ -219,6 +224,7 @@ def report(
             check_writable(path, option)  # before the whole report runs
     fn = load_template(template)
     header = csv_header(csv_columns, no_header)
+    announce_layout(input, dict(t=text_column, k=tokens_column, f=fn, c=chat_template), input_format, header, tokenizer)
     total = open_input(input, None, format=input_format, csv_header=header).num_rows
     with progress_bar("reading", total) as update:
         lengths = dataset_lengths(

@@ -13,11 +13,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .pack_stage import StreamPacker, check_pack_settings, warm_up
+from .layouts import Layout, input_layout, layout_options, needs_detection
 from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
 from .readers import CsvHeader, open_input
 from .tokenizer_backend import TextEncoder, check_backend
-from .tokens import TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
+from .tokens import IGNORE, TEXT_SEPARATOR, TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
 from .writer import _ROW_GROUP, ShardWriter
 
 Progress = Callable[[int, int], None]
@@ -104,20 +105,62 @@ def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_
     return inp, rows, tokenizer, tok_path
 
 
-def text_spec(text_column, template, chat_template, train_on, add_bos, add_eos, algorithm: str | None, tokenizing: bool) -> TextSpec:
+def text_spec(text_column, template, chat_template, train_on, add_bos, add_eos, algorithm: str | None, tokenizing: bool,
+              response: bool = False, separator: str = TEXT_SEPARATOR) -> TextSpec:  # fmt: skip
     """The ``TextSpec`` of a run; ``add_eos=None`` means on for ``concat`` (documents would run
     together) when the run tokenizes, off otherwise."""
     if add_eos is None:
         add_eos = algorithm == "concat" and tokenizing
-    return TextSpec(text_column, template, chat_template, train_on, bool(add_bos), bool(add_eos))
+    return TextSpec(text_column, template, chat_template, train_on, bool(add_bos), bool(add_eos), response, separator)
 
 
-def _stage(inp, rows, tokens_column, labels_column, progress):
-    """Token batches of the input, reporting ``(rows, tokens)`` of each to ``progress``."""
+def run_text(source, options: dict, format, csv_header, tokenizer, rest: tuple) -> tuple[Layout | None, TextSpec, CsvHeader]:
+    """The layout (``None`` when ``options`` name a column option: text_column, tokens_column,
+    template, chat_template), the ``TextSpec`` of the run and the CSV header; ``rest`` is
+    ``(train_on, add_bos, add_eos, algorithm, tokenizing)`` as ``text_spec`` takes them."""
+    train_on, add_bos, add_eos, algorithm, tokenizing = rest
+    layout, found = None, {"response": False, "separator": TEXT_SEPARATOR}
+    if needs_detection(*options.values()):
+        layout = input_layout(source, format=format, csv_header=csv_header)
+        found = layout_options(layout, tokenizer)
+        csv_header = csv_header if found.pop("csv_header") else False
+        options = {**options, **found}
+    spec = text_spec(options["text_column"], options["template"], options["chat_template"], train_on, add_bos, add_eos,
+                     algorithm, tokenizing, found["response"], found["separator"])  # fmt: skip
+    return layout, spec, csv_header
+
+
+def _stage(inp, rows, tokens_column, labels_column, progress, unlabeled: "Unlabeled | None" = None):
+    """Token batches of the input, reporting ``(rows, tokens)`` of each to ``progress``; ``unlabeled``
+    checks every sequence with labels trains on something."""
     for tb in token_batches(inp.batches(), tokenizer=rows, tokens_column=tokens_column, labels_column=labels_column):
         if progress is not None:
             progress(tb.rows_read, int(tb.offsets[-1]))
+        if unlabeled is not None:
+            unlabeled.check(tb)
         yield tb
+
+
+class Unlabeled:
+    """Sequences whose labels are all -100 (they would train on nothing): refused, naming the
+    input row, unless ``allow``; ``count`` is how many were kept."""
+
+    def __init__(self, allow: bool):
+        self.allow, self.count = bool(allow), 0
+
+    def check(self, tb) -> None:
+        if tb.labels is None or len(tb) == 0:
+            return
+        seq = np.repeat(np.arange(len(tb)), tb.lengths)
+        trained = np.bincount(seq, weights=tb.labels != IGNORE, minlength=len(tb))
+        bad = np.flatnonzero(trained == 0)
+        if bad.shape[0] and not self.allow:
+            raise ValueError(
+                f"input row {int(tb.rows[bad[0]])}: every label is -100, so it would train on nothing (a chat with no "
+                f"assistant turn, or an empty response); drop or fix the row, or pass --allow-unlabeled to keep such rows "
+                f"({bad.shape[0]} in this batch)"
+            )
+        self.count += int(bad.shape[0])
 
 
 def pack_to_parquet(
@@ -150,6 +193,7 @@ def pack_to_parquet(
     block_rows: int = DEFAULT_BLOCK_ROWS,
     tail_pass: bool = False,
     tokenizer_backend: str = "auto",
+    allow_unlabeled: bool = False,
 ) -> PackResult:
     """Pack ``source`` into Parquet shards under ``output`` (see ``packwise pack``).
 
@@ -191,7 +235,9 @@ def pack_to_parquet(
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
             raise ValueError(f"--block-rows must be an integer >= 1 (input rows per Ray pack block), got {block_rows!r}")
         require_ray()
-    text = text_spec(text_column, template, chat_template, train_on, add_bos, add_eos, algorithm, tokens_column is None)
+    layout, text, csv_header = run_text(source, dict(text_column=text_column, tokens_column=tokens_column, template=template,
+                                        chat_template=chat_template), format, csv_header, tokenizer,
+                                        (train_on, add_bos, add_eos, algorithm, tokens_column is None))  # fmt: skip
     inp, text_rows, tok, tok_path = _prepare(
         source,
         tokenizer=tokenizer,
@@ -219,6 +265,8 @@ def pack_to_parquet(
         "engine": engine,
         "block_rows": int(block_rows) if engine == "ray" else None,
         **({"tail_pass": bool(tail_pass)} if engine == "ray" else {}),
+        **({"layout": layout.name} if layout is not None else {}),
+        **({"allow_unlabeled": True} if allow_unlabeled else {}),
     }
     with output_lock(output):  # one run per output folder
         writer_class = RayShards if engine == "ray" else ShardWriter  # Ray: the workers write the shards, this commits
@@ -234,7 +282,8 @@ def pack_to_parquet(
         try:
             if engine == "local":
                 packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed, part_rows=_ROW_GROUP)
-                for tb in _stage(inp, text_rows, tokens_column, labels_column, progress):
+                unlabeled = Unlabeled(allow_unlabeled)
+                for tb in _stage(inp, text_rows, tokens_column, labels_column, progress, unlabeled):
                     for rows in packer.add(tb):
                         writer.write(rows)
                 for rows in packer.finish():
@@ -262,7 +311,8 @@ def pack_to_parquet(
         if stats.sequences == 0:
             raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
         backend = None if text_rows is None else text_rows.encoder.describe()
-        manifest = writer.close({**stats.to_dict(), "tokenizer_backend": backend})
+        kept = {"unlabeled_sequences": unlabeled.count} if engine == "local" else {}
+        manifest = writer.close({**stats.to_dict(), **kept, "tokenizer_backend": backend})
         return PackResult(Path(output), state, resumed, manifest)
 
 
@@ -287,7 +337,9 @@ def dataset_lengths(
 
     Takes the text options of ``pack_to_parquet``, so the lengths are those that run would pack.
     """
-    text = text_spec(text_column, template, chat_template, "all" if chat_template else None, add_bos, add_eos, None, True)
+    _, text, csv_header = run_text(source, dict(text_column=text_column, tokens_column=tokens_column, template=template,
+                                   chat_template=chat_template), format, csv_header, tokenizer,
+                                   ("all", add_bos, add_eos, None, True))  # fmt: skip
     inp, rows, _, _ = _prepare(
         source,
         tokenizer=tokenizer,

@@ -104,6 +104,8 @@ class TextSpec:
     train_on: str | None = None
     add_bos: bool = False
     add_eos: bool = False
+    response: bool = False
+    separator: str = TEXT_SEPARATOR
 
     def __post_init__(self):
         cols = self.columns
@@ -120,11 +122,13 @@ class TextSpec:
             raise ValueError(f"--chat-template must be one of {_chat.CHAT_TEMPLATES}, got {self.chat!r}")
         if self.chat is not None and cols is not None and len(cols) != 1:
             raise ValueError(f"--chat-template renders one chat column; --text-column names {len(cols)}: {','.join(cols)}")
-        train_on = self.train_on or ("assistant" if self.chat else "all")
+        train_on = self.train_on or ("assistant" if self.chat or self.response else "all")
         if train_on not in _chat.TRAIN_ON:
             raise ValueError(f"--train-on must be one of {_chat.TRAIN_ON}, got {train_on!r}")
-        if train_on == "assistant" and self.chat is None:
-            raise ValueError("--train-on assistant needs --chat-template (it marks the assistant turns); pass --train-on all")
+        if train_on == "assistant" and self.chat is None and not self.response:
+            raise ValueError(
+                "--train-on assistant needs --chat-template or a prompt/response layout (it marks the assistant turns); pass --train-on all"
+            )
         object.__setattr__(self, "train_on", train_on)
         if cols is None and self.chat is None and self.template is None:
             object.__setattr__(self, "columns", ("text",))
@@ -148,6 +152,7 @@ class TextSpec:
             "train_on": self.train_on,
             "add_bos": self.add_bos,
             "add_eos": self.add_eos,
+            **({"response_column": self.columns[-1], "separator": self.separator} if self.response else {}),
         }
 
 
@@ -187,6 +192,7 @@ class TextRows:
         self.render = None
         if spec.chat == "chatml":
             self.render = _chat.chatml
+            _warn_split_chatml(self.tokenizer)
         elif spec.chat == "tokenizer":
             self.render = _chat.hf_template(self.tokenizer)
 
@@ -202,7 +208,7 @@ class TextRows:
     def texts(self, loc) -> Iterator[str]:
         """The full text of every row of one located batch."""
         texts, _, seg_row = self._segments(loc)
-        if self.render is None:
+        if self.render is None and not self.spec.response:
             yield from texts
             return
         bounds = np.searchsorted(seg_row, np.arange(loc.batch.num_rows + 1))
@@ -231,6 +237,8 @@ class TextRows:
             return self._chat_segments(loc)
         if self.spec.template is not None:
             texts = [self._apply_template(loc, i, row) for i, row in enumerate(batch.to_pylist())]
+        elif self.spec.response:
+            return _prompt_response(loc, self.spec.columns, self.spec.separator)
         elif len(self.spec.columns) == 1:
             texts = _text_column(loc, self.spec.columns[0]).to_pylist()
         else:
@@ -286,6 +294,36 @@ class TextRows:
                 trainable.append(train)
                 seg_row.append(i)
         return texts, np.array(trainable, np.bool_), np.array(seg_row, np.int64)
+
+
+def _warn_split_chatml(tokenizer) -> None:
+    """Warn when the tokenizer splits the ChatML markers into pieces (no such special tokens): the
+    rows get longer and the model never sees the markers it was trained with."""
+    if tokenizer is None:
+        return
+    split = [t for t, ids in zip(_chat.CHATML_TOKENS, encode(tokenizer, list(_chat.CHATML_TOKENS))) if len(ids) != 1]
+    if split:
+        import warnings
+
+        warnings.warn(
+            f"--chat-template chatml: the tokenizer has no special token {' or '.join(split)}, so every marker is split "
+            f"into several tokens; use a tokenizer with the ChatML tokens, or --chat-template tokenizer with its own template",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _prompt_response(loc, columns: Sequence[str], separator: str):
+    """Two segments per row: the prompt columns joined (with ``separator`` after them), then the
+    response (the last column), trainable; a null prompt column is an empty value."""
+    n = loc.batch.num_rows
+    prompts = [_text_column(loc, c, nulls=True).to_pylist() for c in columns[:-1]]
+    responses = _text_column(loc, columns[-1]).to_pylist()
+    texts = []
+    for i in range(n):
+        head = TEXT_SEPARATOR.join(p[i] for p in prompts if p[i])
+        texts += [head + separator if head else "", responses[i]]
+    return texts, np.tile(np.array([False, True]), n), np.repeat(np.arange(n, dtype=np.int64), 2)
 
 
 def _add_specials(offsets, values, labels, bos: int | None, eos: int | None):
@@ -456,7 +494,7 @@ def train_on_input(located_batches, text: TextSpec | None = None, vocab_size: in
 
     spec = text or TextSpec()
     specials = _chat.CHATML_TOKENS if spec.chat == "chatml" else ()
-    rows = TextRows(TextSpec(spec.columns, spec.template, spec.chat, spec.train_on), None)
+    rows = TextRows(TextSpec(spec.columns, spec.template, spec.chat, spec.train_on, response=spec.response, separator=spec.separator), None)
 
     def texts():
         for loc in located_batches:
