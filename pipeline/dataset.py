@@ -44,21 +44,38 @@ def _rows_of(table) -> list[dict]:
 
 
 class _Collate:
-    """Rows -> ``PackedCollator`` examples: each sequence of row ``j`` is an example with ``bin=j``."""
+    """Rows -> ``PackedCollator`` examples: each sequence of row ``j`` is an example with ``bin=j``.
 
-    def __init__(self, collator):
-        self.collator = collator
+    A sequence whose stored labels are all -100 is refused, as ``PackedCollator`` refuses it,
+    unless ``allow_unlabeled`` (a pack run with ``--allow-unlabeled`` sets it)."""
+
+    def __init__(self, collator, allow_unlabeled: bool = False):
+        self.collator, self.allow_unlabeled = collator, bool(allow_unlabeled)
 
     def __call__(self, rows: list[dict]) -> dict:
         examples = []
         for j, row in enumerate(rows):
             ends = np.cumsum(row["seq_lens"])
-            for a, b in zip(np.concatenate(([0], ends[:-1])), ends):
+            for k, (a, b) in enumerate(zip(np.concatenate(([0], ends[:-1])), ends)):
                 ex = {"input_ids": row["input_ids"][a:b], "bin": j}
                 if "labels" in row:
                     ex["labels"] = row["labels"][a:b]
+                    self._check(ex["labels"], len(examples), row["source_index"][k])
                 examples.append(ex)
         return self.collator(examples)
+
+    def _check(self, labels: np.ndarray, i: int, source: int) -> None:
+        if not self.allow_unlabeled and not (labels != -100).any():
+            raise ValueError(
+                f"examples[{i}] (input row {int(source)}): every label is -100, so it would train on nothing; drop it, "
+                f"or pass allow_unlabeled=True (packwise pack --allow-unlabeled kept it)"
+            )
+
+
+def _collate_of(manifest: dict, capacity: int, collator, allow_unlabeled: bool | None) -> "_Collate":
+    """The ``collate`` of a packed folder; ``allow_unlabeled=None`` follows the pack run's setting."""
+    allow = manifest["settings"].get("allow_unlabeled", False) if allow_unlabeled is None else allow_unlabeled
+    return _Collate(_default_collator(capacity, collator), allow)
 
 
 def _default_collator(capacity: int, collator):
@@ -93,12 +110,12 @@ class PackedDataset(torch.utils.data.Dataset):
         ([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]], [0, 1, 2, 0, 1])
     """
 
-    def __init__(self, path, collator=None):
+    def __init__(self, path, collator=None, allow_unlabeled: bool | None = None):
         self.root, self.manifest = _read_manifest(path)
         self.capacity = int(self.manifest["settings"]["max_tokens"])
         self.files = [self.root / s["file"] for s in self.manifest["shards"]]
         self._ends = np.cumsum([s["rows"] for s in self.manifest["shards"]]).astype(np.int64)
-        self.collate = _Collate(_default_collator(self.capacity, collator))
+        self.collate = _collate_of(self.manifest, self.capacity, collator, allow_unlabeled)
         self._group_ends: dict[int, np.ndarray] = {}
         self._cached: tuple | None = None
 
@@ -133,7 +150,8 @@ class PackedDataset(torch.utils.data.Dataset):
 
     def iterable(self, *, shuffle_shards: bool = False, seed: int = 0) -> "PackedIterableDataset":
         """The same rows as a streaming ``IterableDataset`` (shards split across DataLoader workers)."""
-        return PackedIterableDataset(self.root, collator=self.collate.collator, shuffle_shards=shuffle_shards, seed=seed)
+        return PackedIterableDataset(self.root, collator=self.collate.collator, shuffle_shards=shuffle_shards, seed=seed,
+                                     allow_unlabeled=self.collate.allow_unlabeled)  # fmt: skip
 
 
 class PackedIterableDataset(torch.utils.data.IterableDataset):
@@ -143,12 +161,12 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
     ``set_epoch`` between epochs.  Every row is yielded exactly once per epoch across workers.
     """
 
-    def __init__(self, path, collator=None, *, shuffle_shards: bool = False, seed: int = 0):
+    def __init__(self, path, collator=None, *, shuffle_shards: bool = False, seed: int = 0, allow_unlabeled: bool | None = None):
         self.root, self.manifest = _read_manifest(path)
         self.capacity = int(self.manifest["settings"]["max_tokens"])
         self.files = [self.root / s["file"] for s in self.manifest["shards"]]
         self.num_rows = int(sum(s["rows"] for s in self.manifest["shards"]))
-        self.collate = _Collate(_default_collator(self.capacity, collator))
+        self.collate = _collate_of(self.manifest, self.capacity, collator, allow_unlabeled)
         self.shuffle_shards, self.seed, self.epoch = shuffle_shards, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
