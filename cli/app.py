@@ -72,6 +72,7 @@ _BACKEND_HELP = ("auto (fastokens, Rust, when installed and it gives HF's ids on
                  "hf (Hugging Face tokenizers) or fastokens (the extra packwise\\[fast]).")
 _ENGINE_HELP = "local (in this process, no services) or ray (Ray Data, the extra packwise\\[ray]; see docs/ray.md)."
 _ADDRESS_HELP = "With --engine ray: the cluster to join (host:port or 'auto'); default $RAY_ADDRESS, else a local Ray."
+_SHARE_HELP = "Preference pairs: store the prompt once per pair ([prompt | chosen | rejected], PairCollator(share_prompt=True)), not twice."
 _INPUT_HELP = "Parquet/JSONL/JSON-array/CSV/TXT/Arrow file, folder, glob, or save_to_disk folder."
 _OVERSIZE_HELP = "Sequences longer than --max-tokens: error, truncate, split or drop."
 
@@ -116,6 +117,7 @@ def pack(
     allow_unlabeled: bool = typer.Option(
         False, "--allow-unlabeled", help="Keep sequences whose labels are all -100 (they train on nothing; counted in the summary)."
     ),
+    share_prompt: bool = typer.Option(False, "--share-prompt", help=_SHARE_HELP),
 ) -> None:
     """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
     batch_job(kernels_only=True, user_code=template is not None)
@@ -157,6 +159,7 @@ def pack(
             tail_pass=tail_pass,
             tokenizer_backend=tokenizer_backend,
             allow_unlabeled=allow_unlabeled,
+            share_prompt=share_prompt,
         )
     if result.state == "complete":
         typer.echo(f"{output} is up to date (manifest.json with the same settings and inputs); nothing to do")
@@ -200,6 +203,7 @@ def report(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the report: PATH.png or PATH.html."),
     seed: int = typer.Option(0, help="Seed of the random-batches baseline."),
+    share_prompt: bool = typer.Option(False, "--share-prompt", help=_SHARE_HELP),
 ) -> None:
     batch_job(kernels_only=True, user_code=template is not None)
     from ..packing import waste_report
@@ -241,6 +245,7 @@ def report(
             format=input_format,
             progress=update,
             tokenizer_backend=tokenizer_backend,
+            share_prompt=share_prompt,
         )
     result = waste_report(lengths, max_tokens, batch_size=batch_size, seed=seed, window=window, oversize=oversize)
     histogram = length_histogram(lengths, max_tokens)

@@ -78,6 +78,7 @@ def render_summary(result) -> None:
         ("empty rows skipped", f"{s['empty_rows']:,}"),
         ("sequences with no label (--allow-unlabeled)", f"{s.get('unlabeled_sequences', 0):,}"),
         ("sequences", f"{s['sequences']:,}"),
+        *([("preference pairs (one sequence each)", f"{s['pairs']:,}")] if "pairs" in s else []),
         ("tokens in", f"{s['tokens_in']:,}"),
         ("tokens out", f"{s['tokens_out']:,}"),
         ("documents marked with", _boundaries(m["settings"])),

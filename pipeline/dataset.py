@@ -17,7 +17,7 @@ import torch.utils.data
 from ._arrow import numpy_view
 from .writer import MANIFEST
 
-_LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start")
+_LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start", "label")  # label: KTO, per sequence
 
 
 def _read_manifest(path) -> tuple[Path, dict]:
@@ -32,12 +32,17 @@ def _read_manifest(path) -> tuple[Path, dict]:
 
 def _rows_of(table) -> list[dict]:
     """Rows of a shard table as dicts of NumPy arrays (CSR slices, no per-token Python)."""
+    import pyarrow as pa
+
     cols = {}
     for name in _LIST_COLUMNS:
         if name in table.column_names:
             col = table.column(name).combine_chunks()
             offsets = numpy_view(col.offsets, np.int32).astype(np.int64)
-            values = numpy_view(col.values, col.values.type.to_pandas_dtype())[offsets[0] : offsets[-1]]
+            if col.values.type == pa.bool_():  # bit-packed: no zero-copy view
+                values = col.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+            else:
+                values = numpy_view(col.values, col.values.type.to_pandas_dtype())[offsets[0] : offsets[-1]]
             cols[name] = (offsets - offsets[0], values)
     n = table.num_rows
     return [{k: v[o[i] : o[i + 1]] for k, (o, v) in cols.items()} for i in range(n)]
@@ -53,7 +58,7 @@ class _Collate:
         self.collator, self.allow_unlabeled = collator, bool(allow_unlabeled)
 
     def __call__(self, rows: list[dict]) -> dict:
-        examples = []
+        examples, kto = [], [row["label"] for row in rows if "label" in row]
         for j, row in enumerate(rows):
             ends = np.cumsum(row["seq_lens"])
             for k, (a, b) in enumerate(zip(np.concatenate(([0], ends[:-1])), ends)):
@@ -62,7 +67,10 @@ class _Collate:
                     ex["labels"] = row["labels"][a:b]
                     self._check(ex["labels"], len(examples), row["source_index"][k])
                 examples.append(ex)
-        return self.collator(examples)
+        batch = self.collator(examples)
+        if kto:  # KTO: desirable (True) / undesirable per example, in example order (batch["example_index"] maps them)
+            batch["label"] = torch.from_numpy(np.concatenate(kto).astype(np.bool_))
+        return batch
 
     def _check(self, labels: np.ndarray, i: int, source: int) -> None:
         if not self.allow_unlabeled and not (labels != -100).any():
@@ -72,9 +80,15 @@ class _Collate:
             )
 
 
-def _collate_of(manifest: dict, capacity: int, collator, allow_unlabeled: bool | None) -> "_Collate":
-    """The ``collate`` of a packed folder; ``allow_unlabeled=None`` follows the pack run's setting."""
-    allow = manifest["settings"].get("allow_unlabeled", False) if allow_unlabeled is None else allow_unlabeled
+def _collate_of(manifest: dict, capacity: int, collator, allow_unlabeled: bool | None):
+    """The ``collate`` of a packed folder (a DPO pack's: its pairs for ``PairCollator``);
+    ``allow_unlabeled=None`` follows the pack run's setting."""
+    settings = manifest["settings"]
+    if settings.get("layout") == "dpo":  # one stored sequence per pair: rebuilt for PairCollator
+        from .preference import PairCollate
+
+        return PairCollate(settings["share_prompt"], collator)
+    allow = settings.get("allow_unlabeled", False) if allow_unlabeled is None else allow_unlabeled
     return _Collate(_default_collator(capacity, collator), allow)
 
 

@@ -50,6 +50,11 @@ class Layout:
         return f"layout: {self.name} ({cols}) -> {what}{how}"
 
     @property
+    def also_read(self) -> tuple[str, ...]:
+        """Columns the reader must deliver beyond the text ones: KTO's label, a pair's responses."""
+        return ((self.label,) if self.label else ()) + (self.pair[1:] if self.pair else ())
+
+    @property
     def kind(self) -> str:
         if self.pair is not None:
             return "preference"
@@ -77,8 +82,9 @@ def detect_layout(names: list[str], types: list, *, csv_looks_headerless: bool =
     have = dict(zip(names, types))
     if "chosen" in have and "rejected" in have:
         prompt = next((c for c in PAIR_PROMPTS if c in have), None)
-        if prompt is not None:
-            return Layout("dpo", (prompt,), pair=(prompt, "chosen", "rejected"))
+        if prompt is not None:  # messages (a list, or LLaMA-Factory's conversations) render with a chat template
+            chat = prompt == "conversations" or pa.types.is_list(have[prompt]) or pa.types.is_large_list(have[prompt])
+            return Layout("dpo", (prompt,), chat=chat, pair=(prompt, "chosen", "rejected"))
     if "label" in have and pa.types.is_boolean(have["label"]):
         if "completion" in have:
             cols = ("prompt", "completion") if "prompt" in have else ("completion",)

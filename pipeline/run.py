@@ -76,8 +76,8 @@ def _glob_match(pattern: tuple, parts: tuple) -> bool:
     return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(pattern[1:], parts[1:])
 
 
-def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header,
-             tokenizer_backend="auto"):  # fmt: skip
+def check_token_source(tokenizer, train_tokenizer, tokens_column, labels_column, tokenizer_backend) -> None:
+    """Exactly one source of token ids (a tokenizer, a trained one, or a token column), checked before any reading."""
     check_backend(tokenizer_backend)
     if tokens_column is not None and (tokenizer is not None or train_tokenizer):
         raise ValueError("pass either --tokens-column or a tokenizer (--tokenizer / --train-tokenizer), not both")
@@ -85,6 +85,11 @@ def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_
         raise ValueError("pass exactly one of --tokenizer PATH, --train-tokenizer or --tokens-column COLUMN")
     if labels_column is not None and tokens_column is None:
         raise ValueError("--labels-column needs --tokens-column (labels parallel to token ids); a tokenizer makes no labels, drop --labels-column")
+
+
+def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header,
+             tokenizer_backend="auto", rows_class=TextRows, also_read=()):  # fmt: skip
+    check_token_source(tokenizer, train_tokenizer, tokens_column, labels_column, tokenizer_backend)
     if tokens_column is not None:
         if text.add_bos or text.add_eos or text.chat or text.template:
             raise ValueError(
@@ -93,7 +98,7 @@ def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_
             )
         columns = [tokens_column] + ([labels_column] if labels_column else [])
     else:
-        columns = text.read_columns
+        columns = text.read_columns if text.read_columns is None else text.read_columns + list(also_read)
     inp = open_input(source, columns, batch_size=batch_size, format=format, csv_header=csv_header)
     tok_path = None
     if isinstance(tokenizer, (str, Path)):
@@ -101,7 +106,7 @@ def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_
     elif train_tokenizer:
         tokenizer = train_on_input(inp.batches(), text)
     # checks BOS/EOS and the chat template now; the backend is decided on the first batch encoded
-    rows = None if tokenizer is None else TextRows(text, TextEncoder(tokenizer, tokenizer_backend))
+    rows = None if tokenizer is None else rows_class(text, TextEncoder(tokenizer, tokenizer_backend))
     return inp, rows, tokenizer, tok_path
 
 
@@ -130,10 +135,35 @@ def run_text(source, options: dict, format, csv_header, tokenizer, rest: tuple) 
     return layout, spec, csv_header
 
 
-def _stage(inp, rows, tokens_column, labels_column, progress, unlabeled: "Unlabeled | None" = None):
+def rows_of_layout(layout: Layout | None, share_prompt: bool, algorithm: str, oversize: str, engine: str):
+    """``TextRows``, or for a DPO layout ``PairRows`` (one ``[P C (P) R]`` sequence per pair), after
+    refusing the settings that would cut a pair."""
+    if layout is not None and layout.label is not None and (algorithm == "concat" or oversize == "split" or engine != "local"):
+        raise ValueError(
+            f"layout {layout.name}: each sequence keeps its {layout.label!r} column; --algorithm concat, --oversize split and "
+            f"--engine ray would cut or spread it: use a packer such as window_bfd, locally"
+        )
+    if layout is None or layout.pair is None:
+        if share_prompt:
+            raise ValueError("--share-prompt applies to preference pairs (chosen/rejected columns); drop it for this input")
+        return TextRows
+    from functools import partial
+
+    from .preference import PairRows
+
+    if algorithm == "concat" or oversize in ("truncate", "split") or engine != "local":
+        raise ValueError(
+            f"layout {layout.name}: a preference pair is packed whole; --algorithm concat, --oversize truncate/split and "
+            f"--engine ray would cut or spread it: use a packer such as window_bfd with --oversize error or drop, locally"
+        )
+    return partial(PairRows, pair=layout.pair, share_prompt=share_prompt)
+
+
+def _stage(inp, rows, tokens_column, labels_column, progress, unlabeled: "Unlabeled | None" = None, label_column=None):
     """Token batches of the input, reporting ``(rows, tokens)`` of each to ``progress``; ``unlabeled``
-    checks every sequence with labels trains on something."""
-    for tb in token_batches(inp.batches(), tokenizer=rows, tokens_column=tokens_column, labels_column=labels_column):
+    checks every sequence with labels trains on something; ``label_column``: KTO's per-row boolean."""
+    for tb in token_batches(inp.batches(), tokenizer=rows, tokens_column=tokens_column, labels_column=labels_column,
+                            label_column=label_column):  # fmt: skip
         if progress is not None:
             progress(tb.rows_read, int(tb.offsets[-1]))
         if unlabeled is not None:
@@ -194,6 +224,7 @@ def pack_to_parquet(
     tail_pass: bool = False,
     tokenizer_backend: str = "auto",
     allow_unlabeled: bool = False,
+    share_prompt: bool = False,
 ) -> PackResult:
     """Pack ``source`` into Parquet shards under ``output`` (see ``packwise pack``).
 
@@ -235,9 +266,11 @@ def pack_to_parquet(
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
             raise ValueError(f"--block-rows must be an integer >= 1 (input rows per Ray pack block), got {block_rows!r}")
         require_ray()
+    check_token_source(tokenizer, train_tokenizer, tokens_column, labels_column, tokenizer_backend)
     layout, text, csv_header = run_text(source, dict(text_column=text_column, tokens_column=tokens_column, template=template,
                                         chat_template=chat_template), format, csv_header, tokenizer,
                                         (train_on, add_bos, add_eos, algorithm, tokens_column is None))  # fmt: skip
+    rows_class = rows_of_layout(layout, share_prompt, algorithm, oversize, engine)
     inp, text_rows, tok, tok_path = _prepare(
         source,
         tokenizer=tokenizer,
@@ -249,6 +282,8 @@ def pack_to_parquet(
         format=format,
         csv_header=csv_header,
         tokenizer_backend=tokenizer_backend,
+        rows_class=rows_class,
+        also_read=() if layout is None else layout.also_read,
     )
     text_settings = {k: None for k in text.describe()} if tokens_column else text.describe()
     settings = {
@@ -267,6 +302,7 @@ def pack_to_parquet(
         **({"tail_pass": bool(tail_pass)} if engine == "ray" else {}),
         **({"layout": layout.name} if layout is not None else {}),
         **({"allow_unlabeled": True} if allow_unlabeled else {}),
+        **({"share_prompt": bool(share_prompt)} if layout is not None and layout.pair else {}),
     }
     with output_lock(output):  # one run per output folder
         writer_class = RayShards if engine == "ray" else ShardWriter  # Ray: the workers write the shards, this commits
@@ -283,7 +319,8 @@ def pack_to_parquet(
             if engine == "local":
                 packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed, part_rows=_ROW_GROUP)
                 unlabeled = Unlabeled(allow_unlabeled)
-                for tb in _stage(inp, text_rows, tokens_column, labels_column, progress, unlabeled):
+                kto = None if layout is None else layout.label
+                for tb in _stage(inp, text_rows, tokens_column, labels_column, progress, unlabeled, kto):
                     for rows in packer.add(tb):
                         writer.write(rows)
                 for rows in packer.finish():
@@ -312,6 +349,8 @@ def pack_to_parquet(
             raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
         backend = None if text_rows is None else text_rows.encoder.describe()
         kept = {"unlabeled_sequences": unlabeled.count} if engine == "local" else {}
+        if layout is not None and layout.pair:
+            kept["pairs"] = stats.sequences
         manifest = writer.close({**stats.to_dict(), **kept, "tokenizer_backend": backend})
         return PackResult(Path(output), state, resumed, manifest)
 
@@ -332,12 +371,14 @@ def dataset_lengths(
     format: str | None = None,
     progress: Progress | None = None,
     tokenizer_backend: str = "auto",
+    share_prompt: bool = False,
 ) -> np.ndarray:
     """Token length of every non-empty row of ``source`` (int64), streaming; for ``packwise report``.
 
     Takes the text options of ``pack_to_parquet``, so the lengths are those that run would pack.
     """
-    _, text, csv_header = run_text(source, dict(text_column=text_column, tokens_column=tokens_column, template=template,
+    check_token_source(tokenizer, train_tokenizer, tokens_column, None, tokenizer_backend)
+    layout, text, csv_header = run_text(source, dict(text_column=text_column, tokens_column=tokens_column, template=template,
                                    chat_template=chat_template), format, csv_header, tokenizer,
                                    ("all", add_bos, add_eos, None, True))  # fmt: skip
     inp, rows, _, _ = _prepare(
@@ -351,6 +392,8 @@ def dataset_lengths(
         format=format,
         csv_header=csv_header,
         tokenizer_backend=tokenizer_backend,
+        rows_class=rows_of_layout(layout, share_prompt, "window_bfd", "error", "local"),
+        also_read=() if layout is None else layout.also_read,
     )
     parts, n = [], 0
     for tb in _stage(inp, rows, tokens_column, None, progress):

@@ -40,6 +40,7 @@ class TokenBatch:
     labels: np.ndarray | None = None
     rows_read: int = 0
     empty: int = 0
+    sequence_label: np.ndarray | None = None  # KTO: a boolean per sequence (parallel to ``rows``)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -355,6 +356,7 @@ def token_batches(
     tokens_column: str | None = None,
     labels_column: str | None = None,
     workers: int | None = None,
+    label_column: str | None = None,
 ) -> Iterator[TokenBatch]:
     """Turn located record batches into ``TokenBatch`` objects.
 
@@ -406,7 +408,8 @@ def token_batches(
         n = lengths.shape[0]
         if keep.shape[0] != n:
             offsets = np.concatenate(([0], np.cumsum(lengths[keep]))).astype(np.int64)
-        yield TokenBatch(offsets, values, rows.astype(np.int64), labels, rows_read=n, empty=n - keep.shape[0])
+        flags = None if label_column is None else _bool_column(loc, label_column)[keep]
+        yield TokenBatch(offsets, values, rows.astype(np.int64), labels, rows_read=n, empty=n - keep.shape[0], sequence_label=flags)
 
 
 def _check_ids(loc, name: str, column, low: int) -> None:
@@ -429,6 +432,15 @@ def _check_ids(loc, name: str, column, low: int) -> None:
     what = "a token id" if low == 0 else "a label"
     rule = "token ids must be in [0, 2**31); -100 and other masks belong in --labels-column" if low == 0 else "labels must fit int32"
     raise ValueError(f"{loc.source} row {loc.first_row + row}: column {name!r} holds {what} {values[k].as_py()}; {rule}")
+
+
+def _bool_column(loc, name: str) -> np.ndarray:
+    """KTO's per-row boolean ``name`` column of one batch, or a ``ValueError`` naming a null row."""
+    column = loc.batch.column(name)
+    if column.null_count:
+        i = _first_null(column)
+        raise ValueError(f"{loc.source} row {loc.first_row + i}: column {name!r} is null; KTO needs true (desirable) or false per row")
+    return column.to_numpy(zero_copy_only=False).astype(np.bool_)
 
 
 def _first_null(column) -> int:
