@@ -265,7 +265,9 @@ def select(
     method: str = typer.Option(..., "--method", help="dedup, prototypes, balance, decontaminate or score."),
     embeddings_column: Optional[str] = typer.Option(None, "--embeddings-column", help="Vector column (list<float>) to cluster."),
     model: Optional[Path] = typer.Option(None, "--model", help="Local sentence-transformers folder to embed --text-column, or all-MiniLM-L6-v2 (the copy the embed extra installs)."),
-    text_column: str = typer.Option("text", "--text-column", help="Column holding the text (with --model)."),
+    text_column: Optional[str] = typer.Option(
+        None, "--text-column", help="Column holding the text (with --model); default: the text of the detected layout (text, chat, Alpaca, ...)."
+    ),
     k: int = typer.Option(100, "--k", help="k-means clusters."),
     eps: float = typer.Option(0.05, "--eps", help="dedup: drop a row whose cosine to an earlier kept row in its cluster is > 1 - eps."),
     order: str = typer.Option("hard", "--order", help="dedup: hard (far from centroid kept first), easy, random or index."),
@@ -293,6 +295,10 @@ def select(
     from ._progress import progress_bar
     from ..selection.select_run import run_select
     from .select_cmd import render_select_summary
+    from .pack_cmd import announce_layout
+
+    if model is not None:
+        announce_layout(input, dict(t=text_column), input_format, True, None)
 
     with progress_bar("embeddings", None) as update:
         result = run_select(

