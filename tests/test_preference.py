@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from conftest import shared_data_dir
+from test_cli_pack import tok_file  # noqa: F401  (the fixture: the shared tokenizer as a file)
 from packwise.cli.app import app
 from packwise.packing import pair_lengths, pair_logps
 from packwise.pipeline import PackedDataset
@@ -27,13 +28,6 @@ transformers = pytest.importorskip("transformers", reason="transformers is a tes
 @pytest.fixture(scope="module")
 def alpaca() -> list[dict]:
     return json.loads((shared_data_dir() / "alpaca_en_demo.json").read_text(encoding="utf-8"))[:41]
-
-
-@pytest.fixture(scope="module")
-def tok_file(tokenizer, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tokenizer.save(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
