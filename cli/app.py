@@ -76,6 +76,7 @@ _BACKEND_HELP = ("auto (fastokens, Rust, when installed and it gives HF's ids on
                  "hf (Hugging Face tokenizers) or fastokens (the extra packwise\\[fast]).")
 _ENGINE_HELP = "local (in this process, no services) or ray (Ray Data, the extra packwise\\[ray]; see docs/ray.md)."
 _ADDRESS_HELP = "With --engine ray: the cluster to join (host:port or 'auto'); default $RAY_ADDRESS, else a local Ray."
+_SHARE_HELP = "Preference pairs: store the prompt once per pair ([prompt | chosen | rejected], PairCollator(share_prompt=True)), not twice."
 _INPUT_HELP = "Parquet/JSONL/JSON-array/CSV/TXT/Arrow file, folder, glob, or save_to_disk folder."
 _OVERSIZE_HELP = "Sequences longer than --max-tokens: error, truncate, split or drop."
 
@@ -117,17 +118,22 @@ def pack(
     tail_pass: bool = typer.Option(
         False, "--tail-pass", help="With --engine ray: repack the open rows left at every block's end together (padding as local)."
     ),
+    allow_unlabeled: bool = typer.Option(
+        False, "--allow-unlabeled", help="Keep sequences whose labels are all -100 (they train on nothing; counted in the summary)."
+    ),
+    share_prompt: bool = typer.Option(False, "--share-prompt", help=_SHARE_HELP),
 ) -> None:
     """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
     batch_job(kernels_only=True, user_code=template is not None)
     from ..pipeline import open_input, pack_to_parquet
     from ..pipeline._paths import refuse_overlap, run_reads
     from ._progress import progress_bar
-    from .pack_cmd import csv_header, load_template, render_summary
+    from .pack_cmd import announce_layout, csv_header, load_template, render_summary
 
     refuse_overlap([("output", output)], run_reads(input, tokenizer=tokenizer, template=template), folders=True)
     fn = load_template(template)
     header = csv_header(csv_columns, no_header)
+    announce_layout(input, dict(t=text_column, k=tokens_column, f=fn, c=chat_template), input_format, header, tokenizer)
     total = open_input(input, None, format=input_format, csv_header=header).num_rows
     with progress_bar("packing", total) as update:
         result = pack_to_parquet(
@@ -158,6 +164,8 @@ def pack(
             block_rows=block_rows,
             tail_pass=tail_pass,
             tokenizer_backend=tokenizer_backend,
+            allow_unlabeled=allow_unlabeled,
+            share_prompt=share_prompt,
         )
     if result.state == "complete":
         typer.echo(f"{output} is up to date (manifest.json with the same settings and inputs); nothing to do")
@@ -201,6 +209,7 @@ def report(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the report: PATH.png or PATH.html."),
     seed: int = typer.Option(0, help="Seed of the random-batches baseline."),
+    share_prompt: bool = typer.Option(False, "--share-prompt", help=_SHARE_HELP),
 ) -> None:
     batch_job(kernels_only=True, user_code=template is not None)
     from ..packing import waste_report
@@ -208,7 +217,7 @@ def report(
     from ..pipeline import dataset_lengths, open_input
     from ..pipeline._paths import refuse_overlap, run_reads
     from ._progress import progress_bar
-    from .pack_cmd import csv_header, load_template
+    from .pack_cmd import announce_layout, csv_header, load_template
     from .report_cmd import length_histogram, render_report, report_dict, write_json, write_plot
 
     from ..pipeline.atomic import check_writable
@@ -228,6 +237,7 @@ def report(
             check_writable(path, option)  # before the whole report runs
     fn = load_template(template)
     header = csv_header(csv_columns, no_header)
+    announce_layout(input, dict(t=text_column, k=tokens_column, f=fn, c=chat_template), input_format, header, tokenizer)
     total = open_input(input, None, format=input_format, csv_header=header).num_rows
     with progress_bar("reading", total) as update:
         lengths = dataset_lengths(
@@ -244,6 +254,7 @@ def report(
             format=input_format,
             progress=update,
             tokenizer_backend=tokenizer_backend,
+            share_prompt=share_prompt,
         )
     result = waste_report(lengths, max_tokens, batch_size=batch_size, seed=seed, window=window, oversize=oversize)
     histogram = length_histogram(lengths, max_tokens)
@@ -263,7 +274,9 @@ def select(
     method: str = typer.Option(..., "--method", help="dedup, prototypes, balance, decontaminate or score."),
     embeddings_column: Optional[str] = typer.Option(None, "--embeddings-column", help="Vector column (list<float>) to cluster."),
     model: Optional[Path] = typer.Option(None, "--model", help="Local sentence-transformers folder to embed --text-column, or all-MiniLM-L6-v2 (the copy the embed extra installs)."),
-    text_column: str = typer.Option("text", "--text-column", help="Column holding the text (with --model)."),
+    text_column: Optional[str] = typer.Option(
+        None, "--text-column", help="Column holding the text (with --model); default: the text of the detected layout (text, chat, Alpaca, ...)."
+    ),
     k: int = typer.Option(100, "--k", help="k-means clusters."),
     eps: float = typer.Option(0.05, "--eps", help="dedup: drop a row whose cosine to an earlier kept row in its cluster is > 1 - eps."),
     order: str = typer.Option("hard", "--order", help="dedup: hard (far from centroid kept first), easy, random or index."),
@@ -292,6 +305,10 @@ def select(
     from ..pipeline._paths import refuse_overlap, run_reads
     from ..selection.select_run import run_select
     from .select_cmd import render_select_summary
+    from .pack_cmd import announce_layout
+
+    if model is not None:
+        announce_layout(input, dict(t=text_column), input_format, True, None)
 
     refuse_overlap([("output", output)], run_reads(input, model=model, eval_input=eval_input), folders=True)
     with progress_bar("embeddings", None) as update:

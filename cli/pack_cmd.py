@@ -47,6 +47,15 @@ def _load_file(path: str, spec: str):
     return module
 
 
+def announce_layout(source, options: dict, format, header, tokenizer) -> None:
+    """Print, as the first line, the layout detected when ``options`` name no column option."""
+    from ..pipeline.layouts import default_chat_template, input_layout, needs_detection
+
+    if needs_detection(*options.values()):
+        layout = input_layout(source, format=format, csv_header=header)
+        print(layout.line(default_chat_template(tokenizer) if layout.chat else None), flush=True)
+
+
 def csv_header(csv_columns: str | None, no_header: bool):
     """``--csv-columns a,b,c`` / ``--no-header`` -> the readers' ``csv_header``."""
     if csv_columns is not None:
@@ -60,13 +69,16 @@ def render_summary(result) -> None:
 
     m = result.manifest
     s, cap = m["stats"], m["settings"]["max_tokens"]
-    table = Table(title=f"packwise pack -> {result.output} ({m['settings']['algorithm']}, {cap} tokens per row)")
+    layout = f", layout {m['settings']['layout']}" if m["settings"].get("layout") else ""
+    table = Table(title=f"packwise pack -> {result.output} ({m['settings']['algorithm']}, {cap} tokens per row{layout})")
     table.add_column("", justify="left")
     table.add_column("value", justify="right")
     lines = [
         ("input rows", f"{s['rows_in']:,}"),
         ("empty rows skipped", f"{s['empty_rows']:,}"),
+        ("sequences with no label (--allow-unlabeled)", f"{s.get('unlabeled_sequences', 0):,}"),
         ("sequences", f"{s['sequences']:,}"),
+        *([("preference pairs (one sequence each)", f"{s['pairs']:,}")] if "pairs" in s else []),
         ("tokens in", f"{s['tokens_in']:,}"),
         ("tokens out", f"{s['tokens_out']:,}"),
         ("documents marked with", _boundaries(m["settings"])),

@@ -61,10 +61,23 @@ def messages_of(value, where: str) -> list[dict]:
             raise ValueError(f"{where}: message {k} has keys {sorted(k for k, v in m.items() if v is not None)}; {fix}")
         if role not in ROLES:
             raise ValueError(f"{where}: message {k} has role {role!r}; use one of {sorted(ROLES)}")
+        if isinstance(content, list):
+            content = _text_parts(content, f"{where}: message {k}")
         if not isinstance(content, str):
             raise ValueError(f"{where}: message {k} has {_kind(content)} content; message content must be text")
         out.append({"role": ROLES[role], "content": content})
     return out
+
+
+def _text_parts(parts: list, where: str) -> str:
+    """The content-list form ``[{"type": "text", "text": ...}, ...]`` joined to one text."""
+    texts = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            got = part.get("type") if isinstance(part, dict) else _kind(part)
+            raise ValueError(f'{where}: content part {j} is {got!r}, not {{"type": "text", "text": ...}}; only text parts can be tokenized')
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def _kind(value) -> str:

@@ -17,7 +17,7 @@ import torch.utils.data
 from ._arrow import numpy_view
 from .writer import MANIFEST
 
-_LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start")
+_LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start", "label")  # label: KTO, per sequence
 
 
 def _read_manifest(path) -> tuple[Path, dict]:
@@ -32,33 +32,64 @@ def _read_manifest(path) -> tuple[Path, dict]:
 
 def _rows_of(table) -> list[dict]:
     """Rows of a shard table as dicts of NumPy arrays (CSR slices, no per-token Python)."""
+    import pyarrow as pa
+
     cols = {}
     for name in _LIST_COLUMNS:
         if name in table.column_names:
             col = table.column(name).combine_chunks()
             offsets = numpy_view(col.offsets, np.int32).astype(np.int64)
-            values = numpy_view(col.values, col.values.type.to_pandas_dtype())[offsets[0] : offsets[-1]]
+            if col.values.type == pa.bool_():  # bit-packed: no zero-copy view
+                values = col.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+            else:
+                values = numpy_view(col.values, col.values.type.to_pandas_dtype())[offsets[0] : offsets[-1]]
             cols[name] = (offsets - offsets[0], values)
     n = table.num_rows
     return [{k: v[o[i] : o[i + 1]] for k, (o, v) in cols.items()} for i in range(n)]
 
 
 class _Collate:
-    """Rows -> ``PackedCollator`` examples: each sequence of row ``j`` is an example with ``bin=j``."""
+    """Rows -> ``PackedCollator`` examples: each sequence of row ``j`` is an example with ``bin=j``.
 
-    def __init__(self, collator):
-        self.collator = collator
+    A sequence whose stored labels are all -100 is refused, as ``PackedCollator`` refuses it,
+    unless ``allow_unlabeled`` (a pack run with ``--allow-unlabeled`` sets it)."""
+
+    def __init__(self, collator, allow_unlabeled: bool = False):
+        self.collator, self.allow_unlabeled = collator, bool(allow_unlabeled)
 
     def __call__(self, rows: list[dict]) -> dict:
-        examples = []
+        examples, kto = [], [row["label"] for row in rows if "label" in row]
         for j, row in enumerate(rows):
             ends = np.cumsum(row["seq_lens"])
-            for a, b in zip(np.concatenate(([0], ends[:-1])), ends):
+            for k, (a, b) in enumerate(zip(np.concatenate(([0], ends[:-1])), ends)):
                 ex = {"input_ids": row["input_ids"][a:b], "bin": j}
                 if "labels" in row:
                     ex["labels"] = row["labels"][a:b]
+                    self._check(ex["labels"], len(examples), row["source_index"][k])
                 examples.append(ex)
-        return self.collator(examples)
+        batch = self.collator(examples)
+        if kto:  # KTO: desirable (True) / undesirable per example, in example order (batch["example_index"] maps them)
+            batch["label"] = torch.from_numpy(np.concatenate(kto).astype(np.bool_))
+        return batch
+
+    def _check(self, labels: np.ndarray, i: int, source: int) -> None:
+        if not self.allow_unlabeled and not (labels != -100).any():
+            raise ValueError(
+                f"examples[{i}] (input row {int(source)}): every label is -100, so it would train on nothing; drop it, "
+                f"or pass allow_unlabeled=True (packwise pack --allow-unlabeled kept it)"
+            )
+
+
+def _collate_of(manifest: dict, capacity: int, collator, allow_unlabeled: bool | None):
+    """The ``collate`` of a packed folder (a DPO pack's: its pairs for ``PairCollator``);
+    ``allow_unlabeled=None`` follows the pack run's setting."""
+    settings = manifest["settings"]
+    if settings.get("layout") == "dpo":  # one stored sequence per pair: rebuilt for PairCollator
+        from .preference import PairCollate
+
+        return PairCollate(settings["share_prompt"], collator)
+    allow = settings.get("allow_unlabeled", False) if allow_unlabeled is None else allow_unlabeled
+    return _Collate(_default_collator(capacity, collator), allow)
 
 
 def _default_collator(capacity: int, collator):
@@ -93,12 +124,12 @@ class PackedDataset(torch.utils.data.Dataset):
         ([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]], [0, 1, 2, 0, 1])
     """
 
-    def __init__(self, path, collator=None):
+    def __init__(self, path, collator=None, allow_unlabeled: bool | None = None):
         self.root, self.manifest = _read_manifest(path)
         self.capacity = int(self.manifest["settings"]["max_tokens"])
         self.files = [self.root / s["file"] for s in self.manifest["shards"]]
         self._ends = np.cumsum([s["rows"] for s in self.manifest["shards"]]).astype(np.int64)
-        self.collate = _Collate(_default_collator(self.capacity, collator))
+        self.collate = _collate_of(self.manifest, self.capacity, collator, allow_unlabeled)
         self._group_ends: dict[int, np.ndarray] = {}
         self._cached: tuple | None = None
 
@@ -133,7 +164,8 @@ class PackedDataset(torch.utils.data.Dataset):
 
     def iterable(self, *, shuffle_shards: bool = False, seed: int = 0) -> "PackedIterableDataset":
         """The same rows as a streaming ``IterableDataset`` (shards split across DataLoader workers)."""
-        return PackedIterableDataset(self.root, collator=self.collate.collator, shuffle_shards=shuffle_shards, seed=seed)
+        return PackedIterableDataset(self.root, collator=self.collate.collator, shuffle_shards=shuffle_shards, seed=seed,
+                                     allow_unlabeled=self.collate.allow_unlabeled)  # fmt: skip
 
 
 class PackedIterableDataset(torch.utils.data.IterableDataset):
@@ -143,12 +175,12 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
     ``set_epoch`` between epochs.  Every row is yielded exactly once per epoch across workers.
     """
 
-    def __init__(self, path, collator=None, *, shuffle_shards: bool = False, seed: int = 0):
+    def __init__(self, path, collator=None, *, shuffle_shards: bool = False, seed: int = 0, allow_unlabeled: bool | None = None):
         self.root, self.manifest = _read_manifest(path)
         self.capacity = int(self.manifest["settings"]["max_tokens"])
         self.files = [self.root / s["file"] for s in self.manifest["shards"]]
         self.num_rows = int(sum(s["rows"] for s in self.manifest["shards"]))
-        self.collate = _Collate(_default_collator(self.capacity, collator))
+        self.collate = _collate_of(self.manifest, self.capacity, collator, allow_unlabeled)
         self.shuffle_shards, self.seed, self.epoch = shuffle_shards, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

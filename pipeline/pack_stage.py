@@ -40,6 +40,7 @@ class PackedRows:
     seq_lens: np.ndarray
     source_index: np.ndarray
     source_start: np.ndarray
+    sequence_label: np.ndarray | None = None  # KTO: the boolean label of each sequence
 
     @property
     def num_rows(self) -> int:
@@ -101,8 +102,9 @@ class PackStats:
 class _Chunk:
     """Sequences of one input batch (or a view of part of it): CSR tokens keyed by increasing input row."""
 
-    def __init__(self, rows, offsets, values, labels=None):
+    def __init__(self, rows, offsets, values, labels=None, sequence_label=None):
         self.rows, self.offsets, self.values, self.labels = rows, offsets, values, labels
+        self.sequence_label = sequence_label
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -111,8 +113,11 @@ class _Chunk:
         """The first ``n`` sequences and the rest, as views (no token is copied)."""
         cut = int(self.offsets[n])
         lab = self.labels
-        head = _Chunk(self.rows[:n], self.offsets[: n + 1], self.values[:cut], None if lab is None else lab[:cut])
-        tail = _Chunk(self.rows[n:], self.offsets[n:] - cut, self.values[cut:], None if lab is None else lab[cut:])
+        sl = self.sequence_label
+        head = _Chunk(self.rows[:n], self.offsets[: n + 1], self.values[:cut], None if lab is None else lab[:cut],
+                      None if sl is None else sl[:n])  # fmt: skip
+        tail = _Chunk(self.rows[n:], self.offsets[n:] - cut, self.values[cut:], None if lab is None else lab[cut:],
+                      None if sl is None else sl[n:])  # fmt: skip
         return head, tail
 
 
@@ -213,7 +218,7 @@ class StreamPacker:
         """Take one batch; yield the rows that became final."""
         self.stats.rows_in += batch.rows_read
         self.stats.empty_rows += batch.empty
-        chunk = _Chunk(batch.rows, batch.offsets, batch.values, batch.labels)
+        chunk = _Chunk(batch.rows, batch.offsets, batch.values, batch.labels, batch.sequence_label)
         while len(chunk):
             take = min(len(chunk), self.window - self._new_count)
             head, chunk = chunk.split(take) if take < len(chunk) else (chunk, _Chunk(_I64, np.zeros(1, np.int64), chunk.values[:0]))
@@ -353,11 +358,15 @@ class StreamPacker:
         np.cumsum(lens, out=cum[1:])
         tokens = pool_empty(int(cum[-1]), np.int32)
         labels = None if self._chunks[0].labels is None else pool_empty(int(cum[-1]), np.int32)
+        seq_label = None if self._chunks[0].sequence_label is None else np.empty(lens.shape[0], np.bool_)
         firsts = np.array([c.rows[0] for c in self._chunks])
         which = np.searchsorted(firsts, item_rows, side="right") - 1
         for c in np.unique(which):
             chunk, m = self._chunks[int(c)], np.flatnonzero(which == c)
-            src = chunk.offsets[np.searchsorted(chunk.rows, item_rows[m])] + starts[m]
+            at = np.searchsorted(chunk.rows, item_rows[m])
+            src = chunk.offsets[at] + starts[m]
+            if seq_label is not None:
+                seq_label[m] = chunk.sequence_label[at]
             _kernels.copy_segments(tokens, chunk.values, src, cum[m], lens[m])
             if labels is not None:
                 _kernels.copy_segments(labels, chunk.labels, src, cum[m], lens[m])
@@ -369,6 +378,7 @@ class StreamPacker:
             seq_lens=lens.astype(np.int32),
             source_index=item_rows,
             source_start=starts,
+            sequence_label=seq_label,
         )
         self.stats.rows_out += n_rows
         self.stats.tokens_out += int(cum[-1])

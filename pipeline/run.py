@@ -14,11 +14,12 @@ import numpy as np
 
 from ._paths import refuse_overlap, run_reads
 from .pack_stage import StreamPacker, check_pack_settings, warm_up
+from .layouts import Layout, input_layout, layout_options, needs_detection
 from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
 from .readers import CsvHeader, open_input
 from .tokenizer_backend import TextEncoder, check_backend
-from .tokens import TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
+from .tokens import IGNORE, TEXT_SEPARATOR, TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
 from .writer import _ROW_GROUP, TRAINED_TOKENIZER, ShardWriter
 
 Progress = Callable[[int, int], None]
@@ -48,8 +49,8 @@ def _tokenizer_id(tokenizer, path) -> str:
     return f"object:{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}"
 
 
-def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header,
-             tokenizer_backend="auto"):  # fmt: skip
+def check_token_source(tokenizer, train_tokenizer, tokens_column, labels_column, tokenizer_backend) -> None:
+    """Exactly one source of token ids (a tokenizer, a trained one, or a token column), checked before any reading."""
     check_backend(tokenizer_backend)
     if tokens_column is not None and (tokenizer is not None or train_tokenizer):
         raise ValueError("pass either --tokens-column or a tokenizer (--tokenizer / --train-tokenizer), not both")
@@ -57,6 +58,11 @@ def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_
         raise ValueError("pass exactly one of --tokenizer PATH, --train-tokenizer or --tokens-column COLUMN")
     if labels_column is not None and tokens_column is None:
         raise ValueError("--labels-column needs --tokens-column (labels parallel to token ids); a tokenizer makes no labels, drop --labels-column")
+
+
+def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header,
+             tokenizer_backend="auto", rows_class=TextRows, also_read=()):  # fmt: skip
+    check_token_source(tokenizer, train_tokenizer, tokens_column, labels_column, tokenizer_backend)
     if tokens_column is not None:
         if text.add_bos or text.add_eos or text.chat or text.template:
             raise ValueError(
@@ -65,7 +71,7 @@ def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_
             )
         columns = [tokens_column] + ([labels_column] if labels_column else [])
     else:
-        columns = text.read_columns
+        columns = text.read_columns if text.read_columns is None else text.read_columns + list(also_read)
     inp = open_input(source, columns, batch_size=batch_size, format=format, csv_header=csv_header)
     tok_path = None
     if isinstance(tokenizer, (str, Path)):
@@ -73,24 +79,91 @@ def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_
     elif train_tokenizer:
         tokenizer = train_on_input(inp.batches(), text)
     # checks BOS/EOS and the chat template now; the backend is decided on the first batch encoded
-    rows = None if tokenizer is None else TextRows(text, TextEncoder(tokenizer, tokenizer_backend))
+    rows = None if tokenizer is None else rows_class(text, TextEncoder(tokenizer, tokenizer_backend))
     return inp, rows, tokenizer, tok_path
 
 
-def text_spec(text_column, template, chat_template, train_on, add_bos, add_eos, algorithm: str | None, tokenizing: bool) -> TextSpec:
+def text_spec(text_column, template, chat_template, train_on, add_bos, add_eos, algorithm: str | None, tokenizing: bool,
+              response: bool = False, separator: str = TEXT_SEPARATOR) -> TextSpec:  # fmt: skip
     """The ``TextSpec`` of a run; ``add_eos=None`` means on for ``concat`` (documents would run
     together) when the run tokenizes, off otherwise."""
     if add_eos is None:
         add_eos = algorithm == "concat" and tokenizing
-    return TextSpec(text_column, template, chat_template, train_on, bool(add_bos), bool(add_eos))
+    return TextSpec(text_column, template, chat_template, train_on, bool(add_bos), bool(add_eos), response, separator)
 
 
-def _stage(inp, rows, tokens_column, labels_column, progress):
-    """Token batches of the input, reporting ``(rows, tokens)`` of each to ``progress``."""
-    for tb in token_batches(inp.batches(), tokenizer=rows, tokens_column=tokens_column, labels_column=labels_column):
+def run_text(source, options: dict, format, csv_header, tokenizer, rest: tuple) -> tuple[Layout | None, TextSpec, CsvHeader]:
+    """The layout (``None`` when ``options`` name a column option: text_column, tokens_column,
+    template, chat_template), the ``TextSpec`` of the run and the CSV header; ``rest`` is
+    ``(train_on, add_bos, add_eos, algorithm, tokenizing)`` as ``text_spec`` takes them."""
+    train_on, add_bos, add_eos, algorithm, tokenizing = rest
+    layout, found = None, {"response": False, "separator": TEXT_SEPARATOR}
+    if needs_detection(*options.values()):
+        layout = input_layout(source, format=format, csv_header=csv_header)
+        found = layout_options(layout, tokenizer)
+        csv_header = csv_header if found.pop("csv_header") else False
+        options = {**options, **found}
+    spec = text_spec(options["text_column"], options["template"], options["chat_template"], train_on, add_bos, add_eos,
+                     algorithm, tokenizing, found["response"], found["separator"])  # fmt: skip
+    return layout, spec, csv_header
+
+
+def rows_of_layout(layout: Layout | None, share_prompt: bool, algorithm: str, oversize: str, engine: str):
+    """``TextRows``, or for a DPO layout ``PairRows`` (one ``[P C (P) R]`` sequence per pair), after
+    refusing the settings that would cut a pair."""
+    if layout is not None and layout.label is not None and (algorithm == "concat" or oversize == "split" or engine != "local"):
+        raise ValueError(
+            f"layout {layout.name}: each sequence keeps its {layout.label!r} column; --algorithm concat, --oversize split and "
+            f"--engine ray would cut or spread it: use a packer such as window_bfd, locally"
+        )
+    if layout is None or layout.pair is None:
+        if share_prompt:
+            raise ValueError("--share-prompt applies to preference pairs (chosen/rejected columns); drop it for this input")
+        return TextRows
+    from functools import partial
+
+    from .preference import PairRows
+
+    if algorithm == "concat" or oversize in ("truncate", "split") or engine != "local":
+        raise ValueError(
+            f"layout {layout.name}: a preference pair is packed whole; --algorithm concat, --oversize truncate/split and "
+            f"--engine ray would cut or spread it: use a packer such as window_bfd with --oversize error or drop, locally"
+        )
+    return partial(PairRows, pair=layout.pair, share_prompt=share_prompt)
+
+
+def _stage(inp, rows, tokens_column, labels_column, progress, unlabeled: "Unlabeled | None" = None, label_column=None):
+    """Token batches of the input, reporting ``(rows, tokens)`` of each to ``progress``; ``unlabeled``
+    checks every sequence with labels trains on something; ``label_column``: KTO's per-row boolean."""
+    for tb in token_batches(inp.batches(), tokenizer=rows, tokens_column=tokens_column, labels_column=labels_column,
+                            label_column=label_column):  # fmt: skip
         if progress is not None:
             progress(tb.rows_read, int(tb.offsets[-1]))
+        if unlabeled is not None:
+            unlabeled.check(tb)
         yield tb
+
+
+class Unlabeled:
+    """Sequences whose labels are all -100 (they would train on nothing): refused, naming the
+    input row, unless ``allow``; ``count`` is how many were kept."""
+
+    def __init__(self, allow: bool):
+        self.allow, self.count = bool(allow), 0
+
+    def check(self, tb) -> None:
+        if tb.labels is None or len(tb) == 0:
+            return
+        seq = np.repeat(np.arange(len(tb)), tb.lengths)
+        trained = np.bincount(seq, weights=tb.labels != IGNORE, minlength=len(tb))
+        bad = np.flatnonzero(trained == 0)
+        if bad.shape[0] and not self.allow:
+            raise ValueError(
+                f"input row {int(tb.rows[bad[0]])}: every label is -100, so it would train on nothing (a chat with no "
+                f"assistant turn, or an empty response); drop or fix the row, or pass --allow-unlabeled to keep such rows "
+                f"({bad.shape[0]} in this batch)"
+            )
+        self.count += int(bad.shape[0])
 
 
 def pack_to_parquet(
@@ -123,6 +196,8 @@ def pack_to_parquet(
     block_rows: int = DEFAULT_BLOCK_ROWS,
     tail_pass: bool = False,
     tokenizer_backend: str = "auto",
+    allow_unlabeled: bool = False,
+    share_prompt: bool = False,
 ) -> PackResult:
     """Pack ``source`` into Parquet shards under ``output`` (see ``packwise pack``).
 
@@ -164,7 +239,11 @@ def pack_to_parquet(
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
             raise ValueError(f"--block-rows must be an integer >= 1 (input rows per Ray pack block), got {block_rows!r}")
         require_ray()
-    text = text_spec(text_column, template, chat_template, train_on, add_bos, add_eos, algorithm, tokens_column is None)
+    check_token_source(tokenizer, train_tokenizer, tokens_column, labels_column, tokenizer_backend)
+    layout, text, csv_header = run_text(source, dict(text_column=text_column, tokens_column=tokens_column, template=template,
+                                        chat_template=chat_template), format, csv_header, tokenizer,
+                                        (train_on, add_bos, add_eos, algorithm, tokens_column is None))  # fmt: skip
+    rows_class = rows_of_layout(layout, share_prompt, algorithm, oversize, engine)
     inp, text_rows, tok, tok_path = _prepare(
         source,
         tokenizer=tokenizer,
@@ -176,6 +255,8 @@ def pack_to_parquet(
         format=format,
         csv_header=csv_header,
         tokenizer_backend=tokenizer_backend,
+        rows_class=rows_class,
+        also_read=() if layout is None else layout.also_read,
     )
     text_settings = {k: None for k in text.describe()} if tokens_column else text.describe()
     settings = {
@@ -192,6 +273,9 @@ def pack_to_parquet(
         "engine": engine,
         "block_rows": int(block_rows) if engine == "ray" else None,
         **({"tail_pass": bool(tail_pass)} if engine == "ray" else {}),
+        **({"layout": layout.name} if layout is not None else {}),
+        **({"allow_unlabeled": True} if allow_unlabeled else {}),
+        **({"share_prompt": bool(share_prompt)} if layout is not None and layout.pair else {}),
     }
     with output_lock(output):  # one run per output folder
         writer_class = RayShards if engine == "ray" else ShardWriter  # Ray: the workers write the shards, this commits
@@ -208,7 +292,9 @@ def pack_to_parquet(
         try:
             if engine == "local":
                 packer = StreamPacker(max_tokens, algorithm, oversize, window=window, seed=seed, part_rows=_ROW_GROUP)
-                for tb in _stage(inp, text_rows, tokens_column, labels_column, progress):
+                unlabeled = Unlabeled(allow_unlabeled)
+                kto = None if layout is None else layout.label
+                for tb in _stage(inp, text_rows, tokens_column, labels_column, progress, unlabeled, kto):
                     for rows in packer.add(tb):
                         writer.write(rows)
                 for rows in packer.finish():
@@ -236,7 +322,10 @@ def pack_to_parquet(
         if stats.sequences == 0:
             raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
         backend = None if text_rows is None else text_rows.encoder.describe()
-        manifest = writer.close({**stats.to_dict(), "tokenizer_backend": backend})
+        kept = {"unlabeled_sequences": unlabeled.count} if engine == "local" else {}
+        if layout is not None and layout.pair:
+            kept["pairs"] = stats.sequences
+        manifest = writer.close({**stats.to_dict(), **kept, "tokenizer_backend": backend})
         return PackResult(Path(output), state, resumed, manifest)
 
 
@@ -256,12 +345,16 @@ def dataset_lengths(
     format: str | None = None,
     progress: Progress | None = None,
     tokenizer_backend: str = "auto",
+    share_prompt: bool = False,
 ) -> np.ndarray:
     """Token length of every non-empty row of ``source`` (int64), streaming; for ``packwise report``.
 
     Takes the text options of ``pack_to_parquet``, so the lengths are those that run would pack.
     """
-    text = text_spec(text_column, template, chat_template, "all" if chat_template else None, add_bos, add_eos, None, True)
+    check_token_source(tokenizer, train_tokenizer, tokens_column, None, tokenizer_backend)
+    layout, text, csv_header = run_text(source, dict(text_column=text_column, tokens_column=tokens_column, template=template,
+                                   chat_template=chat_template), format, csv_header, tokenizer,
+                                   ("all", add_bos, add_eos, None, True))  # fmt: skip
     inp, rows, _, _ = _prepare(
         source,
         tokenizer=tokenizer,
@@ -273,6 +366,8 @@ def dataset_lengths(
         format=format,
         csv_header=csv_header,
         tokenizer_backend=tokenizer_backend,
+        rows_class=rows_of_layout(layout, share_prompt, "window_bfd", "error", "local"),
+        also_read=() if layout is None else layout.also_read,
     )
     parts, n = [], 0
     for tb in _stage(inp, rows, tokens_column, None, progress):

@@ -40,6 +40,7 @@ class TokenBatch:
     labels: np.ndarray | None = None
     rows_read: int = 0
     empty: int = 0
+    sequence_label: np.ndarray | None = None  # KTO: a boolean per sequence (parallel to ``rows``)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -104,6 +105,8 @@ class TextSpec:
     train_on: str | None = None
     add_bos: bool = False
     add_eos: bool = False
+    response: bool = False
+    separator: str = TEXT_SEPARATOR
 
     def __post_init__(self):
         cols = self.columns
@@ -120,11 +123,13 @@ class TextSpec:
             raise ValueError(f"--chat-template must be one of {_chat.CHAT_TEMPLATES}, got {self.chat!r}")
         if self.chat is not None and cols is not None and len(cols) != 1:
             raise ValueError(f"--chat-template renders one chat column; --text-column names {len(cols)}: {','.join(cols)}")
-        train_on = self.train_on or ("assistant" if self.chat else "all")
+        train_on = self.train_on or ("assistant" if self.chat or self.response else "all")
         if train_on not in _chat.TRAIN_ON:
             raise ValueError(f"--train-on must be one of {_chat.TRAIN_ON}, got {train_on!r}")
-        if train_on == "assistant" and self.chat is None:
-            raise ValueError("--train-on assistant needs --chat-template (it marks the assistant turns); pass --train-on all")
+        if train_on == "assistant" and self.chat is None and not self.response:
+            raise ValueError(
+                "--train-on assistant needs --chat-template or a prompt/response layout (it marks the assistant turns); pass --train-on all"
+            )
         object.__setattr__(self, "train_on", train_on)
         if cols is None and self.chat is None and self.template is None:
             object.__setattr__(self, "columns", ("text",))
@@ -148,6 +153,7 @@ class TextSpec:
             "train_on": self.train_on,
             "add_bos": self.add_bos,
             "add_eos": self.add_eos,
+            **({"response_column": self.columns[-1], "separator": self.separator} if self.response else {}),
         }
 
 
@@ -187,6 +193,7 @@ class TextRows:
         self.render = None
         if spec.chat == "chatml":
             self.render = _chat.chatml
+            _warn_split_chatml(self.tokenizer)
         elif spec.chat == "tokenizer":
             self.render = _chat.hf_template(self.tokenizer)
 
@@ -202,7 +209,7 @@ class TextRows:
     def texts(self, loc) -> Iterator[str]:
         """The full text of every row of one located batch."""
         texts, _, seg_row = self._segments(loc)
-        if self.render is None:
+        if self.render is None and not self.spec.response:
             yield from texts
             return
         bounds = np.searchsorted(seg_row, np.arange(loc.batch.num_rows + 1))
@@ -231,6 +238,8 @@ class TextRows:
             return self._chat_segments(loc)
         if self.spec.template is not None:
             texts = [self._apply_template(loc, i, row) for i, row in enumerate(batch.to_pylist())]
+        elif self.spec.response:
+            return _prompt_response(loc, self.spec.columns, self.spec.separator)
         elif len(self.spec.columns) == 1:
             texts = _text_column(loc, self.spec.columns[0]).to_pylist()
         else:
@@ -288,6 +297,36 @@ class TextRows:
         return texts, np.array(trainable, np.bool_), np.array(seg_row, np.int64)
 
 
+def _warn_split_chatml(tokenizer) -> None:
+    """Warn when the tokenizer splits the ChatML markers into pieces (no such special tokens): the
+    rows get longer and the model never sees the markers it was trained with."""
+    if tokenizer is None:
+        return
+    split = [t for t, ids in zip(_chat.CHATML_TOKENS, encode(tokenizer, list(_chat.CHATML_TOKENS))) if len(ids) != 1]
+    if split:
+        import warnings
+
+        warnings.warn(
+            f"--chat-template chatml: the tokenizer has no special token {' or '.join(split)}, so every marker is split "
+            f"into several tokens; use a tokenizer with the ChatML tokens, or --chat-template tokenizer with its own template",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _prompt_response(loc, columns: Sequence[str], separator: str):
+    """Two segments per row: the prompt columns joined (with ``separator`` after them), then the
+    response (the last column), trainable; a null prompt column is an empty value."""
+    n = loc.batch.num_rows
+    prompts = [_text_column(loc, c, nulls=True).to_pylist() for c in columns[:-1]]
+    responses = _text_column(loc, columns[-1]).to_pylist()
+    texts = []
+    for i in range(n):
+        head = TEXT_SEPARATOR.join(p[i] for p in prompts if p[i])
+        texts += [head + separator if head else "", responses[i]]
+    return texts, np.tile(np.array([False, True]), n), np.repeat(np.arange(n, dtype=np.int64), 2)
+
+
 def _add_specials(offsets, values, labels, bos: int | None, eos: int | None):
     """BOS before and EOS after every non-empty sequence (labelled ``IGNORE`` when labels are kept)."""
     lengths = np.diff(offsets)
@@ -317,6 +356,7 @@ def token_batches(
     tokens_column: str | None = None,
     labels_column: str | None = None,
     workers: int | None = None,
+    label_column: str | None = None,
 ) -> Iterator[TokenBatch]:
     """Turn located record batches into ``TokenBatch`` objects.
 
@@ -368,7 +408,8 @@ def token_batches(
         n = lengths.shape[0]
         if keep.shape[0] != n:
             offsets = np.concatenate(([0], np.cumsum(lengths[keep]))).astype(np.int64)
-        yield TokenBatch(offsets, values, rows.astype(np.int64), labels, rows_read=n, empty=n - keep.shape[0])
+        flags = None if label_column is None else _bool_column(loc, label_column)[keep]
+        yield TokenBatch(offsets, values, rows.astype(np.int64), labels, rows_read=n, empty=n - keep.shape[0], sequence_label=flags)
 
 
 def _check_ids(loc, name: str, column, low: int) -> None:
@@ -391,6 +432,15 @@ def _check_ids(loc, name: str, column, low: int) -> None:
     what = "a token id" if low == 0 else "a label"
     rule = "token ids must be in [0, 2**31); -100 and other masks belong in --labels-column" if low == 0 else "labels must fit int32"
     raise ValueError(f"{loc.source} row {loc.first_row + row}: column {name!r} holds {what} {values[k].as_py()}; {rule}")
+
+
+def _bool_column(loc, name: str) -> np.ndarray:
+    """KTO's per-row boolean ``name`` column of one batch, or a ``ValueError`` naming a null row."""
+    column = loc.batch.column(name)
+    if column.null_count:
+        i = _first_null(column)
+        raise ValueError(f"{loc.source} row {loc.first_row + i}: column {name!r} is null; KTO needs true (desirable) or false per row")
+    return column.to_numpy(zero_copy_only=False).astype(np.bool_)
 
 
 def _first_null(column) -> int:
@@ -456,7 +506,7 @@ def train_on_input(located_batches, text: TextSpec | None = None, vocab_size: in
 
     spec = text or TextSpec()
     specials = _chat.CHATML_TOKENS if spec.chat == "chatml" else ()
-    rows = TextRows(TextSpec(spec.columns, spec.template, spec.chat, spec.train_on), None)
+    rows = TextRows(TextSpec(spec.columns, spec.template, spec.chat, spec.train_on, response=spec.response, separator=spec.separator), None)
 
     def texts():
         for loc in located_batches:

@@ -423,6 +423,8 @@ def _table(rows: PackedRows, has_labels: bool):
     columns["seq_lens"] = list_array(rows.seq_offsets, rows.seq_lens, pa.int32())
     columns["source_index"] = list_array(rows.seq_offsets, rows.source_index, pa.int64())
     columns["source_start"] = list_array(rows.seq_offsets, rows.source_start.astype(np.int32), pa.int32())
+    if rows.sequence_label is not None:  # KTO: one boolean per sequence, parallel to seq_lens
+        columns["label"] = pa.ListArray.from_arrays(pa.array(rows.seq_offsets.astype(np.int32)), pa.array(rows.sequence_label, pa.bool_()))
     return pa.table(columns)
 
 
@@ -437,4 +439,5 @@ def _slice(rows: PackedRows, a: int, b: int) -> PackedRows:
         rows.seq_lens[s0:s1],
         rows.source_index[s0:s1],
         rows.source_start[s0:s1],
+        None if rows.sequence_label is None else rows.sequence_label[s0:s1],
     )

@@ -137,8 +137,9 @@ def previous_selection(output: Path) -> set[Path]:
     return {output / n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}
 
 
-def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str, fmt: str | None, progress=None, name: str = "embeddings"):
-    """Embeddings of every input row: from ``column`` or by encoding ``text_column`` with ``model``."""
+def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str | None, fmt: str | None, progress=None, name: str = "embeddings"):
+    """Embeddings of every input row: from ``column`` or by encoding ``text_column`` (``None``: the
+    text of the detected layout) with ``model``."""
     from ..pipeline import open_input
     from .embed import EmbeddingWriter, embed_texts, iter_column_embeddings, load_model
 
@@ -167,15 +168,32 @@ def load_embeddings(source, output: Path, *, column: str | None, model: Path | N
         for b in blocks:
             w.write(b)
         return w.close()
-    inp = open_input(source, [text_column], format=fmt)
+    inp, texts_of = _texts_of(source, text_column, fmt)
     rows = inp.num_rows
     if rows is None:
         rows = sum(b.batch.num_rows for b in inp.batches())
     if rows == 0:
         raise ValueError(f"{source}: the input has no rows")
     m = load_model(model)
-    texts = (b.batch.column(text_column).to_pylist() for b in inp.batches())
+    texts = (texts_of(b) for b in inp.batches())
     return embed_texts(m, texts, output / f"{name}.npy", rows, progress=progress)
+
+
+def _texts_of(source, text_column: str | None, fmt: str | None):
+    """``(input, batch -> texts)``: the ``text_column`` values, or with ``None`` each row's full text
+    in its detected layout (Alpaca fields joined, a chat rendered as ChatML, a pair's prompt)."""
+    from ..pipeline import open_input
+
+    if text_column is not None:
+        return open_input(source, [text_column], format=fmt), lambda b: b.batch.column(text_column).to_pylist()
+    from ..pipeline.layouts import input_layout
+    from ..pipeline.tokens import TextRows, TextSpec
+
+    layout = input_layout(source, format=fmt)
+    spec = TextSpec(layout.columns, chat="chatml" if layout.chat else None, train_on="all", response=layout.response,
+                    separator=layout.separator)  # fmt: skip
+    rows = TextRows(spec, None)
+    return open_input(source, spec.read_columns, format=fmt, csv_header=layout.csv_header), lambda b: list(rows.texts(b))
 
 
 def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard_rows: int) -> list[dict]:
@@ -221,7 +239,7 @@ def run_select(
     method: str,
     embeddings_column: str | None = None,
     model: Path | None = None,
-    text_column: str = "text",
+    text_column: str | None = None,
     k: int = 100,
     eps: float = 0.05,
     order: str = "hard",

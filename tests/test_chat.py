@@ -156,7 +156,7 @@ def test_train_on_all_keeps_every_token_and_writes_no_labels(tmp_path, glaive, c
     got = read_shards(tmp_path / "all")
     assert "labels" not in got and got["manifest"]["settings"]["train_on"] == "all"
     with pytest.raises(ValueError, match=r"--train-on assistant needs --chat-template"):
-        pack_to_parquet(glaive, tmp_path / "bad", max_tokens=4096, tokenizer=chat_tok, train_on="assistant")
+        pack_to_parquet(glaive, tmp_path / "bad", max_tokens=4096, tokenizer=chat_tok, text_column="tools", train_on="assistant")
 
 
 def test_wrong_shape_messages_exit_2_naming_row_and_fix(tmp_path, chat_tok):

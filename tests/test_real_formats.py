@@ -105,7 +105,7 @@ def test_bad_files_exit_2_naming_row_and_fix(tmp_path, shared_data, tok_file):
         ([tmp_path / "numbers.json"], r"numbers\.json row 2: the JSON array holds a number, not an object; every element must be an object"),
         ([tmp_path / "strings.json"], r"strings\.json row 0: the JSON array holds a string, not an object"),
         ([tmp_path / "cut.json"], r"cut\.json: its JSON array is not closed with '\]'; the file is cut short"),
-        ([ag], r"ag_news_test\.csv: column 'text' not found, and the first row looks like data, not a header .*"
+        ([ag, "--text-column", "text"], r"ag_news_test\.csv: column 'text' not found, and the first row looks like data, not a header .*"
                r"--csv-columns \(3 comma-separated names, e\.g\. --csv-columns c0,c1,c2\) or pass --no-header"),
         ([ag, "--csv-columns", AG_COLUMNS, "--template", f"{tmp_path / 'raises.py'}"],
          r"ag_news_test\.csv row 0: --template template raised KeyError: 'missing'; fix the template \(it receives the whole row, "
@@ -167,7 +167,7 @@ def test_fingerprint_is_content_and_path_spelling_does_not_matter(tmp_path, shar
         assert again.exit_code == 0 and "is up to date" in again.output, (spelling, again.output)
     first = open_input(src).fingerprint()
     body = bytearray(src.read_bytes())
-    body[-3] = ord("X") if body[-3] != ord("X") else ord("Y")  # the last MiB is hashed
+    body[-4] = ord("X") if body[-4] != ord("X") else ord("Y")  # the last MiB is hashed; still valid JSON (inside the text)
     src.write_bytes(bytes(body))
     assert open_input(src).fingerprint() != first
     changed = runner.invoke(app, ["pack", "data/c4.jsonl", "out", *map(str, args)])
