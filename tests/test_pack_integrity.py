@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_texts
+from test_cli_pack import tok_file  # noqa: F401 (the tokenizer.json fixture)
 from typer.testing import CliRunner
 
 from packwise.cli.app import app
@@ -25,13 +26,6 @@ runner = CliRunner()
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def tok_file(tmp_path_factory, tokenizer) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tokenizer.save(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
