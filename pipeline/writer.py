@@ -162,7 +162,9 @@ class ShardWriter:
         self._write_marker()
         (self.output / MANIFEST).unlink()
         for entry in manifest["shards"][stale:]:
-            (self.output / entry["file"]).unlink(missing_ok=True)
+            name = str(entry["file"])
+            if name.startswith("shard-") and name.endswith(".parquet") and Path(name).name == name:  # never outside output
+                (self.output / name).unlink(missing_ok=True)
 
     def _write_marker(self) -> None:
         marker = self.output / RUN_MARKER
