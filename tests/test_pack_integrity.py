@@ -176,3 +176,18 @@ def test_seeded_sigkill_sweep_ends_byte_identical_to_a_clean_run(tmp_path, tok_f
     assert "manifest.json" in want and total > 5
     assert sorted(got) == sorted(want)
     assert all(got[name] == want[name] for name in want)
+
+
+def test_a_tampered_manifest_never_makes_the_rerun_delete_outside_the_output(tmp_path, packed):
+    """The stale-shard rerun deletes listed shards; a listed name that leaves the folder is skipped."""
+    args, out = packed
+    mine = _copy(out, tmp_path / "out")
+    victim = tmp_path / "shard-00000.parquet"
+    victim.write_bytes(b"the user's file")
+    manifest = json.loads((mine / "manifest.json").read_text())
+    manifest["shards"].insert(0, {"file": "../shard-00000.parquet", "bytes": 1})
+    (mine / "manifest.json").write_text(json.dumps(manifest))
+    rerun = invoke(*args[:2], mine, *args[3:])
+    assert rerun.exit_code == 0, rerun.output
+    assert victim.read_bytes() == b"the user's file"
+    assert _bytes(mine) == _bytes(out)
