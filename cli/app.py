@@ -339,6 +339,18 @@ def check_model(
         raise typer.Exit(code=1)
 
 
+@app.command("verify")
+@exit_on_bad_input
+def verify(
+    output: Path = typer.Argument(..., help="A folder packwise pack wrote (with manifest.json)."),
+) -> None:
+    """Recompute every shard's sha256 against manifest.json (exit 1 listing each bad or missing shard)."""
+    from .verify_cmd import run_verify
+
+    if not run_verify(output):
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     """The ``packwise`` console script: the app, then a fast exit (``cli._process.exit_now``)."""
     run_and_exit(app)

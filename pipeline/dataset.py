@@ -30,6 +30,20 @@ def _read_manifest(path) -> tuple[Path, dict]:
     return root, json.loads(manifest.read_text())
 
 
+def _read_shard(path: Path, read):
+    """``read(path)``, with a missing or corrupt shard reported by name and with the fix."""
+    import pyarrow as pa
+
+    try:
+        return read(path)
+    except (OSError, pa.ArrowException) as err:
+        what = "is missing" if not path.is_file() else f"is corrupt ({' '.join(str(err).split())})"
+        raise ValueError(
+            f"packed dataset: shard {path} {what}; run packwise verify {path.parent} to list every bad shard, "
+            "then delete them and rerun packwise pack with the same arguments"
+        ) from None
+
+
 def _rows_of(table) -> list[dict]:
     """Rows of a shard table as dicts of NumPy arrays (CSR slices, no per-token Python)."""
     import pyarrow as pa
@@ -152,13 +166,13 @@ class PackedDataset(torch.utils.data.Dataset):
         import pyarrow.parquet as pq
 
         if shard not in self._group_ends:
-            meta = pq.read_metadata(self.files[shard])
+            meta = _read_shard(self.files[shard], pq.read_metadata)
             sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
             self._group_ends[shard] = np.cumsum(sizes).astype(np.int64)
         ends = self._group_ends[shard]
         group = int(np.searchsorted(ends, local, side="right"))
         if self._cached is None or self._cached[0] != (shard, group):
-            table = pq.ParquetFile(self.files[shard]).read_row_group(group)
+            table = _read_shard(self.files[shard], lambda p: pq.ParquetFile(p).read_row_group(group))
             self._cached = ((shard, group), _rows_of(table))
         return self._cached[1][local - (int(ends[group - 1]) if group else 0)]
 
@@ -199,6 +213,6 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
         if info is not None:
             order = order[info.id :: info.num_workers]
         for k in order:
-            f = pq.ParquetFile(self.files[int(k)])
+            f = _read_shard(self.files[int(k)], pq.ParquetFile)
             for g in range(f.num_row_groups):
-                yield from _rows_of(f.read_row_group(g))
+                yield from _rows_of(_read_shard(self.files[int(k)], lambda p: f.read_row_group(g)))

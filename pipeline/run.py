@@ -37,13 +37,16 @@ class PackResult:
 
 
 def _tokenizer_id(tokenizer, path) -> str:
+    """The tokenizer's identity for resume checks: its files' content (names relative to the folder),
+    never the path, so ``./tok.json``, an absolute path or a symlink to it name the same tokenizer."""
     if path is not None:
-        p = Path(path)
+        p = Path(path).resolve()
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         h = hashlib.sha256()
         for f in files:
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-        return f"{p}#sha256:{h.hexdigest()[:16]}"
+            name = f.relative_to(p).as_posix() if p.is_dir() else ""
+            h.update(name.encode() + b"\0" + f.read_bytes())
+        return f"{'folder' if p.is_dir() else 'file'}#sha256:{h.hexdigest()[:16]}"
     if hasattr(tokenizer, "to_str"):
         return "object#sha256:" + hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
     return f"object:{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}"

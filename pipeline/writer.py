@@ -88,12 +88,27 @@ def _read_manifest(path: Path) -> dict:
     return data
 
 
-def _sha256(path: Path) -> str:
+def _shard_entry(path: Path, info: dict) -> dict:
+    """A shard's manifest entry: its counts, byte size (the cheap up-to-date check) and sha256."""
+    return {"file": path.name, **info, "bytes": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def first_stale_shard(output: Path, manifest: dict) -> int | None:
+    """Index of the first shard listed in ``manifest`` that is missing or not its recorded size
+    (``None``: all present).  A cheap check (no hashing); ``packwise verify`` checks the content."""
+    for k, entry in enumerate(manifest.get("shards", [])):
+        path = output / entry["file"]
+        if not path.is_file() or ("bytes" in entry and path.stat().st_size != entry["bytes"]):
+            return k
+    return None
 
 
 class ShardWriter:
@@ -172,11 +187,29 @@ class ShardWriter:
         for tmp in list(self.output.glob(".shard-*.tmp")):  # left by a killed run (the lock says none runs now)
             tmp.unlink()
         if previous is not None and manifest.is_file():
-            self.state = "complete"
-            self.manifest = previous
-            return
+            stale = first_stale_shard(self.output, previous)
+            if stale is None:
+                self.state = "complete"
+                self.manifest = previous
+                return
+            self._reopen(previous, stale)
         if previous is not None:
             self._resume()
+        self._write_marker()
+
+    def _reopen(self, manifest: dict, stale: int) -> None:
+        """Turn a complete output whose shard ``stale`` is missing or resized back into a run in
+        progress: the marker first (a kill leaves a resumable run), then drop the manifest and the
+        listed shards from ``stale`` on (files this writer wrote; the rerun writes them again)."""
+        self._write_marker()
+        (self.output / MANIFEST).unlink()
+        for entry in manifest["shards"][stale:]:
+            name = str(entry["file"])
+            if name.startswith("shard-") and name.endswith(".parquet") and Path(name).name == name:  # never outside output
+                (self.output / name).unlink(missing_ok=True)
+
+    def _write_marker(self) -> None:
+        marker = self.output / RUN_MARKER
         try:
             with atomic_path(marker) as tmp:
                 tmp.write_text(json.dumps(self.run, indent=2, sort_keys=True))
@@ -206,7 +239,7 @@ class ShardWriter:
                 ) from None
             if info["rows"] != self.shard_rows and (self.output / shard_name(k + 1)).is_file():
                 raise ValueError(f"output: {path} has {info['rows']} rows, not {self.shard_rows}; pass --overwrite")
-            self.shards.append({"file": path.name, **info, "sha256": _sha256(path)})
+            self.shards.append(_shard_entry(path, info))
             k += 1
         stray = sorted(p.name for p in self.output.glob("shard-*.parquet") if p.name not in {s["file"] for s in self.shards})
         if stray:
@@ -337,7 +370,7 @@ class _OpenShard:
         except OSError as err:
             self.discard()
             raise os_error_message(err, self.path, "rerun (it resumes after the complete shards)") from None
-        return {"file": self.path.name, **info, "sha256": _sha256(self.path)}
+        return _shard_entry(self.path, info)
 
     def discard(self) -> None:
         """Drop the temporary file (after an error); the final name is never touched."""
@@ -441,3 +474,30 @@ def _slice(rows: PackedRows, a: int, b: int) -> PackedRows:
         rows.source_start[s0:s1],
         None if rows.sequence_label is None else rows.sequence_label[s0:s1],
     )
+
+
+def read_manifest(output) -> dict:
+    """The manifest of a finished pack in ``output``; a ``ValueError`` naming the fix otherwise."""
+    path = Path(output) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{output}: no {MANIFEST}; not a finished packwise pack output (run packwise pack to the end)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable ({err}); rerun packwise pack with --overwrite") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("shards"), list):
+        raise ValueError(f"{path}: not a packwise manifest (format {FORMAT}); pass the folder packwise pack wrote")
+    return manifest
+
+
+def verify_shards(output) -> list[str]:
+    """Recompute every listed shard's sha256; return one line per missing or changed shard."""
+    output = Path(output)
+    bad = []
+    for entry in read_manifest(output)["shards"]:
+        path = output / entry["file"]
+        if not path.is_file():
+            bad.append(f"{path}: missing")
+        elif sha256_of(path) != entry.get("sha256"):
+            bad.append(f"{path}: content differs from the sha256 in {MANIFEST}")
+    return bad
