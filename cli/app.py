@@ -280,7 +280,7 @@ def select(
     """Select rows offline: semantic dedup, prototype pruning, cluster balance, decontamination or score policies."""
     batch_job()
     from ._progress import progress_bar
-    from ..selection.select_run import run_select
+    from ..pipeline.select_run import run_select
     from .select_cmd import render_select_summary
 
     with progress_bar("embeddings", None) as update:

@@ -1,8 +1,8 @@
-"""``packwise select`` output: the summary tables. The selection itself is ``packwise.selection.select_run``."""
+"""``packwise select`` output: the summary tables. The selection itself is ``packwise.pipeline.select_run``."""
 
 from __future__ import annotations
 
-from ..selection.select_run import SelectResult
+from ..pipeline.select_run import SelectResult
 
 
 def render_select_summary(result: SelectResult, max_clusters: int = 20) -> None:

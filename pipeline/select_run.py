@@ -64,8 +64,8 @@ def _score_block(located, column: str) -> np.ndarray:
 def check_options(method, *, k, eps, order, target, keep, mode, alpha, eval_input, score_column, policy, beta, seed, shard_rows, embeddings_column, model) -> None:
     """Every option of ``method`` checked before anything is read or replaced (a typo under
     ``--overwrite`` must not cost the previous selection)."""
-    from .dedup import ORDERS
-    from .policies import POLICIES
+    from ..selection.dedup import ORDERS
+    from ..selection.policies import POLICIES
 
     if method not in METHODS:
         raise ValueError(f"--method {method}: use one of {', '.join(METHODS)}")
@@ -118,8 +118,8 @@ def clear_leftovers(output: Path, *, old_selection: bool) -> None:
 
 def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str, fmt: str | None, progress=None, name: str = "embeddings"):
     """Embeddings of every input row: from ``column`` or by encoding ``text_column`` with ``model``."""
-    from ..pipeline import open_input
-    from .embed import EmbeddingWriter, embed_texts, iter_column_embeddings, load_model
+    from . import open_input
+    from ..selection.embed import EmbeddingWriter, embed_texts, iter_column_embeddings, load_model
 
     if (column is None) == (model is None):
         raise ValueError("pass exactly one of --embeddings-column C (vectors in the input) or --model PATH (encode --text-column)")
@@ -161,8 +161,8 @@ def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..pipeline import open_input
-    from ..pipeline.atomic import atomic_path
+    from . import open_input
+    from .atomic import atomic_path
 
     shards: list[dict] = []
     pending: list = []
@@ -236,12 +236,12 @@ def run_select(
     options = dict(locals())  # every keyword above, handed on as they are
     for name in ("input", "output", "ray_address"):
         options.pop(name)
-    from ..pipeline.lock import output_lock
+    from .lock import output_lock
 
     if engine != "ray":
         with output_lock(output):  # one run per output folder
             return _run_select(input, output, **options)
-    from ..pipeline.ray_engine import ray_session, require_ray
+    from .ray_engine import ray_session, require_ray
 
     _check_ray_select(method, embeddings_column, model)
     require_ray()
@@ -265,11 +265,11 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..pipeline import open_input
-    from ..pipeline.atomic import atomic_path
-    from ..pipeline.run import check_output_outside_input
+    from . import open_input
+    from .atomic import atomic_path
+    from .run import check_output_outside_input
     from .. import selection as sel
-    from ..pipeline.ray_engine import check_engine
+    from .ray_engine import check_engine
 
     t0 = time.perf_counter()
     check_engine(engine)
@@ -308,7 +308,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         settings.update(score_column=score_column, policy=policy, beta=beta, target=kk)
     else:
         if engine == "ray":
-            from ..pipeline.ray_select import RaySelect
+            from .ray_select import RaySelect
 
             ray_sel = RaySelect(open_input(input, [embeddings_column], format=input_format), embeddings_column)
             n = ray_sel.n
@@ -393,7 +393,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     clear_leftovers(output, old_selection=True)  # the new selection is decided: only now replace the old one
     decisions = pa.table({"row_id": np.arange(n, dtype=np.int64), "cluster": cluster, "kept": kept, "reason": pa.array([str(v) for v in reason], pa.string()), **cols})
     if engine == "ray":  # the workers write the kept rows and the decisions, block by block
-        from ..pipeline.ray_select import write_selection
+        from .ray_select import write_selection
 
         shards, parts = write_selection(open_input(input, None, format=input_format), output, decisions, shard_rows)
     else:
