@@ -23,6 +23,103 @@ def hash_csr(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
+def exact_dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``a . b`` summed in float64 in index order: the same bits for any BLAS, block or thread count
+    (float32 products are exact in float64; numba keeps the order without fastmath)."""
+    s = 0.0
+    for t in range(a.shape[0]):
+        s += np.float64(a[t]) * np.float64(b[t])
+    return s
+
+
+@njit(cache=True)
+def unit_rows(x: np.ndarray) -> tuple:
+    """float32 rows divided by their float64 norm (summed in index order); returns (rows, norms).
+    A zero row stays zero; the caller names it."""
+    n, d = x.shape
+    out = np.zeros((n, d), np.float32)
+    norms = np.empty(n, np.float64)
+    for r in range(n):
+        norm = np.sqrt(exact_dot(x[r], x[r]))
+        norms[r] = norm
+        if norm > 0:
+            for t in range(d):
+                out[r, t] = np.float32(np.float64(x[r, t]) / norm)
+    return out, norms
+
+
+def blas_margin(dim: int) -> float:
+    """Twice the worst error of a float32 dot product of two (near) unit vectors in any summation
+    order (``gamma_d = d u / (1 - d u)``, u = 2**-24), with room: BLAS scores within it of the best
+    are candidates that ``exact_dot`` decides between."""
+    u = 2.0**-24
+    return 4.0 * dim * u / (1.0 - dim * u)
+
+
+@njit(cache=True)
+def refine_nearest(x: np.ndarray, targets: np.ndarray, scores: np.ndarray, offset: np.ndarray, margin: float) -> tuple:
+    """Per row of ``x``: the target maximising ``x . t - offset[t]``, decided by ``exact_dot`` among
+    the targets whose BLAS score ``scores[r, t] - offset[t]`` is within ``margin * |x_r| * max|t|``
+    of the best BLAS score (no other target can win). Ties go to the lowest target; returns
+    (argmax int64, exact score float64)."""
+    n = x.shape[0]
+    k = targets.shape[0]
+    tnorm = 0.0
+    for c in range(k):
+        tnorm = max(tnorm, np.sqrt(exact_dot(targets[c], targets[c])))
+    arg = np.empty(n, np.int64)
+    best = np.empty(n, np.float64)
+    for r in range(n):
+        bm = -np.inf
+        for c in range(k):
+            bm = max(bm, np.float64(scores[r, c]) - offset[c])
+        tol = margin * np.sqrt(exact_dot(x[r], x[r])) * tnorm
+        b = -np.inf
+        a = -1
+        for c in range(k):
+            if np.float64(scores[r, c]) - offset[c] >= bm - tol:
+                e = exact_dot(x[r], targets[c]) - offset[c]
+                if e > b:
+                    b = e
+                    a = c
+        arg[r] = a
+        best[r] = b
+    return arg, best
+
+
+@njit(cache=True)
+def squared_l2(x: np.ndarray, targets: np.ndarray, arg: np.ndarray) -> np.ndarray:
+    """``|x_r - targets[arg[r]]|^2`` summed in float64 in index order, as float32."""
+    out = np.empty(x.shape[0], np.float32)
+    for r in range(x.shape[0]):
+        s = 0.0
+        for t in range(x.shape[1]):
+            diff = np.float64(x[r, t]) - np.float64(targets[arg[r], t])
+            s += diff * diff
+        out[r] = np.float32(s)
+    return out
+
+
+@njit(cache=True)
+def _best_earlier(sims, jj, j, v, kept, e, margin) -> tuple:
+    """The earlier position ``i < j`` (kept at ``e`` when ``e >= 0``) most similar to ``j``: BLAS
+    ``sims`` propose, ``exact_dot`` of the unit rows ``v`` decides; (similarity, position or -1)."""
+    bm = -np.inf
+    for i in range(j):
+        if e < 0 or kept[i, e]:
+            bm = max(bm, np.float64(sims[i, jj]))
+    b = -np.inf
+    a = -1
+    for i in range(j):
+        if (e < 0 or kept[i, e]) and np.float64(sims[i, jj]) >= bm - margin:
+            s = exact_dot(v[i], v[j])
+            if s > b:
+                b = s
+                a = i
+    return b, a
+
+
+@njit(cache=True)
 def greedy_dedup_block(
     sims: np.ndarray,
     col0: int,
@@ -33,36 +130,27 @@ def greedy_dedup_block(
     kept_arg: np.ndarray,
     near_sim: np.ndarray,
     near_arg: np.ndarray,
+    v: np.ndarray,
+    margin: float,
 ) -> None:
     """Greedy SemDeDup decisions for cluster positions ``col0 .. col0 + sims.shape[1]``.
 
-    ``sims[i, jj]`` is the cosine similarity of cluster position ``i`` and position ``col0 + jj``
-    (rows cover every earlier position). Position ``j`` is dropped at threshold ``t`` when its
-    similarity to an earlier *kept* position exceeds ``t``; exact duplicates (``exact[j]``) are
-    dropped at every threshold and never count as kept. Ties go to the earliest position.
+    ``sims[i, jj]`` is the BLAS cosine similarity of cluster position ``i`` and position ``col0 + jj``
+    (rows cover every earlier position); it only proposes candidates within ``margin`` of the best,
+    and ``exact_dot`` of the unit rows ``v`` decides, so the outcome is the same for any block size,
+    BLAS or thread count. Position ``j`` is dropped at threshold ``t`` when its similarity to an
+    earlier *kept* position exceeds ``t``; exact duplicates (``exact[j]``) are dropped at every
+    threshold and never count as kept. Ties go to the earliest position.
     """
     nb = sims.shape[1]
     ne = thresholds.shape[0]
     for jj in range(nb):
         j = col0 + jj
-        best = -np.inf
-        arg = -1
-        for i in range(j):
-            s = sims[i, jj]
-            if s > best:
-                best = s
-                arg = i
+        best, arg = _best_earlier(sims, jj, j, v, kept, -1, margin)
         near_sim[j] = best if arg >= 0 else np.nan
         near_arg[j] = arg
         for e in range(ne):
-            b = -np.inf
-            a = -1
-            for i in range(j):
-                if kept[i, e]:
-                    s = sims[i, jj]
-                    if s > b:
-                        b = s
-                        a = i
+            b, a = _best_earlier(sims, jj, j, v, kept, e, margin)
             kept_sim[j, e] = b if a >= 0 else np.nan
             kept_arg[j, e] = a
             kept[j, e] = (not exact[j]) and not (a >= 0 and b > thresholds[e])
