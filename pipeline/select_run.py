@@ -6,7 +6,10 @@ encoded with a local sentence-transformers model into ``OUTPUT/embeddings.npy``)
 column; the decisions are computed with ``packwise.selection``; the second pass writes the kept
 rows as atomic Parquet shards (on Ray, the workers write them and the decisions block by block).
 ``decisions.parquet`` (row_id, cluster, kept, reason, ...; on Ray a folder of parts) and the
-clusters (``clusters/``) sit beside them; ``manifest.json`` is written last.
+clusters (``clusters/``) sit beside them; ``manifest.json`` is written last. Neither it nor
+``clusters/kmeans.json`` holds a timing, so a rerun with the same seed writes every file byte for
+byte; the seconds go to ``timings.json`` (beside each). A full disk or an unwritable place exits 2
+naming the file (``pipeline.atomic.naming_os_errors``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 METHODS: tuple[str, ...] = ("dedup", "prototypes", "balance", "decontaminate", "score")
 MANIFEST = "manifest.json"
+TIMINGS = "timings.json"  # the run's seconds: kept out of manifest.json so a rerun writes it byte for byte
 FORMAT = "packwise.selected/1"
 
 
@@ -107,13 +111,17 @@ def check_options(method, *, k, eps, order, target, keep, mode, alpha, eval_inpu
 def clear_leftovers(output: Path, *, old_selection: bool) -> None:
     """Remove temporary files a killed run left (``.<name>.*.tmp``), and with ``old_selection``
     the previous selection's shards and manifest (just before the new ones are written)."""
+    from .atomic import naming_os_errors
+
     if not output.is_dir():
         return
     for tmp in output.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+        with naming_os_errors(tmp):
+            tmp.unlink(missing_ok=True)
     if old_selection:
-        for old in list(output.glob("shard-*.parquet")) + [output / MANIFEST]:
-            old.unlink(missing_ok=True)
+        for old in list(output.glob("shard-*.parquet")) + [output / MANIFEST, output / TIMINGS]:
+            with naming_os_errors(old):
+                old.unlink(missing_ok=True)
 
 
 def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str, fmt: str | None, progress=None, name: str = "embeddings"):
@@ -162,7 +170,7 @@ def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard
     import pyarrow.parquet as pq
 
     from . import open_input
-    from .atomic import atomic_path
+    from .atomic import atomic_path, naming_os_errors
 
     shards: list[dict] = []
     pending: list = []
@@ -171,7 +179,7 @@ def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard
     def flush(tables):
         name = f"shard-{len(shards):05d}.parquet"
         table = pa.concat_tables(tables)
-        with atomic_path(output / name) as tmp:
+        with naming_os_errors(output / name), atomic_path(output / name) as tmp:
             pq.write_table(table, tmp)
         shards.append({"name": name, "rows": table.num_rows})
 
@@ -266,7 +274,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     import pyarrow.parquet as pq
 
     from . import open_input
-    from .atomic import atomic_path
+    from .atomic import atomic_path, naming_os_errors, write_text_atomic
     from .run import check_output_outside_input
     from .. import selection as sel
     from .ray_engine import check_engine
@@ -281,11 +289,13 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     if (output / MANIFEST).exists() and not overwrite:
         raise ValueError(f"{output} already holds a selection (manifest.json); pass --overwrite to replace it")
     clear_leftovers(output, old_selection=False)
-    output.mkdir(parents=True, exist_ok=True)
+    with naming_os_errors(output):
+        output.mkdir(parents=True, exist_ok=True)
     notes: list[tuple[str, str]] = []
     per_cluster: list[tuple[int, int, int]] = []
     cols: dict[str, object] = {}
     settings = {"method": method, "seed": seed, "engine": engine}
+    train_seconds = None
 
     if method == "score":
         if score_column is None:
@@ -337,6 +347,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
                 labels, dist = km.assign(x)
             km.save(output / "clusters")
             r = km.report
+            train_seconds = r.seconds
             notes.append(("k-means", f"k={k}, trained on {r.train_rows:,} of {r.rows:,} rows{' (sampled)' if r.sampled else ''} in {r.seconds:.1f}s"))
             cluster = labels
             settings.update(k=k, niter=niter, max_points_per_centroid=max_points_per_centroid, train_rows=r.train_rows)
@@ -397,10 +408,11 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
 
         shards, parts = write_selection(open_input(input, None, format=input_format), output, decisions, shard_rows)
     else:
-        if (output / "decisions.parquet").is_dir():  # a Ray run's parts
-            shutil.rmtree(output / "decisions.parquet")
-        with atomic_path(output / "decisions.parquet") as tmp:
-            pq.write_table(decisions, tmp)
+        with naming_os_errors(output / "decisions.parquet"):
+            if (output / "decisions.parquet").is_dir():  # a Ray run's parts
+                shutil.rmtree(output / "decisions.parquet")
+            with atomic_path(output / "decisions.parquet") as tmp:
+                pq.write_table(decisions, tmp)
         shards, parts = _write_shards(input, output, kept, input_format, shard_rows), None
     if sum(s["rows"] for s in shards) != int(kept.sum()):
         raise ValueError(f"{input}: the input changed between the two passes ({n} rows first); rerun")
@@ -414,8 +426,8 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         "shards": shards,
         "decisions": "decisions.parquet",
         **({"decisions_parts": parts} if parts is not None else {}),
-        "seconds": round(seconds, 3),
     }
-    with atomic_path(output / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
+    timings = {"seconds": round(seconds, 3), **({"kmeans_train_seconds": round(train_seconds, 3)} if train_seconds is not None else {})}
+    write_text_atomic(output / TIMINGS, json.dumps(timings, indent=2))
+    write_text_atomic(output / MANIFEST, json.dumps(manifest, indent=2))
     return SelectResult(output, method, int(n), int(kept.sum()), seconds, per_cluster, notes, manifest)

@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 _TRAIN_CAP_OFF = 2**31 - 1  # handed to faiss so it never subsamples on its own
+TIMINGS = "timings.json"  # seconds, beside files that hold none (a rerun rewrites those byte for byte)
 _INITS = {"random": 0, "kmeans++": 1, "afkmc2": 2}  # faiss ClusteringInitMethod values
 
 
@@ -182,22 +183,35 @@ class KMeans:
         return np.ascontiguousarray(block, dtype=np.float32)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``centroids.npy``, ``index.faiss`` and ``kmeans.json`` into ``folder``."""
+        """Write ``centroids.npy``, ``index.faiss``, ``kmeans.json`` and ``timings.json`` into ``folder``,
+        each through a temporary name. ``kmeans.json`` holds no timing (a rerun writes the same
+        bytes); the training seconds go to ``timings.json``."""
+        from ..pipeline.atomic import atomic_path, naming_os_errors, write_text_atomic
+
         faiss = _faiss()
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "centroids.npy", self.centroids)
+        with naming_os_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        with naming_os_errors(folder / "centroids.npy"), atomic_path(folder / "centroids.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, self.centroids)
         index = self.index
         if num_gpus() > 0 and hasattr(faiss, "index_gpu_to_cpu"):
             try:
                 index = faiss.index_gpu_to_cpu(index)
             except (RuntimeError, TypeError):
                 pass
-        faiss.write_index(index, str(folder / "index.faiss"))
+        with naming_os_errors(folder / "index.faiss"), atomic_path(folder / "index.faiss") as tmp:
+            try:
+                faiss.write_index(index, str(tmp))
+            except RuntimeError as err:  # faiss reports a failed write as a RuntimeError
+                raise OSError(f"faiss could not write the index ({str(err).splitlines()[0]})") from None
         meta = {"k": self.k, "dim": self.dim, "spherical": self.spherical, "index_factory": self.index_factory, "nprobe": self.nprobe}
         if self.report is not None:
-            meta["report"] = {**self.report.__dict__, "objective": list(self.report.objective)}
-        (folder / "kmeans.json").write_text(json.dumps(meta, indent=2))
+            report = {key: v for key, v in self.report.__dict__.items() if key != "seconds"}
+            meta["report"] = {**report, "objective": list(self.report.objective)}
+            write_text_atomic(folder / TIMINGS, json.dumps({"train_seconds": round(self.report.seconds, 3)}, indent=2))
+        write_text_atomic(folder / "kmeans.json", json.dumps(meta, indent=2))
         return folder
 
     @classmethod
@@ -211,7 +225,9 @@ class KMeans:
         report = None
         if "report" in meta:
             r = meta["report"]
-            report = TrainReport(**{**r, "objective": tuple(r["objective"])})
+            timings = folder / TIMINGS
+            seconds = json.loads(timings.read_text()).get("train_seconds", 0.0) if timings.is_file() else r.get("seconds", 0.0)
+            report = TrainReport(**{**r, "seconds": seconds, "objective": tuple(r["objective"])})
         km = cls(np.load(folder / "centroids.npy"), bool(meta["spherical"]), meta["index_factory"], int(meta["nprobe"]), report)
         if (folder / "index.faiss").is_file():
             km._index = _to_gpu(_faiss().read_index(str(folder / "index.faiss")), km.index_factory)
