@@ -159,3 +159,16 @@ def test_select_killed_at_seeded_random_moments_then_rerun_matches_a_clean_run(t
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert _files(out) == want, i
         assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean.iterdir())
+
+
+def test_decontamination_similarity_is_the_same_bits_for_any_batch(vectors):
+    from packwise.selection import decontaminate
+
+    rng = np.random.default_rng(22)
+    train = np.tile(vectors, (4, 1)) + rng.normal(0, 0.01, (4 * len(vectors), vectors.shape[1])).astype(np.float32)
+    ref = decontaminate(train, vectors, threshold=0.8)
+    for batch in (7, 100):
+        got = decontaminate(train, vectors, threshold=0.8, batch_size=batch)
+        assert np.array_equal(got.eval_index, ref.eval_index) and np.array_equal(got.similarity, ref.similarity), batch
+        assert np.array_equal(got.flagged, ref.flagged)
+    assert ref.flagged.sum() > 0
