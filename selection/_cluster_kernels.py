@@ -36,16 +36,7 @@ def exact_dot(a: np.ndarray, b: np.ndarray) -> float:
 def unit_rows(x: np.ndarray) -> tuple:
     """float32 rows divided by their float64 norm (summed in index order); returns (rows, norms).
     A zero row stays zero; the caller names it."""
-    n, d = x.shape
-    out = np.zeros((n, d), np.float32)
-    norms = np.empty(n, np.float64)
-    for r in range(n):
-        norm = np.sqrt(exact_dot(x[r], x[r]))
-        norms[r] = norm
-        if norm > 0:
-            for t in range(d):
-                out[r, t] = np.float32(np.float64(x[r, t]) / norm)
-    return out, norms
+    return unit_rows_at(x, np.arange(x.shape[0]))
 
 
 def blas_margin(dim: int) -> float:
@@ -100,29 +91,86 @@ def squared_l2(x: np.ndarray, targets: np.ndarray, arg: np.ndarray) -> np.ndarra
     return out
 
 
+@njit(cache=True, fastmath={"nnan", "nsz"})
+def _row_bests(row, j, penalty, best) -> None:
+    """``best[0]``: the largest of ``row[:j]``; ``best[1 + e]``: the largest of ``row[:j] +
+    penalty[e]`` (0 where kept at threshold ``e``, -inf elsewhere). A maximum is the same in any
+    order, so the scan may be vectorised (the scores are finite: there is no NaN to order)."""
+    ninf = np.float32(-np.inf)
+    if penalty.shape[0] == 1:  # the common single-eps case: both maxima in one read of the row
+        p0 = penalty[0]
+        b = ninf
+        b1 = ninf
+        for i in range(j):
+            r = row[i]
+            b = r if r > b else b
+            rk = r + p0[i]
+            b1 = rk if rk > b1 else b1
+        best[0] = b
+        best[1] = b1
+        return
+    b = ninf
+    for i in range(j):
+        b = row[i] if row[i] > b else b
+    best[0] = b
+    for e in range(penalty.shape[0]):
+        pe = penalty[e]
+        b = ninf
+        for i in range(j):
+            rk = row[i] + pe[i]
+            b = rk if rk > b else b
+        best[1 + e] = b
+
+
 @njit(cache=True)
-def _best_earlier(sims, jj, j, v, kept, e, margin) -> tuple:
-    """The earlier position ``i < j`` (kept at ``e`` when ``e >= 0``) most similar to ``j``: BLAS
-    ``sims`` propose, ``exact_dot`` of the unit rows ``v`` decides; (similarity, position or -1)."""
-    bm = -np.inf
+def _visit(row, i, j, v, kept, best, margin, kept_sim, kept_arg, near_sim, near_arg) -> None:
+    """Let earlier position ``i`` compete, by ``exact_dot``, for ``j``'s nearest and nearest kept."""
+    s = np.float64(row[i])
+    x = exact_dot(v[i], v[j])
+    if s >= best[0] - margin and x > near_sim[j]:
+        near_sim[j] = x
+        near_arg[j] = i
+    for e in range(kept.shape[0]):
+        if kept[e, i] and s >= best[1 + e] - margin and x > kept_sim[j, e]:
+            kept_sim[j, e] = x
+            kept_arg[j, e] = i
+
+
+@njit(cache=True)
+def _decide(row, j, v, exact, thresholds, kept, penalty, kept_sim, kept_arg, near_sim, near_arg, margin, best) -> None:
+    """Decisions for cluster position ``j`` from ``row[i]``, the BLAS similarity of ``i < j`` and ``j``.
+
+    The best BLAS score over all earlier positions (``best[0]``) and over the kept ones at each
+    threshold (``best[1 + e]``; ``kept`` is threshold-major) bound the candidates: only those within
+    ``margin`` of one of them compete, and ``exact_dot`` of the unit rows ``v`` decides between
+    them, so the outcome is the same for any block size, BLAS or thread count. Ties go to the
+    earliest position.
+    """
+    ne = thresholds.shape[0]
+    _row_bests(row, j, penalty, best)
+    low = best.min() - margin
+    near_sim[j] = -np.inf
+    near_arg[j] = -1
+    for e in range(ne):
+        kept_sim[j, e] = -np.inf
+        kept_arg[j, e] = -1
     for i in range(j):
-        if e < 0 or kept[i, e]:
-            bm = max(bm, np.float64(sims[i, jj]))
-    b = -np.inf
-    a = -1
-    for i in range(j):
-        if (e < 0 or kept[i, e]) and np.float64(sims[i, jj]) >= bm - margin:
-            s = exact_dot(v[i], v[j])
-            if s > b:
-                b = s
-                a = i
-    return b, a
+        if row[i] >= low:
+            _visit(row, i, j, v, kept, best, margin, kept_sim, kept_arg, near_sim, near_arg)
+    if near_arg[j] < 0:
+        near_sim[j] = np.nan
+    for e in range(ne):
+        a = kept_arg[j, e]
+        if a < 0:
+            kept_sim[j, e] = np.nan
+        kept[e, j] = (not exact[j]) and not (a >= 0 and kept_sim[j, e] > thresholds[e])
+        penalty[e, j] = 0.0 if kept[e, j] else -np.inf
 
 
 @njit(cache=True)
 def greedy_dedup_block(
     sims: np.ndarray,
-    col0: int,
+    row0: int,
     exact: np.ndarray,
     thresholds: np.ndarray,
     kept: np.ndarray,
@@ -133,27 +181,38 @@ def greedy_dedup_block(
     v: np.ndarray,
     margin: float,
 ) -> None:
-    """Greedy SemDeDup decisions for cluster positions ``col0 .. col0 + sims.shape[1]``.
+    """Greedy SemDeDup decisions for cluster positions ``row0 .. row0 + sims.shape[0]``.
 
-    ``sims[i, jj]`` is the BLAS cosine similarity of cluster position ``i`` and position ``col0 + jj``
-    (rows cover every earlier position); it only proposes candidates within ``margin`` of the best,
-    and ``exact_dot`` of the unit rows ``v`` decides, so the outcome is the same for any block size,
-    BLAS or thread count. Position ``j`` is dropped at threshold ``t`` when its similarity to an
-    earlier *kept* position exceeds ``t``; exact duplicates (``exact[j]``) are dropped at every
-    threshold and never count as kept. Ties go to the earliest position.
+    ``sims[jj, i]`` is the BLAS cosine similarity of cluster position ``row0 + jj`` and position
+    ``i`` (columns cover every earlier position, so each position reads one contiguous row); it
+    only proposes candidates, ``exact_dot`` decides (``_decide``). Position ``j`` is dropped at
+    threshold ``t`` when its similarity to an earlier *kept* position exceeds ``t`` (``kept[e, j]``,
+    threshold-major); exact duplicates (``exact[j]``) are dropped at every threshold and never
+    count as kept.
     """
-    nb = sims.shape[1]
-    ne = thresholds.shape[0]
-    for jj in range(nb):
-        j = col0 + jj
-        best, arg = _best_earlier(sims, jj, j, v, kept, -1, margin)
-        near_sim[j] = best if arg >= 0 else np.nan
-        near_arg[j] = arg
-        for e in range(ne):
-            b, a = _best_earlier(sims, jj, j, v, kept, e, margin)
-            kept_sim[j, e] = b if a >= 0 else np.nan
-            kept_arg[j, e] = a
-            kept[j, e] = (not exact[j]) and not (a >= 0 and b > thresholds[e])
+    best = np.empty(1 + thresholds.shape[0], np.float64)
+    penalty = np.where(kept, np.float32(0), np.float32(-np.inf)).astype(np.float32)
+    for jj in range(sims.shape[0]):
+        _decide(sims[jj], row0 + jj, v, exact, thresholds, kept, penalty, kept_sim, kept_arg, near_sim, near_arg, margin, best)
+
+
+@njit(cache=True)
+def unit_rows_at(x: np.ndarray, rows: np.ndarray) -> tuple:
+    """``unit_rows`` of ``x[rows]`` (each value cast to float32 first) without copying the rows out
+    beforehand, so a memmap is read in place. A non-finite row gets a non-finite norm."""
+    d = x.shape[1]
+    out = np.zeros((rows.shape[0], d), np.float32)
+    norms = np.empty(rows.shape[0], np.float64)
+    src = np.empty(d, np.float32)
+    for r in range(rows.shape[0]):
+        for t in range(d):
+            src[t] = np.float32(x[rows[r], t])
+        norm = np.sqrt(exact_dot(src, src))
+        norms[r] = norm
+        if norm > 0:
+            for t in range(d):
+                out[r, t] = np.float32(np.float64(src[t]) / norm)
+    return out, norms
 
 
 @njit(cache=True)

@@ -245,11 +245,8 @@ def semantic_dedup(
             continue
         rows = order_idx[lo:hi]
         m = hi - lo
-        raw = np.asarray(embeddings[np.sort(rows)])
-        back = np.argsort(np.argsort(rows, kind="stable"), kind="stable")
-        raw = raw[back]
-        v = _unit_rows(raw, rows)
-        ck = np.zeros((m, ne), np.bool_)
+        v = _unit_rows(embeddings, rows)
+        ck = np.zeros((ne, m), np.bool_)
         cks = np.empty((m, ne), np.float64)
         cka = np.empty((m, ne), np.int64)
         cns = np.empty(m, np.float64)
@@ -257,26 +254,26 @@ def semantic_dedup(
         ex = is_exact[rows]
         for b0 in range(0, m, block):
             b1 = min(m, b0 + block)
-            sims = v[:b1] @ v[b0:b1].T
+            earlier = v[:b1]
+            sims = earlier[b0:] @ earlier.T  # one contiguous row per position (a @ a.T is BLAS syrk)
             _k.greedy_dedup_block(sims, b0, ex, thresholds, ck, cks, cka, cns, cna, v, margin)
         rank[rows] = np.arange(m)
         nearest[rows] = np.where(cna >= 0, rows[np.maximum(cna, 0)], -1)
         similarity[rows] = cns
-        kept[rows] = ck
+        kept[rows] = ck.T
         dup_of[rows] = np.where(cka >= 0, rows[np.maximum(cka, 0)], -1)
         dup_sim[rows] = cks
     return DedupResult(eps_t, labels, rank, nearest, similarity, kept, dup_of, dup_sim, exact_of, order)
 
 
-def _unit_rows(raw: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """float32 unit rows of one cluster (a fixed-order kernel: the same bits on any machine); errors
-    name the dataset row, not the cluster position."""
-    raw = np.ascontiguousarray(raw, np.float32)
-    bad = ~np.isfinite(raw).all(axis=1)
+def _unit_rows(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """float32 unit rows ``embeddings[rows]`` of one cluster (a fixed-order kernel: the same bits on
+    any machine); errors name the dataset row, not the cluster position."""
+    v, norms = _k.unit_rows_at(embeddings, rows)
+    bad = ~np.isfinite(norms)
     if bad.any():
         r = int(rows[bad].min())
         raise ValueError(f"embeddings: row {r} has a NaN or infinite value; re-embed it or drop the row")
-    v, norms = _k.unit_rows(raw)
     if (norms == 0).any():
         r = int(rows[norms == 0].min())
         raise ValueError(f"embeddings: row {r} is the zero vector and has no direction; drop it before dedup")
