@@ -267,6 +267,16 @@ def _check_ray_select(method: str, embeddings_column: str | None, model) -> None
         raise ValueError("--engine ray reads vectors from --embeddings-column C; embed the texts first (--engine local with --model writes OUTPUT/embeddings.npy)")
 
 
+def _count_rows(inp) -> int:
+    """Rows of an opened input: from the Parquet footer, else by reading its one column."""
+    return inp.num_rows if inp.num_rows is not None else sum(b.batch.num_rows for b in inp.batches())
+
+
+def _check_k(k: int, rows: int, source) -> None:
+    if k > rows:
+        raise ValueError(f"--k {k} is larger than the {rows} rows of {source}; pass --k <= {rows} (k-means needs a row per cluster)")
+
+
 def _run_select(input, output, *, method, embeddings_column, model, text_column, k, eps, order, target, keep, mode, group_column,
                 alpha, exact_column, eval_input, threshold, score_column, policy, beta, seed, niter, max_points_per_centroid,
                 shard_rows, input_format, overwrite, progress, engine) -> SelectResult:  # fmt: skip
@@ -325,6 +335,8 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
             if progress:
                 progress(n)
         else:
+            if method != "decontaminate":  # before minutes of embedding, not after
+                _check_k(k, _count_rows(open_input(input, [embeddings_column or text_column], format=input_format)), input)
             x = load_embeddings(input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, progress=progress)
             n = x.shape[0]
         settings.update(embeddings_column=embeddings_column, model=str(model) if model else None, rows=n)
@@ -340,6 +352,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
             notes.append(("contaminated rows", f"{int(res.flagged.sum()):,} (cosine > {threshold})"))
             settings.update(eval=str(eval_input), threshold=threshold)
         else:
+            _check_k(k, n, input)
             if engine == "ray":
                 km, labels, dist = ray_sel.cluster(k, seed=seed, niter=niter, max_points_per_centroid=max_points_per_centroid)
             else:
