@@ -38,6 +38,7 @@ class SelectResult:
     per_cluster: list[tuple[int, int, int]] = field(default_factory=list)  # (cluster, rows in, rows kept)
     notes: list[tuple[str, str]] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
+    up_to_date: bool = False  # the output already held this selection: nothing was redone
 
 
 def _target(n: int, target: int | None, keep: float | None, method: str) -> int:
@@ -248,13 +249,13 @@ def run_select(
 
     if engine != "ray":
         with output_lock(output):  # one run per output folder
-            return _run_select(input, output, **options)
+            return _finished(input, output, options) or _run_select(input, output, **options)
     from .ray_engine import ray_session, require_ray
 
     _check_ray_select(method, embeddings_column, model)
     require_ray()
     with ray_session(ray_address), output_lock(output):
-        return _run_select(input, output, **options)
+        return _finished(input, output, options) or _run_select(input, output, **options)
 
 
 RAY_METHODS: tuple[str, ...] = ("dedup", "prototypes", "balance")
@@ -277,9 +278,38 @@ def _check_k(k: int, rows: int, source) -> None:
         raise ValueError(f"--k {k} is larger than the {rows} rows of {source}; pass --k <= {rows} (k-means needs a row per cluster)")
 
 
+def _request(input, options: dict) -> dict:
+    """What decides a selection's output: the options and the inputs' content fingerprints."""
+    from . import open_input
+
+    out = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k not in ("progress", "overwrite", "request")}
+    out["input"] = str(input)
+    out["input_fingerprint"] = open_input(input, format=options["input_format"]).fingerprint()
+    if options.get("eval_input") is not None:
+        out["eval_fingerprint"] = open_input(options["eval_input"], format=options["input_format"]).fingerprint()
+    return out
+
+
+def _finished(input, output, options: dict) -> SelectResult | None:
+    """The output's result when it already holds this exact selection, complete (a rerun then says
+    "up to date", as ``pack`` does); else None, with ``options["request"]`` set for the manifest."""
+    options["request"] = request = _request(input, options)
+    path = Path(output) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    files = [s["name"] for s in manifest.get("shards", [])] + [manifest.get("decisions") or "decisions.parquet"]
+    if manifest.get("request") != request or not all((Path(output) / f).exists() for f in files):
+        return None
+    return SelectResult(Path(output), options["method"], manifest["rows_in"], manifest["rows_out"], 0.0, manifest=manifest, up_to_date=True)
+
+
 def _run_select(input, output, *, method, embeddings_column, model, text_column, k, eps, order, target, keep, mode, group_column,
                 alpha, exact_column, eval_input, threshold, score_column, policy, beta, seed, niter, max_points_per_centroid,
-                shard_rows, input_format, overwrite, progress, engine) -> SelectResult:  # fmt: skip
+                shard_rows, input_format, overwrite, progress, engine, request=None) -> SelectResult:  # fmt: skip
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -439,6 +469,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         "shards": shards,
         "decisions": "decisions.parquet",
         **({"decisions_parts": parts} if parts is not None else {}),
+        **({"request": request} if request is not None else {}),
     }
     timings = {"seconds": round(seconds, 3), **({"kmeans_train_seconds": round(train_seconds, 3)} if train_seconds is not None else {})}
     write_text_atomic(output / TIMINGS, json.dumps(timings, indent=2))

@@ -167,3 +167,20 @@ def test_k_is_checked_against_the_rows_before_embedding(tmp_path):
     assert r.exit_code == 2
     assert f"--k 10 is larger than the 6 rows of {src}; pass --k <= 6 (k-means needs a row per cluster)" in " ".join(r.output.split())
     assert not (out / "embeddings.npy").exists()
+
+
+def test_a_rerun_on_a_finished_output_is_up_to_date(dataset, tmp_path):
+    """Issue 23 item 6: as ``pack`` does, a rerun with the same settings and input redoes nothing."""
+    path, _, _ = dataset
+    out = tmp_path / "dd"
+    args = (path, out, "--method", "dedup", "--embeddings-column", "emb", "--k", 4, "--eps", 0.05)
+    first = _run(*args)
+    assert first.exit_code == 0, first.output
+    manifest = (out / "manifest.json").read_bytes()
+    (out / "timings.json").unlink()  # a redone run would write it again
+    again = _run(*args)
+    assert again.exit_code == 0, again.output
+    assert f"{out} is up to date (manifest.json with the same settings and inputs); nothing to do" in " ".join(again.output.split())
+    assert (out / "manifest.json").read_bytes() == manifest and not (out / "timings.json").exists()
+    changed = _run(*args[:-1], 0.1)  # other settings: refused without --overwrite, as before
+    assert changed.exit_code == 2 and "already holds a selection (manifest.json); pass --overwrite to replace it" in changed.output
