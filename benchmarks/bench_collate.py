@@ -65,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train-repeats", type=int, default=3, help="training runs per variant; the median is reported")
     ap.add_argument("--hf-steps", type=int, default=None, help="HF Trainer steps per run (default: one epoch)")
     ap.add_argument("--hf-examples", type=int, default=320, help="alpaca examples (seeded subset) for the HF Trainer epoch")
+    ap.add_argument("--only-infobatch", action="store_true", help="only the HF Trainer rows of packwise and InfoBatch (budgeted and not)")
     ap.add_argument("--rows-capacity", type=int, default=1024, help="row length of the packed-rows training variant")
     args = ap.parse_args(argv)
     if args.quick:
@@ -253,6 +254,7 @@ class _Counting:
 
     def __init__(self, collate):
         self.collate, self.tokens = collate, []
+        self.layout = getattr(collate, "layout", ())  # PackwiseTrainer checks a policy's collator for seq_idx
 
     def __call__(self, examples):
         self.tokens.append(sum(len(e["input_ids"]) for e in examples))
@@ -280,7 +282,8 @@ def bench_hf_trainer(args, seqs) -> list[str]:
     from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback
 
     from packwise.integrations.hf import PackwiseTrainer
-    from packwise.samplers import PackedBatchSampler
+    from packwise.samplers import PackedBatchSampler, PruningSampler
+    from packwise.selection import InfoBatch
 
     pick = np.random.default_rng(2).permutation(len(seqs))[: args.hf_examples]
     data = [{"input_ids": list(seqs[i][:512])} for i in np.sort(pick)]
@@ -310,7 +313,16 @@ def bench_hf_trainer(args, seqs) -> list[str]:
                 use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
                 train_sampling_strategy="group_by_length" if kind == "padded" else "random",
             )  # fmt: skip
-            if kind.startswith("packwise"):
+            if kind.startswith("infobatch"):  # the same policy, unbudgeted (batch_size examples) or packed rows
+                policy = InfoBatch(len(data), num_epochs=1, prune_ratio=0.5, seed=0)
+                if kind == "infobatch":
+                    collate = _Counting(PackedCollator())
+                    sampler = PruningSampler(policy, seed=0)
+                else:
+                    collate = _Counting(PackedCollator(shape="rows", capacity=512))
+                    sampler = PruningSampler(policy, lengths=lengths, max_tokens=512, rows_per_batch=rows, seed=0)
+                PackwiseTrainer(model, targs, train_dataset=data, sampler=sampler, collator=collate, callbacks=[clock]).train()
+            elif kind.startswith("packwise"):
                 if kind == "packwise":  # rows of the longest length: attention cost per row, not per batch
                     collate = _Counting(PackedCollator(shape="rows", capacity=512))
                     sampler = PackedBatchSampler(lengths, max_tokens=512, rows_per_batch=rows, seed=0)
@@ -322,35 +334,45 @@ def bench_hf_trainer(args, seqs) -> list[str]:
                 collate = _Counting(DataCollatorWithFlattening(return_tensors="pt") if kind == "flatten" else _pad_lm)
                 Trainer(model, targs, train_dataset=data, data_collator=collate, callbacks=[clock]).train()
         steps = len(clock.ends)
-        return sum(collate.tokens[:steps]) / (clock.ends[-1] - clock.start), steps
+        seconds = clock.ends[-1] - clock.start
+        return sum(collate.tokens[:steps]) / seconds, steps, seconds / steps
 
     labels = {
         "packwise": f"PackwiseTrainer, PackedBatchSampler, {rows} rows of 512 tokens/batch",
         "packwise_flat": f"PackwiseTrainer, PackedBatchSampler, one padding-free row of {budget} tokens",
         "flatten": f"Trainer + DataCollatorWithFlattening ({args.batch} examples/batch)",
         "padded": f"Trainer, padded, group_by_length ({args.batch} examples/batch)",
+        "infobatch": f"PackwiseTrainer, InfoBatch PruningSampler, {args.batch} kept examples/step (one padding-free row)",
+        "infobatch_budget": f"PackwiseTrainer, InfoBatch PruningSampler(max_tokens=512, rows_per_batch={rows})",
     }
+    if args.only_infobatch:
+        labels = {k: v for k, v in labels.items() if k in ("packwise", "infobatch", "infobatch_budget")}
     load0 = os.getloadavg()
     runs: dict[str, list[float]] = {k: [] for k in labels}
+    per_step: dict[str, list[float]] = {k: [] for k in labels}
     steps: dict[str, int] = {}
     for _ in range(args.train_repeats):
         for kind in labels:
-            value, steps[kind] = run(kind)
+            value, steps[kind], sec = run(kind)
             runs[kind].append(value)
+            per_step[kind].append(sec)
     load1 = os.getloadavg()
     tps = {k: statistics.median(v) for k, v in runs.items()}
+    sps = {k: statistics.median(v) for k, v in per_step.items()}
     lines = [
         f"### HF Trainer, tiny Llama (hidden 128, 2 layers, SDPA, vocab {VOCAB}), "
         f"{f'{args.hf_steps} steps' if args.hf_steps else 'one epoch'} of {len(data)} alpaca examples, "
         f"whole train() timed, median of {args.train_repeats} runs",
         "",
-        "| variant | steps | real tokens/s | vs packwise |",
-        "|---|---|---|---|",
+        "| variant | steps | s/step | real tokens/s | vs packwise |",
+        "|---|---|---|---|---|",
     ]
     for kind, label in labels.items():
-        lines.append(f"| {label} | {steps[kind]} | {tps[kind]:,.0f} | {tps[kind] / tps['packwise']:.2f}x |")
+        lines.append(f"| {label} | {steps[kind]} | {sps[kind]:.3f} | {tps[kind]:,.0f} | {tps[kind] / tps['packwise']:.2f}x |")
+    lines.append("")
+    if args.only_infobatch:
+        return lines + [f"Load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load0)}, after {tuple(round(x, 2) for x in load1)}.", ""]
     lines += [
-        "",
         f"packwise rows / DataCollatorWithFlattening: {tps['packwise'] / tps['flatten']:.2f}x; "
         f"packwise rows / padded group_by_length: {tps['packwise'] / tps['padded']:.2f}x; "
         f"packwise padding-free / DataCollatorWithFlattening: {tps['packwise_flat'] / tps['flatten']:.2f}x.",
@@ -374,6 +396,9 @@ def main(argv=None) -> None:
         f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, {versions}",
         "",
     ]
+    if args.only_infobatch:  # the pruning rows alone (issue 23 item 4): budgeted vs unbudgeted seconds per step
+        print("\n".join(header + bench_hf_trainer(args, data["alpaca"])), flush=True)
+        return
     print("\n".join(header + bench_collation(args, data)), flush=True)
     print("\n".join(bench_training(args, data["alpaca"])), flush=True)
     print("\n".join(bench_hf_trainer(args, data["alpaca"])), flush=True)

@@ -303,7 +303,7 @@ def select(
     batch_job()
     from ._progress import progress_bar
     from ..pipeline._paths import refuse_overlap, run_reads
-    from ..selection.select_run import run_select
+    from ..pipeline.select_run import run_select
     from .select_cmd import render_select_summary
     from .pack_cmd import announce_layout
 

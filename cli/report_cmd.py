@@ -81,6 +81,11 @@ def write_json(data: dict, path: Path) -> None:
         raise ValueError(f"--json {os_error_message(err, path)}") from None
 
 
+def _padding_axis(padding: list[float]) -> float:
+    """Right end of the padding axis in %: room for the labels, never past 100%."""
+    return min(100.0, max(padding + [1.0]) * 1.35)
+
+
 def _figure(report: WasteReport, lengths: np.ndarray, histogram: dict, title: str):
     import matplotlib
 
@@ -98,10 +103,14 @@ def _figure(report: WasteReport, lengths: np.ndarray, histogram: dict, title: st
     names = [s.name for s in report.strategies]
     padding = [100 * s.padding_fraction for s in report.strategies]
     colors = ["#C44E52" if n in ("pad_to_max", "random_batches", "bucketed_batches") else "#55A868" for n in names]
-    bars = right.barh(names, padding, color=colors)
-    right.bar_label(bars, labels=[f"{p:.1f}% · {s.rows:,} rows" for p, s in zip(padding, report.strategies)], padding=3)
+    span = _padding_axis(padding)
+    bars = right.barh(names, [max(p, span / 200) for p in padding], color=colors)  # a near-zero bar stays a visible sliver
+    labels = [f"{p:.1f}% · {s.rows:,} rows" for p, s in zip(padding, report.strategies)]
+    inside = [p > 0.7 * span for p in padding]  # long bars carry their label inside: the axis ends at 100%
+    right.bar_label(bars, labels=[lab if not i else "" for lab, i in zip(labels, inside)], padding=3)
+    right.bar_label(bars, labels=[lab if i else "" for lab, i in zip(labels, inside)], label_type="center", color="white")
     right.invert_yaxis()
-    right.set_xlim(0, max(padding + [1.0]) * 1.35)
+    right.set_xlim(0, span)
     right.set_xlabel("padding (% of computed token slots)")
     right.set_title("padding waste per strategy (red: padded, green: packed)")
     fig.suptitle(title)

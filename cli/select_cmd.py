@@ -1,8 +1,8 @@
-"""``packwise select`` output: the summary tables. The selection itself is ``packwise.selection.select_run``."""
+"""``packwise select`` output: the summary tables. The selection itself is ``packwise.pipeline.select_run``."""
 
 from __future__ import annotations
 
-from ..selection.select_run import SelectResult
+from ..pipeline.select_run import SelectResult
 
 
 def render_select_summary(result: SelectResult, max_clusters: int = 20) -> None:
@@ -12,6 +12,9 @@ def render_select_summary(result: SelectResult, max_clusters: int = 20) -> None:
 
     console = Console()
     console = console if console.is_terminal else Console(width=140)
+    if result.up_to_date:
+        console.print(f"{result.output} is up to date (manifest.json with the same settings and inputs); nothing to do")
+        return
     t = Table(title=f"packwise select --method {result.method} -> {result.output}")
     t.add_column("", justify="left")
     t.add_column("value", justify="right")

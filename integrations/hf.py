@@ -112,7 +112,8 @@ class PackwiseTrainerMixin:
 
     Args (keyword-only, besides the Trainer's own):
         sampler: a packwise batch sampler (``PackedBatchSampler``, ``BucketBatchSampler``, ...) or a
-            ``PruningSampler`` (batches of ``per_device_train_batch_size`` kept examples), or a
+            ``PruningSampler`` (batches of ``per_device_train_batch_size`` kept examples; with
+            ``max_tokens=`` and ``lengths=``, packed batches of the kept examples), or a
             function ``dataset -> sampler`` called on the Trainer's prepared ``train_dataset`` (for
             TRL, which tokenizes text itself: ``lambda ds: PackedBatchSampler("input_ids", 4096, dataset=ds)``).
         collator: the packwise collator (default ``PackedCollator()``: padding-free, ``flash`` +
@@ -130,6 +131,8 @@ class PackwiseTrainerMixin:
         self.packwise_collator = IdsCollator(collator)
         self.packwise_policy = policy
         self._packwise_consumed = 0  # micro-batches of the current epoch handed to training_step
+        self._packwise_plain = torch.zeros(())  # unweighted loss summed since the last log
+        self._packwise_plain_step = 0
         super().__init__(*args, data_collator=self.packwise_collator, **kwargs)
         if callable(sampler) and not hasattr(sampler, "__iter__"):
             # a factory: built on the dataset the Trainer prepared (TRL tokenizes text in __init__)
@@ -193,12 +196,27 @@ class PackwiseTrainerMixin:
         if num_items_in_batch is not None:
             denominator = num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch) else max(num_items_in_batch, 1)
         loss = packed_loss(tok, view, denominator=denominator)
+        if training:  # the plain (unweighted) loss, logged beside the weighted one
+            plain = {k: inputs[k] if k == "loss_weight" else v for k, v in view.items() if k != "loss_weight" or k in inputs}
+            self._packwise_plain += packed_loss(tok.detach(), plain, denominator=denominator).detach().float().cpu()
         if training:  # every rank calls update once per micro-batch (it gathers across ranks)
             per_example, _ = example_losses(tok.detach(), inputs)
             policy.update(inputs["example_ids"].cpu(), per_example.cpu()[: inputs["example_ids"].shape[0]])
         if denominator is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Adds ``plain_loss`` beside ``loss`` while a policy reweights: the mean loss without the policy
+        weights, so the curve does not jump when an epoch prunes (InfoBatch scales kept losses by
+        ``1/(1-r)``). Same normalisation as ``loss``, this rank's batches."""
+        if "loss" in logs and self.packwise_policy is not None:
+            steps = self.state.global_step - self._packwise_plain_step
+            if steps > 0:
+                logs["plain_loss"] = round(float(self._packwise_plain) / steps, 4)
+            self._packwise_plain = torch.zeros(())
+            self._packwise_plain_step = self.state.global_step
+        super().log(logs, *args, **kwargs)
 
     # --- checkpoints -----------------------------------------------------------------------------
     def _packwise_state(self) -> dict:

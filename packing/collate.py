@@ -152,6 +152,81 @@ def _flatten(examples: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(arrays).astype(np.int64, copy=False), lengths
 
 
+def _as_array(value) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else np.asarray(value)
+
+
+def _packed_lengths(ex: dict, i: int, position_start: int) -> np.ndarray | None:
+    """Lengths of the sequences an already-packed example holds (TRL ``pack_dataset``'s
+    ``seq_lengths``, or ``position_ids`` that restart), or None for a plain example. Why: a packed
+    row collated as one sequence would let its documents attend to each other."""
+    if not isinstance(ex, dict) or "input_ids" not in ex:
+        return None  # _flatten names what is wrong with it
+    has_lengths, has_pos = "seq_lengths" in ex, "position_ids" in ex
+    if not (has_lengths or has_pos):
+        return None
+    n = len(_as_array(ex["input_ids"]))
+    from_pos = None
+    if has_pos:
+        pos = _as_array(ex["position_ids"]).reshape(-1).astype(np.int64)
+        if pos.shape[0] != n:
+            raise ValueError(
+                f"examples[{i}]: position_ids has {pos.shape[0]} entries but input_ids has {n}; "
+                f"they must align token for token (or drop position_ids and give seq_lengths)"
+            )
+        starts = np.flatnonzero(np.diff(pos) != 1) + 1
+        bad = [int(t) for t in np.concatenate([[0], starts]) if pos[t] != position_start] if n else []
+        if bad:
+            t = bad[0]
+            raise ValueError(
+                f"examples[{i}]: position_ids[{t}] = {int(pos[t])} starts a sequence at a position other than "
+                f"{position_start}; the collator numbers each sequence from position_start, so split a continued "
+                f"document into its own example or drop position_ids"
+            )
+        from_pos = np.diff(np.concatenate([[0], starts, [n]])).astype(np.int64)
+    if not has_lengths:
+        return from_pos
+    lengths = _as_array(ex["seq_lengths"]).reshape(-1)
+    if lengths.dtype.kind not in "iu" or (lengths.shape[0] and lengths.min() < 1) or int(lengths.sum()) != n:
+        raise ValueError(
+            f"examples[{i}]: seq_lengths {lengths.tolist()} must be positive integers summing to the {n} "
+            f"input_ids of the row; recompute them or drop the column (a plain row is one sequence)"
+        )
+    lengths = lengths.astype(np.int64)
+    if from_pos is not None and not np.array_equal(from_pos, lengths):
+        raise ValueError(
+            f"examples[{i}]: seq_lengths {lengths.tolist()} disagree with the sequences its position_ids restart at "
+            f"({from_pos.tolist()}); drop one of the two columns"
+        )
+    return lengths
+
+
+def _split_packed(examples: list[dict], position_start: int) -> list[dict]:
+    """Already-packed examples split into one example per sequence, each keeping the row's
+    ``weight`` and ``bin`` (the example's index when no example has a bin), so the collator builds
+    the layout it would build for those sequences given separately."""
+    split = [_packed_lengths(ex, i, position_start) for i, ex in enumerate(examples)]
+    if all(lengths is None for lengths in split):
+        return examples
+    binned = any("bin" in ex for ex in examples)
+    out = []
+    for i, (ex, lengths) in enumerate(zip(examples, split)):
+        base = {k: v for k, v in ex.items() if k not in ("seq_lengths", "position_ids", "input_ids", "labels")}
+        if not binned:
+            base["bin"] = i
+        if lengths is None:
+            lengths = np.array([len(_as_array(ex["input_ids"]))], np.int64)
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        ids = _as_array(ex["input_ids"])
+        labels = _as_array(ex["labels"]) if "labels" in ex else None
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            part = dict(base, input_ids=ids[a:b])
+            if labels is not None:
+                part["labels"] = labels[a:b]
+            out.append(part)
+    return out
+
+
 class PackedCollator:
     """Collate examples into one packed batch; ``DataLoader(..., collate_fn=PackedCollator(...))``.
 
@@ -361,7 +436,7 @@ class PackedCollator:
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(examples, dict):
             raise ValueError("examples must be a list of dicts (one per example), got a single dict; wrap it in a list")
-        examples = list(examples)
+        examples = _split_packed(list(examples), self.position_start)
         n = len(examples)
         if n:
             ids, lengths = _flatten(examples, "input_ids")

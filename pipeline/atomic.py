@@ -38,6 +38,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextmanager
+def naming_os_errors(path: str | Path, rerun: str = "rerun") -> Iterator[None]:
+    """Writing ``path`` inside: an ``OSError`` (full disk, read-only, permissions) becomes the
+    ``ValueError`` of ``os_error_message`` naming ``path``, so a command exits 2, not with a trace."""
+    try:
+        yield
+    except OSError as err:
+        raise os_error_message(err, path, rerun) from None
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``text`` to ``path`` through a temporary name, an ``OSError`` named as above."""
+    with naming_os_errors(path), atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def temp_beside(path: Path) -> Path:
     """A new hidden ``.<name>.*.tmp`` file beside ``path`` with the mode a plain ``open`` would give
     (``mkstemp`` makes 0600); a run that dies leaves only this name, which reruns remove."""

@@ -1,7 +1,8 @@
 """``select`` on Ray Data: the local engine's k-means, dedup and per-cluster picks, spread over a cluster.
 
 The vectors are read, cut into blocks of ``ASSIGN_ROWS`` rows (the local ``KMeans.assign``
-block, so faiss sees the same queries and returns the same bits) and given row ids; the k-means
+block; the exact assignment and dedup kernels give the same bits for any block or thread count)
+and given row ids; the k-means
 sample (the same rows the local engine draws) is pulled to the driver and trained there; the
 index is broadcast with ``ray.put`` and rows are assigned in ``map_batches``; semantic dedup runs
 per cluster in ``groupby("cluster").map_groups`` with the local ``semantic_dedup`` on each
@@ -25,7 +26,7 @@ import numpy as np
 
 from .ray_engine import _task_errors, read_dataset, require_ray
 
-ASSIGN_ROWS = 65_536  # rows per KMeans.assign block (its default batch_size): same blocks, same faiss bits
+ASSIGN_ROWS = 65_536  # rows per KMeans.assign block (its default batch_size)
 WRITE_ROWS = ASSIGN_ROWS  # input rows per write task of the kept rows and decisions
 DECISIONS = "decisions.parquet"  # a folder of per-block parts on Ray: pyarrow reads it as one table
 

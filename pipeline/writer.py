@@ -64,12 +64,13 @@ def _owned_files(output: Path, previous: dict) -> set[Path]:
     return {p for p in owned if p.is_symlink() or p.is_file()}
 
 
-def _packwise_shard(path: Path) -> bool:
-    """Whether ``path`` is a shard this writer published (its footer carries packwise's metadata)."""
+def _packwise_shard(path: Path, key: bytes = b"packwise") -> bool:
+    """Whether ``path`` is a shard packwise published (its footer carries packwise's ``key``:
+    ``packwise`` for pack's shards, ``packwise.select`` for select's)."""
     import pyarrow.parquet as pq
 
     try:
-        return b"packwise" in (pq.read_metadata(path).metadata or {})
+        return key in (pq.read_metadata(path).metadata or {})
     except Exception:
         return False
 

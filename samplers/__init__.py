@@ -20,7 +20,8 @@ from .cluster import ClusterBatchSampler
 from .packed import PackedBatchSampler
 from .stats import EpochStats
 from .stream import BucketedIterable, PackedIterable
-from .pruning import PruningSampler
+from .pruning import PackedPruningSampler, PruningSampler
+from .schedule import ProgressSchedule
 from .superbatch import SuperBatch, TrainBatch
 from .with_index import WithIndex
 
@@ -35,7 +36,9 @@ __all__ = [
     "PackedIterable",
     "estimate_boundaries",
     "resolve_lengths",
+    "PackedPruningSampler",
     "PruningSampler",
+    "ProgressSchedule",
     "SuperBatch",
     "TrainBatch",
     "WithIndex",

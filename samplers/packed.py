@@ -100,8 +100,11 @@ class PackedBatchSampler(_PlannedBatchSampler):
         return self.lengths.tobytes()
 
     def _batches(self, epoch: int) -> _Batches:
-        n = self.lengths.shape[0]
-        perm = epoch_rng(self.seed, epoch, 0).permutation(n) if self.shuffle else np.arange(n, dtype=np.int64)
+        return self._pack_ids(np.arange(self.lengths.shape[0], dtype=np.int64), epoch)
+
+    def _pack_ids(self, ids: np.ndarray, epoch: int) -> _Batches:
+        """The epoch's batches over the examples ``ids`` (all of them, or a policy's kept ones)."""
+        perm = ids[epoch_rng(self.seed, epoch, 0).permutation(ids.shape[0])] if self.shuffle else ids
         p = pack(self.lengths[perm], self.max_tokens, self.algorithm, self.oversize)
         order = perm[p.order]
         bin_offsets = p.offsets

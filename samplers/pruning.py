@@ -11,11 +11,20 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from . import _wrapped
-from ._planned import resolve_replicas
+from ._planned import _Batches, resolve_replicas
+from .packed import PackedBatchSampler
 
 
 def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, 7])))
+
+
+def _check_policy(policy) -> None:
+    if not hasattr(policy, "indices_for_epoch"):
+        raise ValueError(
+            f"policy must implement indices_for_epoch(epoch) (InfoBatch, RS2, ScoreSelector), got "
+            f"{type(policy).__name__}"
+        )
 
 
 class PruningSampler(Sampler, _wrapped.LoaderEpoch):
@@ -25,6 +34,11 @@ class PruningSampler(Sampler, _wrapped.LoaderEpoch):
     seed), so ranks only need their rank: the shuffled ids are padded by wrapping around
     (``drop_last=False``) or truncated (``drop_last=True``) to a multiple of ``num_replicas`` and
     dealt round-robin, giving equal counts.  ``len()`` is known before the epoch starts.
+
+    With ``max_tokens`` (and ``lengths``) it is a batch sampler instead: each epoch's kept ids are
+    packed into batches of at most ``max_tokens`` tokens by :class:`PackedBatchSampler`'s machinery
+    (a :class:`PackedPruningSampler`; pass it as ``batch_sampler=`` or to ``PackwiseTrainer``), so a
+    pruned epoch trains on full packed rows rather than on a fixed count of examples.
 
     Example:
         >>> import numpy as np, torch
@@ -37,6 +51,11 @@ class PruningSampler(Sampler, _wrapped.LoaderEpoch):
         (6, [0, 1, 2, 3, 4, 5])
     """
 
+    def __new__(cls, policy=None, *args, max_tokens: int | None = None, lengths=None, **kwargs):
+        if max_tokens is None:
+            return super().__new__(cls)
+        return PackedPruningSampler(policy, lengths, max_tokens, **kwargs)
+
     def __init__(
         self,
         policy,
@@ -45,12 +64,13 @@ class PruningSampler(Sampler, _wrapped.LoaderEpoch):
         num_replicas: int | None = None,
         rank: int | None = None,
         drop_last: bool = False,
+        *,
+        max_tokens: None = None,
+        lengths=None,
     ):
-        if not hasattr(policy, "indices_for_epoch"):
-            raise ValueError(
-                f"policy must implement indices_for_epoch(epoch) (InfoBatch, RS2, ScoreSelector), got "
-                f"{type(policy).__name__}"
-            )
+        if lengths is not None:
+            raise ValueError("lengths is used with max_tokens; pass max_tokens=<tokens per batch> too, or drop lengths")
+        _check_policy(policy)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.policy = policy
@@ -140,3 +160,41 @@ class PruningSampler(Sampler, _wrapped.LoaderEpoch):
             raise ValueError(f"state_dict yielded={done} is outside [0, {len(self)}] for epoch {self.epoch}")
         self._resume_at = done
         self._yielded = done
+
+
+class PackedPruningSampler(PackedBatchSampler):
+    """Packed batches of a selection policy's kept examples: ``PruningSampler(policy, lengths=...,
+    max_tokens=...)`` builds one.
+
+    Each epoch asks ``policy.indices_for_epoch(epoch)`` and packs only those ids, exactly as
+    :class:`PackedBatchSampler` packs a whole dataset (same ``algorithm``, ``oversize``, seeding,
+    DDP dealing with token-balanced equal counts, ``state_dict``); ``len()`` is the epoch's batch
+    count, so it shrinks in pruned epochs.
+
+    Example:
+        >>> import numpy as np
+        >>> from packwise.selection import InfoBatch
+        >>> from packwise.samplers import PruningSampler
+        >>> s = PruningSampler(InfoBatch(4, num_epochs=2), lengths=np.array([6, 10, 4, 8]), max_tokens=16,
+        ...                    num_replicas=1, rank=0)
+        >>> sorted(sorted(b) for b in s)
+        [[0, 1], [2, 3]]
+    """
+
+    def __init__(self, policy, lengths, max_tokens: int, **kwargs):
+        _check_policy(policy)
+        if lengths is None:
+            raise ValueError("max_tokens needs lengths=<tokens per example> (an array, or a column name with dataset=)")
+        super().__init__(lengths, max_tokens, **kwargs)
+        if self.lengths.shape[0] != getattr(policy, "num_examples", self.lengths.shape[0]):
+            raise ValueError(
+                f"lengths has {self.lengths.shape[0]} entries but the policy covers {policy.num_examples} examples; "
+                f"give one length per example of the policy's dataset"
+            )
+        self.policy = policy
+
+    def _settings(self) -> tuple:
+        return ("pruned",) + super()._settings()
+
+    def _batches(self, epoch: int) -> _Batches:
+        return self._pack_ids(np.asarray(self.policy.indices_for_epoch(epoch), np.int64), epoch)

@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 _TRAIN_CAP_OFF = 2**31 - 1  # handed to faiss so it never subsamples on its own
+TIMINGS = "timings.json"  # seconds, beside files that hold none (a rerun rewrites those byte for byte)
 _INITS = {"random": 0, "kmeans++": 1, "afkmc2": 2}  # faiss ClusteringInitMethod values
 
 
@@ -64,15 +65,44 @@ def check_finite(block: np.ndarray, row0: int, name: str = "embeddings") -> None
 
 
 def normalize_rows(block: np.ndarray, row0: int = 0, name: str = "embeddings") -> np.ndarray:
-    """float32 copy with unit-norm rows; a zero row -> ValueError naming it."""
-    out = np.array(block, dtype=np.float32, copy=True)
-    norms = np.linalg.norm(out, axis=1)
+    """float32 copy with unit-norm rows (a fixed-order kernel: the same bits on any machine); a zero
+    row -> ValueError naming it."""
+    from ._cluster_kernels import unit_rows
+
+    out, norms = unit_rows(np.ascontiguousarray(block, dtype=np.float32))
     zero = norms == 0
     if zero.any():
         r = row0 + int(np.flatnonzero(zero)[0])
         raise ValueError(f"{name}: row {r} is the zero vector and has no direction; drop it before cosine clustering")
-    out /= norms[:, None]
     return out
+
+
+_TILE_SCORES = 1 << 22  # BLAS scores per tile of exact_nearest (16 MiB of float32)
+
+
+def exact_nearest(x: np.ndarray, targets: np.ndarray, *, l2: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest of ``targets`` to every row of ``x`` (largest inner product, or smallest squared L2
+    with ``l2``): ``(index int64, inner product float64 | squared distance float32)``.
+
+    Why: BLAS (and faiss) sum in an order that depends on block shapes and threads, so near-ties
+    and last bits moved between the local and the Ray engine. BLAS scores here only propose the
+    targets within its worst-case error of the best; a fixed-order kernel decides between them.
+    """
+    from . import _cluster_kernels as _k
+
+    x = np.ascontiguousarray(x, np.float32)
+    targets = np.ascontiguousarray(targets, np.float32)
+    offset = np.zeros(targets.shape[0], np.float64)
+    if l2:  # argmax of x.t - |t|^2 / 2 is the nearest in L2
+        offset = np.array([_k.exact_dot(t, t) / 2 for t in targets], np.float64)
+    arg = np.empty(x.shape[0], np.int64)
+    best = np.empty(x.shape[0], np.float64)
+    tile = max(1, _TILE_SCORES // max(1, targets.shape[0]))
+    for lo, hi in iter_blocks(x.shape[0], tile):
+        arg[lo:hi], best[lo:hi] = _k.refine_nearest(x[lo:hi], targets, x[lo:hi] @ targets.T, offset, _k.blas_margin(x.shape[1]))
+    if l2:
+        return arg, _k.squared_l2(x, targets, arg)
+    return arg, best
 
 
 def iter_blocks(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
@@ -100,7 +130,8 @@ class KMeans:
     """Trained centroids plus the faiss index that assigns rows to them.
 
     ``assign`` returns ``(labels, distances)``: int64 cluster ids and, per row, the squared L2
-    distance to its centroid, or ``1 - cosine`` when ``spherical``.
+    distance to its centroid, or ``1 - cosine`` when ``spherical``. With the 'Flat' index both are
+    exact (``exact_nearest``): the same bits for any batch size, engine or BLAS thread count.
     """
 
     centroids: np.ndarray
@@ -133,6 +164,10 @@ class KMeans:
         dist = np.empty(n, np.float32)
         for lo, hi in iter_blocks(n, batch_size):
             block = self._prepare(x[lo:hi], lo)
+            if self.index_factory == "Flat":  # exact: the same bits for any batch size, BLAS or thread count
+                labels[lo:hi], d = exact_nearest(block, self.centroids, l2=not self.spherical)
+                dist[lo:hi] = (1.0 - d) if self.spherical else d
+                continue
             d, i = self.index.search(block, 1)
             labels[lo:hi] = i[:, 0]
             dist[lo:hi] = (1.0 - d[:, 0]) if self.spherical else d[:, 0]
@@ -148,22 +183,35 @@ class KMeans:
         return np.ascontiguousarray(block, dtype=np.float32)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``centroids.npy``, ``index.faiss`` and ``kmeans.json`` into ``folder``."""
+        """Write ``centroids.npy``, ``index.faiss``, ``kmeans.json`` and ``timings.json`` into ``folder``,
+        each through a temporary name. ``kmeans.json`` holds no timing (a rerun writes the same
+        bytes); the training seconds go to ``timings.json``."""
+        from ..pipeline.atomic import atomic_path, naming_os_errors, write_text_atomic
+
         faiss = _faiss()
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "centroids.npy", self.centroids)
+        with naming_os_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        with naming_os_errors(folder / "centroids.npy"), atomic_path(folder / "centroids.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, self.centroids)
         index = self.index
         if num_gpus() > 0 and hasattr(faiss, "index_gpu_to_cpu"):
             try:
                 index = faiss.index_gpu_to_cpu(index)
             except (RuntimeError, TypeError):
                 pass
-        faiss.write_index(index, str(folder / "index.faiss"))
+        with naming_os_errors(folder / "index.faiss"), atomic_path(folder / "index.faiss") as tmp:
+            try:
+                faiss.write_index(index, str(tmp))
+            except RuntimeError as err:  # faiss reports a failed write as a RuntimeError
+                raise OSError(f"faiss could not write the index ({str(err).splitlines()[0]})") from None
         meta = {"k": self.k, "dim": self.dim, "spherical": self.spherical, "index_factory": self.index_factory, "nprobe": self.nprobe}
         if self.report is not None:
-            meta["report"] = {**self.report.__dict__, "objective": list(self.report.objective)}
-        (folder / "kmeans.json").write_text(json.dumps(meta, indent=2))
+            report = {key: v for key, v in self.report.__dict__.items() if key != "seconds"}
+            meta["report"] = {**report, "objective": list(self.report.objective)}
+            write_text_atomic(folder / TIMINGS, json.dumps({"train_seconds": round(self.report.seconds, 3)}, indent=2))
+        write_text_atomic(folder / "kmeans.json", json.dumps(meta, indent=2))
         return folder
 
     @classmethod
@@ -177,7 +225,9 @@ class KMeans:
         report = None
         if "report" in meta:
             r = meta["report"]
-            report = TrainReport(**{**r, "objective": tuple(r["objective"])})
+            timings = folder / TIMINGS
+            seconds = json.loads(timings.read_text()).get("train_seconds", 0.0) if timings.is_file() else r.get("seconds", 0.0)
+            report = TrainReport(**{**r, "seconds": seconds, "objective": tuple(r["objective"])})
         km = cls(np.load(folder / "centroids.npy"), bool(meta["spherical"]), meta["index_factory"], int(meta["nprobe"]), report)
         if (folder / "index.faiss").is_file():
             km._index = _to_gpu(_faiss().read_index(str(folder / "index.faiss")), km.index_factory)

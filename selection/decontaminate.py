@@ -1,8 +1,9 @@
 """Embedding-based decontamination: flag training rows too similar to any evaluation item.
 
 Why: n-gram overlap filters miss paraphrases of benchmark items; a cosine nearest-neighbour
-search over the (small) evaluation set catches them. The evaluation set is indexed once with
-faiss (GPU when available) and the training rows are streamed through it in batches.
+search over the (small) evaluation set catches them. The training rows are streamed in batches
+against the evaluation rows with ``exact_nearest`` (BLAS proposes, a fixed-order kernel decides),
+so the similarity and the flag are the same bits for any batch size or BLAS thread count.
 
 Example:
     >>> import numpy as np
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cluster import _faiss, check_vectors, iter_blocks, normalize_rows, num_gpus, check_finite
+from .cluster import check_finite, check_vectors, exact_nearest, iter_blocks, normalize_rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,23 +44,17 @@ class Contamination:
 
 def decontaminate(train: np.ndarray, eval_set: np.ndarray, threshold: float = 0.9, batch_size: int = 65_536) -> Contamination:
     """Flag every training row whose cosine similarity to some evaluation row exceeds ``threshold``."""
-    faiss = _faiss()
     check_vectors(train, "train embeddings")
     check_vectors(eval_set, "eval embeddings", dim=train.shape[1])
     if not (-1.0 <= threshold <= 1.0):
         raise ValueError(f"threshold={threshold}: a cosine similarity in [-1, 1], e.g. 0.9")
     check_finite(np.asarray(eval_set), 0, "eval embeddings")
-    index = faiss.IndexFlatIP(eval_set.shape[1])
-    index.add(normalize_rows(eval_set, 0, "eval embeddings"))
-    if num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
+    targets = normalize_rows(eval_set, 0, "eval embeddings")
     n = train.shape[0]
     best = np.empty(n, np.int64)
     sim = np.empty(n, np.float32)
     for lo, hi in iter_blocks(n, batch_size):
         block = np.asarray(train[lo:hi])
         check_finite(block, lo, "train embeddings")
-        d, i = index.search(normalize_rows(block, lo, "train embeddings"), 1)
-        best[lo:hi] = i[:, 0]
-        sim[lo:hi] = d[:, 0]
+        best[lo:hi], sim[lo:hi] = exact_nearest(normalize_rows(block, lo, "train embeddings"), targets, l2=False)
     return Contamination(float(threshold), best, sim, sim > threshold)

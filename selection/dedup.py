@@ -4,7 +4,9 @@ Why: near-duplicates (a changed word, extra whitespace) survive hash dedup but s
 tiny cosine distance of each other, and therefore in the same cluster. Inside each cluster the
 items are ordered (farthest from the centroid first by default) and an item is dropped when its
 cosine similarity to an earlier *kept* item exceeds ``1 - eps``. Similarities are computed in
-column blocks, so memory is O(cluster_size x block); several ``eps`` values share one pass. Every
+column blocks, so memory is O(cluster_size x block); several ``eps`` values share one pass. BLAS
+only proposes the most similar earlier items; a fixed-order kernel decides between the near-ties,
+so similarities, ranks and decisions are the same bits for any block size, BLAS or thread count. Every
 row records its cluster, its most similar earlier item and that similarity, so any decision can be
 checked.
 
@@ -236,17 +238,15 @@ def semantic_dedup(
     dup_of = np.full((n, ne), -1, np.int64)
     dup_sim = np.full((n, ne), np.nan, np.float32)
     is_exact = exact_of != np.arange(n)
+    margin = _k.blas_margin(embeddings.shape[1])
     for c in range(k):
         lo, hi = int(offsets[c]), int(offsets[c + 1])
         if hi == lo:
             continue
         rows = order_idx[lo:hi]
         m = hi - lo
-        raw = np.asarray(embeddings[np.sort(rows)])
-        back = np.argsort(np.argsort(rows, kind="stable"), kind="stable")
-        raw = raw[back]
-        v = _unit_rows(raw, rows)
-        ck = np.zeros((m, ne), np.bool_)
+        v = _unit_rows(embeddings, rows)
+        ck = np.zeros((ne, m), np.bool_)
         cks = np.empty((m, ne), np.float64)
         cka = np.empty((m, ne), np.int64)
         cns = np.empty(m, np.float64)
@@ -254,29 +254,30 @@ def semantic_dedup(
         ex = is_exact[rows]
         for b0 in range(0, m, block):
             b1 = min(m, b0 + block)
-            sims = v[:b1] @ v[b0:b1].T
-            _k.greedy_dedup_block(sims, b0, ex, thresholds, ck, cks, cka, cns, cna)
+            earlier = v[:b1]
+            sims = earlier[b0:] @ earlier.T  # one contiguous row per position (a @ a.T is BLAS syrk)
+            _k.greedy_dedup_block(sims, b0, ex, thresholds, ck, cks, cka, cns, cna, v, margin)
         rank[rows] = np.arange(m)
         nearest[rows] = np.where(cna >= 0, rows[np.maximum(cna, 0)], -1)
         similarity[rows] = cns
-        kept[rows] = ck
+        kept[rows] = ck.T
         dup_of[rows] = np.where(cka >= 0, rows[np.maximum(cka, 0)], -1)
         dup_sim[rows] = cks
     return DedupResult(eps_t, labels, rank, nearest, similarity, kept, dup_of, dup_sim, exact_of, order)
 
 
-def _unit_rows(raw: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """float32 unit rows of one cluster; errors name the dataset row, not the cluster position."""
-    raw = np.asarray(raw, np.float32)
-    bad = ~np.isfinite(raw).all(axis=1)
+def _unit_rows(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """float32 unit rows ``embeddings[rows]`` of one cluster (a fixed-order kernel: the same bits on
+    any machine); errors name the dataset row, not the cluster position."""
+    v, norms = _k.unit_rows_at(embeddings, rows)
+    bad = ~np.isfinite(norms)
     if bad.any():
         r = int(rows[bad].min())
         raise ValueError(f"embeddings: row {r} has a NaN or infinite value; re-embed it or drop the row")
-    norms = np.linalg.norm(raw, axis=1)
     if (norms == 0).any():
         r = int(rows[norms == 0].min())
         raise ValueError(f"embeddings: row {r} is the zero vector and has no direction; drop it before dedup")
-    return np.ascontiguousarray(raw / norms[:, None])
+    return v
 
 
 def exact_dedup(hashes: np.ndarray) -> np.ndarray:

@@ -99,8 +99,8 @@ class EmbeddingWriter:
             raise ValueError(f"EmbeddingWriter: rows={rows} and dim={dim} must both be >= 1")
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
             _reserve(self.tmp)
         except OSError as err:
@@ -124,9 +124,16 @@ class EmbeddingWriter:
         """Flush, check every row was written, rename into place; returns a read-only memmap."""
         if self.written != self.rows:
             raise ValueError(f"EmbeddingWriter: {self.written} of {self.rows} rows written; the input ended early")
-        self._mm.flush()
-        del self._mm
-        os.replace(self.tmp, self.path)
+        from ..pipeline.atomic import naming_os_errors
+
+        with naming_os_errors(self.path):
+            try:
+                self._mm.flush()
+                del self._mm
+                os.replace(self.tmp, self.path)
+            except OSError:  # nothing half-written stays behind
+                self.tmp.unlink(missing_ok=True)
+                raise
         return np.load(self.path, mmap_mode="r")
 
 

@@ -9,6 +9,7 @@ all data with weight 1.  Unseen examples are never pruned (no score is not a low
 from __future__ import annotations
 
 import math
+import warnings
 from fractions import Fraction
 from typing import Sequence
 
@@ -18,6 +19,23 @@ from . import _kernels
 from ._checks import as_int, exact, rng, round_half_up
 from ._policy import EpochPlan, _EpochPolicy
 from .scores import ScoreStore
+
+
+MAX_PRUNE_RATIO = 0.9
+
+
+def _clip_ratio(ratio: float, group: int) -> float:
+    """``prune_ratio`` clipped to 0.9 with a warning: the kept share stays >= 0.1, as in the InfoBatch
+    reference, so no kept loss is weighted by more than 1/(1-r) = 10 (0.95 would give 20x)."""
+    if ratio <= MAX_PRUNE_RATIO:
+        return ratio
+    warnings.warn(
+        f"prune_ratio[{group}]={ratio} leaves fewer than 10% of the candidates and weights each kept loss by "
+        f"{1 / (1 - ratio):.3g}x; clipped to {MAX_PRUNE_RATIO} (weights up to 10x) as the InfoBatch reference does",
+        UserWarning,
+        stacklevel=4,
+    )
+    return MAX_PRUNE_RATIO
 
 
 class InfoBatch(_EpochPolicy):
@@ -33,6 +51,8 @@ class InfoBatch(_EpochPolicy):
       examples have been seen): the pruned ones are drawn from the below-mean examples, widened
       to the lowest scores when fewer than ``pruned / max_prune_ratio`` are below the mean.
     * epochs ``>= floor(num_epochs * delta)`` (exact decimal arithmetic) use all data, weight 1.
+    * a ``prune_ratio`` above 0.9 is clipped to 0.9 with a ``UserWarning`` (the reference keeps at
+      least 10%): kept losses are weighted at most 10x, where 0.95 would give 20x.
 
     ``update(indices, per_example_loss)`` records the scores (gathered across DDP ranks) and
     returns the weighted mean loss; ``momentum`` smooths scores by EMA.
@@ -97,7 +117,7 @@ class InfoBatch(_EpochPolicy):
         for g, r in enumerate(ratios):
             if not 0 <= exact(r, f"prune_ratio[{g}]") < 1:
                 raise ValueError(f"prune_ratio[{g}] must be in [0, 1), got {r!r}")
-        self.prune_ratio = tuple(float(r) for r in ratios)
+        self.prune_ratio = tuple(_clip_ratio(float(r), g) for g, r in enumerate(ratios))
         if target_keep is not None:
             if self.quantiles is not None:
                 raise ValueError("target_keep works with threshold='mean'; drop the quantile threshold or target_keep")

@@ -236,3 +236,37 @@ def test_sft_trainer_on_text_with_a_sampler_factory(tokenizer, tmp_path):
     ids = trainer.train_dataset["input_ids"]
     assert collator.seen == built[0].rank_batches(epoch=0)[:2]
     assert built[0].lengths.tolist() == [len(x) for x in ids] and max(map(len, ids)) <= 128
+
+
+def test_infobatch_with_max_tokens_trains_on_packed_rows_and_logs_the_plain_loss(alpaca, tmp_path):
+    """Issue 23 item 4: PruningSampler(max_tokens=...) gives the Trainer packed batches of the kept examples."""
+    policy = InfoBatch(len(alpaca), num_epochs=3, prune_ratio=0.5, delta=0.67, seed=0)
+    sampler = PruningSampler(policy, lengths=_lengths(alpaca), max_tokens=128, seed=0)
+    collator = Recording()
+    trainer = PackwiseTrainer(
+        _model(), _args(tmp_path, num_train_epochs=3, logging_steps=1), train_dataset=alpaca, sampler=sampler, collator=collator,
+    )  # fmt: skip
+    trainer.train()
+    sizes = policy.planned_sizes(3).tolist()
+    assert sizes[0] == sizes[2] == len(alpaca) > sizes[1]
+    epochs, seen = [], list(collator.seen)
+    for size in sizes:  # the Trainer's batches, epoch by epoch (the policy re-plans past epochs from new scores)
+        count, batches = 0, []
+        while count < size:
+            batches.append(seen.pop(0))
+            count += len(batches[-1])
+        epochs.append(batches)
+    assert not seen and len(epochs[1]) < len(epochs[0])
+    lengths = _lengths(alpaca)
+    for e, batches in enumerate(epochs):
+        ids = [i for b in batches for i in b]
+        assert len(ids) == sizes[e] == len(set(ids))
+        assert max(int(lengths[b].sum()) for b in batches) <= 128  # packed rows of at most max_tokens
+        assert min(len(b) for b in batches) > 1
+    assert epochs[2] == sampler.rank_batches(epoch=2)  # the full-data epoch, as the sampler packs it
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == trainer.state.global_step and all("plain_loss" in h for h in logs)
+    first = logs[: len(epochs[0])]  # epoch 0 prunes nothing: every weight is 1
+    assert all(abs(h["loss"] - h["plain_loss"]) < 1e-3 for h in first)
+    pruned = logs[len(epochs[0]) : len(epochs[0]) + len(epochs[1])]
+    assert sum(h["loss"] for h in pruned) > sum(h["plain_loss"] for h in pruned)  # kept losses weighted by 1/(1-r) > 1

@@ -138,3 +138,52 @@ def test_a_killed_runs_lock_does_not_block_the_next_run(tmp_path):
     with output_lock(out) as lock:  # ... and no obstacle: the kernel released the flock
         assert lock.read_text() == str(os.getpid())
     assert not (out / LOCK).exists()
+
+
+def _embedded_parquet(path: Path) -> Path:
+    """256 real MiniLM rows: text, vector, and a numeric score column."""
+    from _embedded_corpus import corpus
+
+    c = corpus()
+    emb = pa.array(list(c.embeddings), pa.list_(pa.float32()))
+    pq.write_table(pa.table({"text": c.texts, "emb": emb, "score": [float(len(t)) for t in c.texts]}), path)
+    return path
+
+
+def test_select_score_on_a_full_disk_exits_2_naming_the_shard_and_leaves_no_temp(tmp_path, small_tmpfs):
+    source = _embedded_parquet(tmp_path / "in.parquet")
+    mount, _ = small_tmpfs
+    out = mount("200k") / "sel"  # decisions fit; the kept rows (~420 KiB of vectors) do not
+    cmd = [sys.executable, "-m", "packwise.cli.app", "select", str(source), str(out), "--method", "score", "--score-column", "score",
+           "--keep", "1.0", "--shard-rows", "50"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)  # was rc 1 and an OSError traceback
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr
+    line = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(line) == 1 and line[0].startswith(f"error: {out}/shard-0000") and ".parquet: cannot write it: the disk is full" in line[0]
+    assert line[0].endswith("; free space and rerun")
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")] and not (out / "manifest.json").exists()
+
+
+SELECT_FILES = ["embeddings.npy", "clusters/centroids.npy", "clusters/index.faiss", "clusters/timings.json", "clusters/kmeans.json",
+                "decisions.parquet", "shard-00000.parquet", "shard-00002.parquet", "timings.json", "manifest.json"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SELECT_FILES)
+def test_select_exits_2_naming_each_file_it_cannot_write(tmp_path, monkeypatch, name):
+    """Every file ``select`` writes, in turn, meets a full disk when it is put in place."""
+    source = _embedded_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "sel"
+    rename = os.replace
+
+    def full(src, dst, *a, **kw):
+        if Path(dst) == out / name:
+            raise OSError(28, "No space left on device")
+        return rename(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", full)
+    r = invoke("select", source, out, "--method", "dedup", "--embeddings-column", "emb", "--k", 4, "--shard-rows", 100)
+    assert r.exit_code == 2, r.output
+    assert f"error: {out / name}: cannot write it: the disk is full (No space left on device); free space and rerun" in r.output
+    assert "Traceback" not in r.output and not (out / "manifest.json").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]

