@@ -210,7 +210,7 @@ def test_a_lock_that_is_not_a_plain_file_of_ours_exits_2_and_the_victim_is_untou
 
 def test_the_python_api_refuses_the_same_outputs(tmp_path, token_parquet, tok_file):  # noqa: F811
     from packwise.pipeline import pack_to_parquet
-    from packwise.selection.select_run import run_select
+    from packwise.pipeline.select_run import run_select
 
     src, _ = token_parquet
     data, out = _linked_input(tmp_path, src)
