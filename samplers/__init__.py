@@ -21,6 +21,7 @@ from .packed import PackedBatchSampler
 from .stats import EpochStats
 from .stream import BucketedIterable, PackedIterable
 from .pruning import PruningSampler
+from .state_file import load_state, save_state
 from .superbatch import SuperBatch, TrainBatch
 from .with_index import WithIndex
 
@@ -36,6 +37,8 @@ __all__ = [
     "estimate_boundaries",
     "resolve_lengths",
     "PruningSampler",
+    "load_state",
+    "save_state",
     "SuperBatch",
     "TrainBatch",
     "WithIndex",

@@ -3,6 +3,7 @@ documents apart and fails, naming what leaks, on one that does not."""
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 
@@ -71,3 +72,25 @@ def test_cli_check_model(tmp_path):
     assert bad.returncode == 1 and "FAIL" in bad.stdout
     missing = subprocess.run(cmd + [str(tmp_path / "nothing")], capture_output=True, text=True)
     assert missing.returncode == 2 and "has no config.json" in missing.stderr
+
+
+class _Payload:
+    """Pickles to a call that writes a marker file: the proof that a load ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_cli_check_model_refuses_a_pickle_bomb(tmp_path):
+    """A model folder whose ``pytorch_model.bin`` is a malicious pickle: exit 2, a message, the payload never runs."""
+    _llama().config.save_pretrained(tmp_path / "m")
+    marker = tmp_path / "ran"
+    (tmp_path / "m" / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Payload(marker)}))
+    cmd = [sys.executable, "-m", "packwise.cli.app", "check-model", str(tmp_path / "m")]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "holds more than plain tensors and was not loaded (packwise never unpickles model files)" in out.stderr
+    assert "Traceback" not in out.stderr and not marker.exists()
