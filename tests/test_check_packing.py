@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import packwise
+from conftest import Payload
 from packwise.packing import PackedCollator, PackingCheckFailed
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra (pip install packwise[dev])")
@@ -74,21 +75,11 @@ def test_cli_check_model(tmp_path):
     assert missing.returncode == 2 and "has no config.json" in missing.stderr
 
 
-class _Payload:
-    """Pickles to a call that writes a marker file: the proof that a load ran code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_cli_check_model_refuses_a_pickle_bomb(tmp_path):
     """A model folder whose ``pytorch_model.bin`` is a malicious pickle: exit 2, a message, the payload never runs."""
     _llama().config.save_pretrained(tmp_path / "m")
     marker = tmp_path / "ran"
-    (tmp_path / "m" / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Payload(marker)}))
+    (tmp_path / "m" / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload(marker)}))
     cmd = [sys.executable, "-m", "packwise.cli.app", "check-model", str(tmp_path / "m")]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 2, out.stderr

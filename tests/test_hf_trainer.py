@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_texts
+from conftest import Payload, load_texts
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra (pip install packwise[dev])")
 from packwise.integrations.hf import STATE_FILE, PackwiseTrainer  # noqa: E402
@@ -155,16 +155,6 @@ def test_resume_mid_epoch_from_a_trainer_checkpoint(alpaca, tmp_path, kind):
     assert seen_resumed == seen_full[8:]
     worst = max((a - b).abs().max().item() for a, b in zip(full.model.parameters(), resumed.model.parameters()))
     assert worst < 1e-6
-
-
-class Payload:
-    """Pickles to a call that writes a marker file: the proof that a load ran code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 @pytest.mark.parametrize(

@@ -8,19 +8,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import Payload
 
 from packwise.samplers import BucketBatchSampler, PackedBatchSampler, PruningSampler, load_state, save_state
 from packwise.selection import RS2, InfoBatch, LossThresholdFilter, ReferenceScores, RhoLoss, ScoreStore
-
-
-class Payload:
-    """Pickles to a call that writes a marker file: the proof that a load ran code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def write_payload(path, marker) -> None:
