@@ -6,6 +6,9 @@ order and the resume contract."""
 from __future__ import annotations
 
 import csv
+import resource
+import subprocess
+import sys
 import json
 
 import numpy as np
@@ -19,7 +22,9 @@ from packwise.pipeline import pack_to_parquet, token_batches
 from packwise.pipeline._prefetch import ordered_map
 from packwise.pipeline.readers import Located
 from packwise.pipeline.tokenizer import load_tokenizer, train_byte_bpe
-from packwise.pipeline.tokenizer_backend import SAMPLE_CHARS, TextEncoder, check_sample, hf_csr
+from packwise.pipeline.tokenizer_backend import (
+    LONG_CHARS, SAMPLE_CHARS, TextEncoder, check_sample, cuttable, hf_csr, safe_cuts, split_long,
+)
 from packwise.pipeline.tokens import encode
 
 pytest.importorskip("fastokens", reason="fastokens is in the dev extra (pip install -e '.[dev]')")
@@ -265,3 +270,50 @@ def test_cli_report_and_pack_take_the_backend_option(tmp_path, shared_data, word
     bad = run(app, ["pack", str(c4), str(tmp_path / "o"), "--max-tokens", "512", "--tokenizer", str(bp), "--tokenizer-backend", "rust"])
     assert bad.exit_code == 2 and "--tokenizer-backend rust: use one of auto, hf, fastokens" in bad.output
     assert not (tmp_path / "o").exists()
+
+
+def long_document(files, chars: int) -> str:
+    """Real rows of every shared file joined by newlines, repeated to ``chars`` characters."""
+    doc = "\n".join(t.strip() for ts in files.values() for t in ts if t.strip())
+    return "\n".join([doc] * (chars // len(doc) + 1))[:chars]
+
+
+@pytest.mark.parametrize("backend", ["hf", "fastokens"])
+def test_a_long_document_encoded_in_pieces_has_the_whole_documents_ids(files, bpe, backend):
+    doc = long_document(files, 3 * LONG_CHARS + 12345)
+    pieces, groups = split_long([doc])
+    assert len(pieces) == 6 and groups.tolist() == [0, 6] and "".join(pieces) == doc  # really cut
+    short = files["c4_demo.jsonl"][0]
+    offsets, values = TextEncoder(bpe, backend).encode([short, doc, short])
+    whole = [bpe.encode(t, add_special_tokens=False).ids for t in (short, doc, short)]
+    assert np.diff(offsets).tolist() == [len(ids) for ids in whole]
+    assert values.tolist() == [i for ids in whole for i in ids]
+
+
+def test_only_a_provably_safe_tokenizer_is_cut(bpe):
+    assert cuttable(bpe)
+    spaced = Tokenizer.from_str(bpe.to_str())
+    spaced.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    normalized = Tokenizer.from_str(bpe.to_str())
+    normalized.normalizer = normalizers.NFKC()
+    assert not cuttable(spaced) and not cuttable(normalized)
+    assert safe_cuts("ab\ncd \nef\n\ngh\nij", 3) == [3, 14]  # only lone newlines between non-spaces
+
+
+@pytest.mark.parametrize("backend, megabytes", [("fastokens", 50), ("hf", 20)])
+def test_one_long_row_peaks_under_1_gb(files, bpe, tmp_path, backend, megabytes):
+    """A 50 MB row (20 MB for the slower HF backend) in a child under a 4 GB address-space cap."""
+    bpe.save(str(tmp_path / "tok.json"))
+    (tmp_path / "doc.txt").write_text(long_document(files, megabytes * 1_000_000), encoding="utf-8")
+    code = (
+        "import resource\nfrom tokenizers import Tokenizer\nfrom packwise.pipeline.tokenizer_backend import TextEncoder\n"
+        f"doc = open({str(tmp_path / 'doc.txt')!r}, encoding='utf-8').read()\n"
+        f"o, v = TextEncoder(Tokenizer.from_file({str(tmp_path / 'tok.json')!r}), {backend!r}).encode([doc])\n"
+        "print(len(v), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    cap = 4 << 30
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    tokens, rss_kb = map(int, out.stdout.split())
+    assert tokens > megabytes * 200_000 and rss_kb < 1 << 20
