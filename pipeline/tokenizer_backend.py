@@ -62,7 +62,7 @@ class TextEncoder:
         self.checked_texts = 0
         self._fast = None
         self._lock = threading.Lock()
-        self._cuttable = cuttable(tokenizer)
+        self._cuttable, self._cuts_checked = cuttable(tokenizer), False
         if backend != "hf":
             self._fast, why = load_fastokens(tokenizer)
             if self._fast is None:
@@ -73,9 +73,25 @@ class TextEncoder:
         provably do not change (see :func:`safe_cuts`), so its memory follows the piece, not the text."""
         if self._cuttable and any(len(t) > LONG_CHARS for t in texts):
             pieces, groups = split_long(texts)
-            offsets, values = self._encode(pieces)
-            return offsets[groups], values
+            if not self._cuts_checked:
+                self._check_cuts(pieces, groups)
+            if self._cuttable:
+                offsets, values = self._encode(pieces)
+                return offsets[groups], values
         return self._encode(texts)
+
+    def _check_cuts(self, pieces: list[str], groups: np.ndarray) -> None:
+        """Once: the first cut text's first two pieces encoded joined must give their ids
+        concatenated; else cutting is turned off (with a notice) and long texts are encoded whole."""
+        k = int(np.argmax(np.diff(groups) > 1))
+        if groups[k + 1] - groups[k] < 2:
+            return
+        a, b = pieces[groups[k]], pieces[groups[k] + 1]
+        joined, parts = self._encode([a + b])[1], self._encode([a, b])[1]
+        self._cuts_checked = True
+        if not np.array_equal(joined, parts):
+            self._cuttable = False
+            self.notify("long texts are encoded whole: ids of their pieces differ from the joined text's")
 
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self.used is None:
@@ -153,7 +169,7 @@ def cuttable(tokenizer) -> bool:
 
 
 def safe_cuts(text: str, every: int) -> list[int]:
-    """Cut positions about ``every`` characters apart where byte-level BPE ids cannot change.
+    r"""Cut positions about ``every`` characters apart where byte-level BPE ids cannot change.
 
     The rule: cut after a single ``"\n"`` that has a non-space character on both sides.  In the
     GPT-2 pre-tokenizer regex a newline is only ever part of a whitespace-only pre-token, and a

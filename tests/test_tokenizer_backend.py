@@ -317,3 +317,16 @@ def test_one_long_row_peaks_under_1_gb(files, bpe, tmp_path, backend, megabytes)
     assert out.returncode == 0, out.stderr[-2000:]
     tokens, rss_kb = map(int, out.stdout.split())
     assert tokens > megabytes * 200_000 and rss_kb < 1 << 20
+
+
+def test_cuts_whose_ids_differ_turn_cutting_off_with_a_notice(files, bpe, monkeypatch):
+    """A rule that cuts inside words (made unsafe on purpose): the first check sees it, the text is encoded whole."""
+    import packwise.pipeline.tokenizer_backend as backend
+
+    monkeypatch.setattr(backend, "safe_cuts", lambda text, every: list(range(every + 3, len(text), every)))
+    doc = long_document(files, 2 * LONG_CHARS + 7)
+    notices: list[str] = []
+    enc = TextEncoder(bpe, "hf", notify=notices.append)
+    offsets, values = enc.encode([doc])
+    assert values.tolist() == bpe.encode(doc, add_special_tokens=False).ids and offsets.tolist() == [0, values.shape[0]]
+    assert notices == ["long texts are encoded whole: ids of their pieces differ from the joined text's"]
