@@ -3,7 +3,6 @@ documents apart and fails, naming what leaks, on one that does not."""
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 
@@ -79,7 +78,7 @@ def test_cli_check_model_refuses_a_pickle_bomb(tmp_path):
     """A model folder whose ``pytorch_model.bin`` is a malicious pickle: exit 2, a message, the payload never runs."""
     _llama().config.save_pretrained(tmp_path / "m")
     marker = tmp_path / "ran"
-    (tmp_path / "m" / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload(marker)}))
+    torch.save({"w": Payload(marker)}, tmp_path / "m" / "pytorch_model.bin")
     cmd = [sys.executable, "-m", "packwise.cli.app", "check-model", str(tmp_path / "m")]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 2, out.stderr

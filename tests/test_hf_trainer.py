@@ -3,8 +3,6 @@ user runs them (``trainer.train()``, checkpoints, resume) on a random tiny Llama
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 import torch
@@ -170,7 +168,7 @@ def test_resume_refuses_a_crafted_pickle_without_running_it(alpaca, tmp_path, na
     PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=PackedBatchSampler(_lengths(alpaca), 128)).train()
     ckpt, marker = tmp_path / "a" / "checkpoint-2", tmp_path / "ran"
     (ckpt / STATE_FILE.format(rank=0)).unlink()
-    (ckpt / name).write_bytes(pickle.dumps({"epoch": Payload(marker)}))
+    torch.save({"epoch": Payload(marker)}, ckpt / name)  # what torch.load(weights_only=False) would run
     args = _args(tmp_path / "b", max_steps=4, per_device_train_batch_size=4)
     trainer = PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=PackedBatchSampler(_lengths(alpaca), 128))
     with pytest.raises(ValueError, match=error):

@@ -1,31 +1,14 @@
-"""Memory follows the data, not the flags: peak RSS of a child process (capped address space, so a
-regression fails the test instead of taking the machine down)."""
+"""Memory follows the data, not the flags: peak RSS of a child process under an address-space cap
+(so a regression fails the test instead of taking the machine down)."""
 
 from __future__ import annotations
-
-import resource
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from conftest import run_capped
 
-AS_LIMIT = 3 << 30  # bytes of address space for the child: a 24 GB allocation fails fast
 RSS_BOUND_KB = 600 * 1024
-REPORT = "import resource; print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-
-
-def _cap() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
-
-
-def run_capped(code: str) -> tuple[subprocess.CompletedProcess, int]:
-    """Run ``code`` in a child under ``AS_LIMIT``; return it and its peak RSS in KiB."""
-    out = subprocess.run([sys.executable, "-c", f"{code}\n{REPORT}"], capture_output=True, text=True, preexec_fn=_cap)
-    rss = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("maxrss ")]
-    assert out.returncode == 0 and rss, out.stderr[-2000:]
-    return out, rss[0]
 
 
 def test_a_huge_window_on_300_rows_takes_memory_for_300_rows(tmp_path):

@@ -14,8 +14,11 @@ from packwise.samplers import BucketBatchSampler, PackedBatchSampler, PruningSam
 from packwise.selection import RS2, InfoBatch, LossThresholdFilter, ReferenceScores, RhoLoss, ScoreStore
 
 
-def write_payload(path, marker) -> None:
-    path.write_bytes(pickle.dumps({"epoch": Payload(marker)}))
+def write_payload(path, marker, how: str) -> None:
+    if how == "pickle":
+        path.write_bytes(pickle.dumps({"epoch": Payload(marker)}))
+    else:
+        torch.save({"epoch": Payload(marker)}, path)  # a zip, like an .npz
 
 
 def assert_same(a, b, where="state") -> None:
@@ -96,9 +99,10 @@ def test_policies_and_samplers_load_what_was_saved(tmp_path):
     assert [x.tolist() for x in filt2.select([2, 0])] == [x.tolist() for x in filt.select([2, 0])]
 
 
-def test_a_malicious_pickle_is_refused_and_never_run(tmp_path):
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_a_malicious_pickle_is_refused_and_never_run(tmp_path, how):
     path, marker = tmp_path / "s.npz", tmp_path / "ran"
-    write_payload(path, marker)
+    write_payload(path, marker, how)
     with pytest.raises(ValueError, match=r"is not a packwise state file .*packwise never unpickles state"):
         load_state(path)
     assert not marker.exists()
