@@ -15,7 +15,7 @@ a user writes.  The mixin owns what a hand-written ``get_train_dataloader`` usua
 * selection policies (InfoBatch, RS2, ``ScoreSelector`` behind a ``PruningSampler``): each kept
   example's loss is scaled by the policy weight (``1/(1-r)`` for InfoBatch) and its per-example
   loss is fed back with ``policy.update`` (gathered across ranks);
-* checkpoints: every rank writes ``packwise_rank{r}.pt`` (the sampler's ``state_dict`` at the
+* checkpoints: every rank writes ``packwise_rank{r}.npz`` (JSON + arrays, never a pickle: the sampler's ``state_dict`` at the
   batches the Trainer consumed, the policy's ``state_dict``) into the checkpoint folder;
   ``trainer.train(resume_from_checkpoint=...)`` restores the policy and the epoch position and
   resumes mid-epoch with exactly the rest of the epoch.  The Trainer skips the consumed batches by
@@ -42,9 +42,10 @@ except ImportError as err:  # pragma: no cover - the extra is missing
     raise ImportError("packwise.integrations.hf needs transformers: pip install 'packwise[hf]'") from err
 
 from ..packing import PackedCollator, example_losses, packed_loss, token_losses
-from ..samplers import PruningSampler
+from ..samplers import PruningSampler, load_state, save_state
 
-STATE_FILE = "packwise_rank{rank}.pt"
+STATE_FILE = "packwise_rank{rank}.npz"
+_OLD_STATE_FILE = "packwise_rank{rank}.pt"  # pickles written before 0.x: refused, never loaded
 _NOT_FOR_MODEL = ("labels", "loss_weight", "example_index", "example_ids")
 
 
@@ -240,9 +241,7 @@ class PackwiseTrainerMixin:
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, STATE_FILE.format(rank=self.accelerator.process_index))
-        tmp = path + ".tmp"
-        torch.save(self._packwise_state(), tmp)
-        os.replace(tmp, path)
+        save_state(path, self._packwise_state())
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
         epochs, steps = super()._init_training_state(
@@ -250,13 +249,21 @@ class PackwiseTrainerMixin:
         )
         if resume_from_checkpoint is None:
             return epochs, steps
-        path = os.path.join(resume_from_checkpoint, STATE_FILE.format(rank=self.accelerator.process_index))
+        rank = self.accelerator.process_index
+        path = os.path.join(resume_from_checkpoint, STATE_FILE.format(rank=rank))
+        old = os.path.join(resume_from_checkpoint, _OLD_STATE_FILE.format(rank=rank))
+        if not os.path.isfile(path) and os.path.isfile(old):
+            raise ValueError(
+                f"{old} is a pickle from an older packwise and packwise no longer unpickles checkpoint files "
+                f"(a crafted one runs code); resume with ignore_data_skip=True from a fresh sampler to restart "
+                f"the epoch, or re-save the checkpoint with this packwise"
+            )
         if not os.path.isfile(path):
             raise ValueError(
                 f"{path} is missing: this checkpoint was not written by a packwise trainer with "
                 f"{self.accelerator.num_processes} processes; resume with the same world size"
             )
-        saved = torch.load(path, weights_only=False)
+        saved = load_state(path)  # never unpickled: a checkpoint folder may come from anyone
         if saved["policy"] is not None:
             self.packwise_policy.load_state_dict(saved["policy"])
         sampler = self.packwise_sampler

@@ -17,6 +17,7 @@ Oversize = Literal["error", "truncate", "split", "drop"]
 ALGORITHMS: tuple[str, ...] = ("bfd", "fill", "ffd", "first_fit", "next_fit", "window_bfd")
 OVERSIZE_POLICIES: tuple[str, ...] = ("error", "truncate", "split", "drop")
 _EMPTY = np.zeros(0, np.int64)
+MAX_SPLIT_PIECES = 1 << 26  # oversize="split" refuses to make more pieces than this (each costs ~48 bytes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,12 +209,26 @@ def _apply_oversize(lengths: np.ndarray, capacity: int, oversize: str, name: str
         return keep, None, lengths[keep], 0, over
     # split: item i becomes ceil(len / capacity) consecutive pieces
     pieces = -(-lengths // capacity)
+    _check_pieces(lengths, pieces, capacity, name)
     items = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), pieces)
     first = np.cumsum(pieces) - pieces
     piece_no = np.arange(items.shape[0], dtype=np.int64) - np.repeat(first, pieces)
     starts = piece_no * capacity
     entry_lengths = np.minimum(lengths[items] - starts, capacity)
     return items, starts, entry_lengths, 0, _EMPTY
+
+
+def _check_pieces(lengths: np.ndarray, pieces: np.ndarray, capacity: int, name: str) -> None:
+    """Refuse a split larger than ``MAX_SPLIT_PIECES`` before any per-piece array is allocated."""
+    total = int(pieces.sum(dtype=np.float64))  # float: a sum of huge counts must not wrap
+    if total <= MAX_SPLIT_PIECES:
+        return
+    i = int(np.argmax(pieces))
+    raise ValueError(
+        f"{name}[{i}] = {int(lengths[i])} tokens would split into {int(pieces[i])} pieces of capacity={capacity} "
+        f"({total} pieces in all, over the limit of {MAX_SPLIT_PIECES}); check the length column, "
+        f"or pass oversize='truncate' or 'drop' for such items"
+    )
 
 
 def _max_bins_any_fit(lengths: np.ndarray, capacity: int) -> int:
@@ -282,7 +297,8 @@ def pack(
 
     ``oversize`` decides what happens to items longer than ``capacity``: ``"error"`` (raise),
     ``"truncate"`` (keep the first ``capacity`` tokens), ``"split"`` (cut into ``capacity``-token
-    pieces packed like items; no token lost) or ``"drop"`` (left out, listed in ``Packing.dropped``).
+    pieces packed like items; no token lost; at most ``MAX_SPLIT_PIECES`` pieces in all) or ``"drop"``
+    (left out, listed in ``Packing.dropped``).
 
     Example:
         >>> import numpy as np

@@ -27,6 +27,9 @@ class ClosedBins:
         return int(self.offsets.shape[0] - 1)
 
 
+_FIRST_ROOM = 1024  # bins and slots made up front; a huge ``window`` on a short stream costs nothing
+
+
 class WindowPacker:
     """Best-fit decreasing over a stream, one window of items at a time.
 
@@ -62,8 +65,9 @@ class WindowPacker:
         self._next_id = 0
         self._bins = 0
         self._slots = 0
-        self._grow_bins(self.window)
-        self._grow_slots(self.window)
+        # room for what arrives, not for what the window allows: _step grows these as items come
+        self._grow_bins(min(self.window, _FIRST_ROOM))
+        self._grow_slots(min(self.window, _FIRST_ROOM))
 
     def _grow_bins(self, extra: int) -> None:
         old = self._bins

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 import threading
 from typing import Callable
@@ -31,6 +32,7 @@ BACKENDS: tuple[str, ...] = ("auto", "hf", "fastokens")
 SAMPLE_TEXTS = 256  # texts of the first batch encoded by both backends before ``auto`` trusts fastokens,
 SAMPLE_CHARS = 1 << 18  # and at most this many characters of them (HF encodes the sample: ~0.05 s)
 _INSTALL = "pip install 'packwise[fast]'"
+LONG_CHARS = 1 << 20  # a text longer than this is encoded in pieces of about this size (when cuttable)
 
 
 def check_backend(backend: str) -> None:
@@ -60,12 +62,38 @@ class TextEncoder:
         self.checked_texts = 0
         self._fast = None
         self._lock = threading.Lock()
+        self._cuttable, self._cuts_checked = cuttable(tokenizer), False
         if backend != "hf":
             self._fast, why = load_fastokens(tokenizer)
             if self._fast is None:
                 self._decline(why, notify=why != "fastokens is not installed")
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """CSR ids of ``texts``; a text over ``LONG_CHARS`` is encoded in pieces cut where the ids
+        provably do not change (see :func:`safe_cuts`), so its memory follows the piece, not the text."""
+        if self._cuttable and any(len(t) > LONG_CHARS for t in texts):
+            pieces, groups = split_long(texts)
+            if not self._cuts_checked:
+                self._check_cuts(pieces, groups)
+            if self._cuttable:
+                offsets, values = self._encode(pieces)
+                return offsets[groups], values
+        return self._encode(texts)
+
+    def _check_cuts(self, pieces: list[str], groups: np.ndarray) -> None:
+        """Once: the first cut text's first two pieces encoded joined must give their ids
+        concatenated; else cutting is turned off (with a notice) and long texts are encoded whole."""
+        k = int(np.argmax(np.diff(groups) > 1))
+        if groups[k + 1] - groups[k] < 2:
+            return
+        a, b = pieces[groups[k]], pieces[groups[k] + 1]
+        joined, parts = self._encode([a + b])[1], self._encode([a, b])[1]
+        self._cuts_checked = True
+        if not np.array_equal(joined, parts):
+            self._cuttable = False
+            self.notify("long texts are encoded whole: ids of their pieces differ from the joined text's")
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self.used is None:
             with self._lock:
                 if self.used is None:
@@ -120,6 +148,66 @@ class TextEncoder:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._fast = load_fastokens(self.tokenizer)[0] if self.used != "hf" else None
+
+
+def cuttable(tokenizer) -> bool:
+    """Whether :func:`safe_cuts` holds for ``tokenizer``: no normalizer and a byte-level
+    pre-tokenizer with the GPT-2 split regex and no prefix space (what ``train_byte_bpe`` makes).
+    Anything else (other normalizers or pre-tokenizers) is encoded whole: we cannot prove the cut."""
+    source = tokenizer if hasattr(tokenizer, "to_str") else getattr(tokenizer, "backend_tokenizer", None)
+    if source is None:
+        return False
+    spec = json.loads(source.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    return (
+        spec.get("normalizer") is None
+        and (spec.get("model") or {}).get("type") == "BPE"
+        and pre.get("type") == "ByteLevel"
+        and pre.get("use_regex", True) is True
+        and pre.get("add_prefix_space") is False
+    )
+
+
+def safe_cuts(text: str, every: int) -> list[int]:
+    r"""Cut positions about ``every`` characters apart where byte-level BPE ids cannot change.
+
+    The rule: cut after a single ``"\n"`` that has a non-space character on both sides.  In the
+    GPT-2 pre-tokenizer regex a newline is only ever part of a whitespace-only pre-token, and a
+    lone newline before a non-space is its own pre-token ``"\n"`` (``\s+``), also at the end of
+    a piece (``\s+(?!\S)``); BPE merges never cross pre-tokens, so the ids of the pieces joined
+    are the ids of the text.  A text with no such newline near a boundary stays whole there.
+    """
+    cuts, start = [], 0
+    while len(text) - start > every:
+        i = _next_cut(text, start + every // 2)
+        if i == -1:
+            break
+        start = i + 1
+        cuts.append(start)
+    return cuts
+
+
+def _next_cut(text: str, i: int) -> int:
+    """The first lone newline at or after ``i`` with a non-space character on both sides, or -1."""
+    i = text.find("\n", max(i, 1))
+    while i != -1 and (text[i - 1].isspace() or i + 1 >= len(text) or text[i + 1].isspace()):
+        i = text.find("\n", i + 1)
+    return i
+
+
+def split_long(texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """``(pieces, groups)``: texts over ``LONG_CHARS`` cut at :func:`safe_cuts`; ``groups[k]`` is
+    the first piece of text ``k`` (``groups[-1]`` = number of pieces), so ``offsets[groups]``
+    turns the pieces' CSR offsets back into the texts'."""
+    pieces, groups = [], [0]
+    for text in texts:
+        if len(text) > LONG_CHARS:
+            bounds = [0, *safe_cuts(text, LONG_CHARS), len(text)]
+            pieces.extend(text[a:b] for a, b in zip(bounds, bounds[1:]))
+        else:
+            pieces.append(text)
+        groups.append(len(pieces))
+    return pieces, np.asarray(groups, np.int64)
 
 
 def check_sample(texts: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ from .stats import EpochStats
 from .stream import BucketedIterable, PackedIterable
 from .pruning import PackedPruningSampler, PruningSampler
 from .schedule import ProgressSchedule
+from .state_file import load_state, save_state
 from .superbatch import SuperBatch, TrainBatch
 from .with_index import WithIndex
 
@@ -39,6 +40,8 @@ __all__ = [
     "PackedPruningSampler",
     "PruningSampler",
     "ProgressSchedule",
+    "load_state",
+    "save_state",
     "SuperBatch",
     "TrainBatch",
     "WithIndex",

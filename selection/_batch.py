@@ -176,7 +176,7 @@ class _BatchSelector:
 
     def state_dict(self) -> dict:
         """Settings and the step counter: every draw is seeded by ``(seed, step)``, so this is the
-        whole random state (plain Python values; pickle or ``torch.save`` it)."""
+        whole random state (plain Python values; store it with :func:`packwise.samplers.save_state`)."""
         return {"kind": self._kind, "settings": self._settings(), "step": int(self.step)}
 
     def load_state_dict(self, state: dict) -> None:

@@ -156,7 +156,7 @@ class _EpochPolicy:
     def state_dict(self) -> dict:
         """Settings, the current epoch's plan (ids and weights) and the scores: resume is exact
         even mid-epoch, when scores have moved on since the plan was made.  Plain Python values
-        and NumPy arrays (save with ``torch.save`` and load with ``weights_only=False``, or pickle)."""
+        and NumPy arrays: save with :func:`packwise.samplers.save_state`, which never unpickles on load."""
         if self._plan is None:
             self.indices_for_epoch(self.epoch)
         return {

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +86,29 @@ def end_ddp_worker() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+class Payload:
+    """Pickles to a call that writes a marker file: the proof that a load ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+PEAK_RSS_CODE = "print('peak_rss_kb', [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])"
+
+
+def run_capped(code: str, cap_bytes: int = 3 << 30):
+    """Run ``code`` in a child Python under an address-space cap (a runaway allocation fails there,
+    never on the machine); return the process and its peak RSS in KiB (VmHWM: this program's own
+    peak, not the forked parent's, which ``ru_maxrss`` would include)."""
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
+
+    out = subprocess.run([sys.executable, "-c", f"{code}\n{PEAK_RSS_CODE}"], capture_output=True, text=True, preexec_fn=cap)
+    rss = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("peak_rss_kb ")]
+    assert out.returncode == 0 and rss, out.stderr[-2000:]
+    return out, rss[0]

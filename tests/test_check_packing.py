@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import packwise
+from conftest import Payload
 from packwise.packing import PackedCollator, PackingCheckFailed
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra (pip install packwise[dev])")
@@ -71,3 +72,15 @@ def test_cli_check_model(tmp_path):
     assert bad.returncode == 1 and "FAIL" in bad.stdout
     missing = subprocess.run(cmd + [str(tmp_path / "nothing")], capture_output=True, text=True)
     assert missing.returncode == 2 and "has no config.json" in missing.stderr
+
+
+def test_cli_check_model_refuses_a_pickle_bomb(tmp_path):
+    """A model folder whose ``pytorch_model.bin`` is a malicious pickle: exit 2, a message, the payload never runs."""
+    _llama().config.save_pretrained(tmp_path / "m")
+    marker = tmp_path / "ran"
+    torch.save({"w": Payload(marker)}, tmp_path / "m" / "pytorch_model.bin")
+    cmd = [sys.executable, "-m", "packwise.cli.app", "check-model", str(tmp_path / "m")]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "holds more than plain tensors and was not loaded (packwise never unpickles model files)" in out.stderr
+    assert "Traceback" not in out.stderr and not marker.exists()

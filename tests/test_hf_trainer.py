@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_texts
+from conftest import Payload, load_texts
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra (pip install packwise[dev])")
 from packwise.integrations.hf import STATE_FILE, PackwiseTrainer  # noqa: E402
 from packwise.packing import PackedCollator, token_losses  # noqa: E402
-from packwise.samplers import PackedBatchSampler, PruningSampler  # noqa: E402
+from packwise.samplers import PackedBatchSampler, PruningSampler, load_state  # noqa: E402
 from packwise.selection import InfoBatch  # noqa: E402
 
 VOCAB = 4096
@@ -147,12 +147,33 @@ def test_resume_mid_epoch_from_a_trainer_checkpoint(alpaca, tmp_path, kind):
     full, seen_full = run(tmp_path / "a")
     ckpt = tmp_path / "a" / "checkpoint-8"
     assert (ckpt / STATE_FILE.format(rank=0)).is_file()
-    saved = torch.load(ckpt / STATE_FILE.format(rank=0), weights_only=False)
+    saved = load_state(ckpt / STATE_FILE.format(rank=0))
     assert saved["epoch"] == 1 and saved["batches_consumed"] == 2
     resumed, seen_resumed = run(tmp_path / "b", resume=str(ckpt))
     assert seen_resumed == seen_full[8:]
     worst = max((a - b).abs().max().item() for a, b in zip(full.model.parameters(), resumed.model.parameters()))
     assert worst < 1e-6
+
+
+@pytest.mark.parametrize(
+    "name, error",
+    [
+        (STATE_FILE.format(rank=0), r"packwise_rank0.npz is not a packwise state file .*never unpickles state"),
+        ("packwise_rank0.pt", r"packwise_rank0.pt is a pickle from an older packwise and packwise no longer unpickles"),
+    ],
+)
+def test_resume_refuses_a_crafted_pickle_without_running_it(alpaca, tmp_path, name, error):
+    """A checkpoint whose packwise state is a malicious pickle: resume stops with a ValueError, the payload never runs."""
+    args = _args(tmp_path / "a", max_steps=2, per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
+    PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=PackedBatchSampler(_lengths(alpaca), 128)).train()
+    ckpt, marker = tmp_path / "a" / "checkpoint-2", tmp_path / "ran"
+    (ckpt / STATE_FILE.format(rank=0)).unlink()
+    torch.save({"epoch": Payload(marker)}, ckpt / name)  # what torch.load(weights_only=False) would run
+    args = _args(tmp_path / "b", max_steps=4, per_device_train_batch_size=4)
+    trainer = PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=PackedBatchSampler(_lengths(alpaca), 128))
+    with pytest.raises(ValueError, match=error):
+        trainer.train(resume_from_checkpoint=str(ckpt))
+    assert not marker.exists()
 
 
 def test_sft_trainer_trains_on_the_packwise_batches(alpaca, tmp_path):

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import shared_data_dir
+from conftest import run_capped, shared_data_dir
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
 from tokenizers.models import Unigram
 
@@ -19,7 +19,9 @@ from packwise.pipeline import pack_to_parquet, token_batches
 from packwise.pipeline._prefetch import ordered_map
 from packwise.pipeline.readers import Located
 from packwise.pipeline.tokenizer import load_tokenizer, train_byte_bpe
-from packwise.pipeline.tokenizer_backend import SAMPLE_CHARS, TextEncoder, check_sample, hf_csr
+from packwise.pipeline.tokenizer_backend import (
+    LONG_CHARS, SAMPLE_CHARS, TextEncoder, check_sample, cuttable, hf_csr, safe_cuts, split_long,
+)
 from packwise.pipeline.tokens import encode
 
 pytest.importorskip("fastokens", reason="fastokens is in the dev extra (pip install -e '.[dev]')")
@@ -265,3 +267,59 @@ def test_cli_report_and_pack_take_the_backend_option(tmp_path, shared_data, word
     bad = run(app, ["pack", str(c4), str(tmp_path / "o"), "--max-tokens", "512", "--tokenizer", str(bp), "--tokenizer-backend", "rust"])
     assert bad.exit_code == 2 and "--tokenizer-backend rust: use one of auto, hf, fastokens" in bad.output
     assert not (tmp_path / "o").exists()
+
+
+def long_document(files, chars: int) -> str:
+    """Real rows of every shared file joined by newlines, repeated to ``chars`` characters."""
+    doc = "\n".join(t.strip() for ts in files.values() for t in ts if t.strip())
+    return "\n".join([doc] * (chars // len(doc) + 1))[:chars]
+
+
+@pytest.mark.parametrize("backend", ["hf", "fastokens"])
+def test_a_long_document_encoded_in_pieces_has_the_whole_documents_ids(files, bpe, backend):
+    doc = long_document(files, 3 * LONG_CHARS + 12345)
+    pieces, groups = split_long([doc])
+    assert len(pieces) == 6 and groups.tolist() == [0, 6] and "".join(pieces) == doc  # really cut
+    short = files["c4_demo.jsonl"][0]
+    offsets, values = TextEncoder(bpe, backend).encode([short, doc, short])
+    whole = [bpe.encode(t, add_special_tokens=False).ids for t in (short, doc, short)]
+    assert np.diff(offsets).tolist() == [len(ids) for ids in whole]
+    assert values.tolist() == [i for ids in whole for i in ids]
+
+
+def test_only_a_provably_safe_tokenizer_is_cut(bpe):
+    assert cuttable(bpe)
+    spaced = Tokenizer.from_str(bpe.to_str())
+    spaced.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    normalized = Tokenizer.from_str(bpe.to_str())
+    normalized.normalizer = normalizers.NFKC()
+    assert not cuttable(spaced) and not cuttable(normalized)
+    assert safe_cuts("ab\ncd \nef\n\ngh\nij", 3) == [3, 14]  # only lone newlines between non-spaces
+
+
+@pytest.mark.parametrize("backend, megabytes", [("fastokens", 50), ("hf", 20)])
+def test_one_long_row_peaks_under_1_gb(files, bpe, tmp_path, backend, megabytes):
+    """A 50 MB row (20 MB for the slower HF backend) in a child under a 4 GB address-space cap."""
+    bpe.save(str(tmp_path / "tok.json"))
+    (tmp_path / "doc.txt").write_text(long_document(files, megabytes * 1_000_000), encoding="utf-8")
+    code = (
+        "from tokenizers import Tokenizer\nfrom packwise.pipeline.tokenizer_backend import TextEncoder\n"
+        f"doc = open({str(tmp_path / 'doc.txt')!r}, encoding='utf-8').read()\n"
+        f"o, v = TextEncoder(Tokenizer.from_file({str(tmp_path / 'tok.json')!r}), {backend!r}).encode([doc])\n"
+        "print('tokens', len(v))"
+    )
+    out, rss_kb = run_capped(code, 4 << 30)
+    assert int(out.stdout.split()[1]) > megabytes * 200_000 and rss_kb < 1 << 20
+
+
+def test_cuts_whose_ids_differ_turn_cutting_off_with_a_notice(files, bpe, monkeypatch):
+    """A rule that cuts inside words (made unsafe on purpose): the first check sees it, the text is encoded whole."""
+    import packwise.pipeline.tokenizer_backend as backend
+
+    monkeypatch.setattr(backend, "safe_cuts", lambda text, every: list(range(every + 3, len(text), every)))
+    doc = long_document(files, 2 * LONG_CHARS + 7)
+    notices: list[str] = []
+    enc = TextEncoder(bpe, "hf", notify=notices.append)
+    offsets, values = enc.encode([doc])
+    assert values.tolist() == bpe.encode(doc, add_special_tokens=False).ids and offsets.tolist() == [0, values.shape[0]]
+    assert notices == ["long texts are encoded whole: ids of their pieces differ from the joined text's"]
