@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from ._arrow import list_array
+from ._paths import shown
 from .pack_stage import PackedRows, PackStats, StreamPacker
 from .readers import Located
 from .tokens import TextRows, token_batches
@@ -391,9 +392,9 @@ class RayPackRun:
         self.has_labels = labels_column is not None or (tokens_column is None and text.has_labels)
         self.columns = ([tokens_column] + ([labels_column] if labels_column else [])) if tokens_column else text.read_columns
         self.tok_kwargs = dict(tokenizer=tokenizer, tokens_column=tokens_column, labels_column=labels_column,
-                               source=f"{inp.name} (a Ray block)")  # fmt: skip
+                               source=f"{shown(inp.name)} (a Ray block)")  # fmt: skip
         self.block_kwargs = dict(max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window, seed=seed,
-                                 has_labels=self.has_labels, tail_pass=self.tail_pass, source=inp.name)  # fmt: skip
+                                 has_labels=self.has_labels, tail_pass=self.tail_pass, source=shown(inp.name))  # fmt: skip
         self.stats: PackStats | None = None
         self.blocks = self.skipped = 0
 
