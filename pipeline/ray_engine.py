@@ -42,7 +42,7 @@ import numpy as np
 from ._arrow import list_array
 from ._paths import shown
 from .pack_stage import PackedRows, PackStats, StreamPacker
-from .readers import Located
+from .readers import Located, check_json_lines
 from .tokens import TextRows, token_batches
 from .writer import ShardWriter
 
@@ -135,9 +135,11 @@ def read_dataset(inp, columns: list[str] | None):
     if inp.format == "parquet":
         ds = ray.data.read_parquet(files, file_extensions=None)
     elif inp.format == "json" and not inp.json_arrays:
+        for f in inp.files:  # Arrow's parser, in Ray's reader too, crashes on too deep a row: packwise's scan first
+            check_json_lines(f)
         ds = ray.data.read_json(files, lines=True, file_extensions=None)
     elif inp.format == "csv" and inp.csv_header is True:
-        ds = ray.data.read_csv(files, file_extensions=None)
+        ds = ray.data.read_csv(files, file_extensions=None, parse_options=inp.csv_dialect.parse_options())
     else:  # Arrow IPC (and save_to_disk folders): memory-mapped here, handed to the object store; JSON arrays,
         # plain text and headerless CSV: read by packwise's own readers on the driver
         import pyarrow as pa

@@ -15,7 +15,7 @@ import numpy as np
 from .pack_stage import StreamPacker, check_pack_settings, warm_up
 from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
-from .readers import CsvHeader, open_input
+from .readers import CsvDialect, CsvHeader, open_input
 from .tokenizer_backend import TextEncoder, check_backend
 from .tokens import TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
 from .writer import _ROW_GROUP, ShardWriter
@@ -76,7 +76,7 @@ def _glob_match(pattern: tuple, parts: tuple) -> bool:
 
 
 def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header,
-             tokenizer_backend="auto"):  # fmt: skip
+             tokenizer_backend="auto", csv_dialect=None):  # fmt: skip
     check_backend(tokenizer_backend)
     if tokens_column is not None and (tokenizer is not None or train_tokenizer):
         raise ValueError("pass either --tokens-column or a tokenizer (--tokenizer / --train-tokenizer), not both")
@@ -93,7 +93,7 @@ def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_
         columns = [tokens_column] + ([labels_column] if labels_column else [])
     else:
         columns = text.read_columns
-    inp = open_input(source, columns, batch_size=batch_size, format=format, csv_header=csv_header)
+    inp = open_input(source, columns, batch_size=batch_size, format=format, csv_header=csv_header, csv_dialect=csv_dialect)
     tok_path = None
     if isinstance(tokenizer, (str, Path)):
         tok_path, tokenizer = tokenizer, resolve_tokenizer(tokenizer)
@@ -136,6 +136,7 @@ def pack_to_parquet(
     add_bos: bool = False,
     add_eos: bool | None = None,
     csv_header: CsvHeader = True,
+    csv_dialect: CsvDialect | None = None,
     algorithm: str = "window_bfd",
     window: int = 10_000,
     oversize: str = "error",
@@ -203,6 +204,7 @@ def pack_to_parquet(
         format=format,
         csv_header=csv_header,
         tokenizer_backend=tokenizer_backend,
+        csv_dialect=csv_dialect,
     )
     text_settings = {k: None for k in text.describe()} if tokens_column else text.describe()
     settings = {
@@ -262,7 +264,8 @@ def pack_to_parquet(
         if stats.sequences == 0:
             raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
         backend = None if text_rows is None else text_rows.encoder.describe()
-        manifest = writer.close({**stats.to_dict(), "tokenizer_backend": backend})
+        notes = inp.notes if engine == "local" else {}  # Ray's own CSV reader counts nothing
+        manifest = writer.close({**stats.to_dict(), "tokenizer_backend": backend, **notes})
         return PackResult(Path(output), state, resumed, manifest)
 
 
@@ -278,14 +281,17 @@ def dataset_lengths(
     add_bos: bool = False,
     add_eos: bool = False,
     csv_header: CsvHeader = True,
+    csv_dialect: CsvDialect | None = None,
     batch_size: int = 8192,
     format: str | None = None,
     progress: Progress | None = None,
     tokenizer_backend: str = "auto",
+    notes: dict | None = None,
 ) -> np.ndarray:
     """Token length of every non-empty row of ``source`` (int64), streaming; for ``packwise report``.
 
     Takes the text options of ``pack_to_parquet``, so the lengths are those that run would pack.
+    ``notes``, when given, receives what the reader noticed (``readers.QUOTED_LINE_BREAKS`` of a CSV).
     """
     text = text_spec(text_column, template, chat_template, "all" if chat_template else None, add_bos, add_eos, None, True)
     inp, rows, _, _ = _prepare(
@@ -299,11 +305,14 @@ def dataset_lengths(
         format=format,
         csv_header=csv_header,
         tokenizer_backend=tokenizer_backend,
+        csv_dialect=csv_dialect,
     )
     parts, n = [], 0
     for tb in _stage(inp, rows, tokens_column, None, progress):
         parts.append(tb.lengths)
         n += tb.rows_read
+    if notes is not None:
+        notes.update(inp.notes)
     if n == 0:
         raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to report")
     lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -116,7 +116,8 @@ def clear_leftovers(output: Path, *, old_selection: bool) -> None:
             old.unlink(missing_ok=True)
 
 
-def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str, fmt: str | None, progress=None, name: str = "embeddings"):
+def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str, fmt: str | None, progress=None, name: str = "embeddings",
+                    dialect=None):
     """Embeddings of every input row: from ``column`` or by encoding ``text_column`` with ``model``."""
     from ..pipeline import open_input
     from .embed import EmbeddingWriter, embed_texts, iter_column_embeddings, load_model
@@ -124,7 +125,7 @@ def load_embeddings(source, output: Path, *, column: str | None, model: Path | N
     if (column is None) == (model is None):
         raise ValueError("pass exactly one of --embeddings-column C (vectors in the input) or --model PATH (encode --text-column)")
     if column is not None:
-        inp = open_input(source, [column], format=fmt)
+        inp = open_input(source, [column], format=fmt, csv_dialect=dialect)
         rows = inp.num_rows
         if rows:  # Parquet says how many rows: stream straight into the memmap
             w = None
@@ -146,7 +147,7 @@ def load_embeddings(source, output: Path, *, column: str | None, model: Path | N
         for b in blocks:
             w.write(b)
         return w.close()
-    inp = open_input(source, [text_column], format=fmt)
+    inp = open_input(source, [text_column], format=fmt, csv_dialect=dialect)
     rows = inp.num_rows
     if rows is None:
         rows = sum(b.batch.num_rows for b in inp.batches())
@@ -157,11 +158,10 @@ def load_embeddings(source, output: Path, *, column: str | None, model: Path | N
     return embed_texts(m, texts, output / f"{name}.npy", rows, progress=progress)
 
 
-def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard_rows: int) -> list[dict]:
+def _write_shards(inp, output: Path, keep: np.ndarray, shard_rows: int) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..pipeline import open_input
     from ..pipeline.atomic import atomic_path
 
     shards: list[dict] = []
@@ -175,7 +175,7 @@ def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard
             pq.write_table(table, tmp)
         shards.append({"name": name, "rows": table.num_rows})
 
-    for located in open_input(source, None, format=fmt).batches():
+    for located in inp.batches():
         b = located.batch
         mask = keep[located.row : located.row + b.num_rows]
         if not mask.any():
@@ -191,6 +191,14 @@ def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard
     if pending_rows:
         flush(pending)
     return shards
+
+
+def _reader_notes(noticed: dict) -> list[tuple[str, str]]:
+    """Summary rows for what the reader noticed: CSV records whose quoted fields hold line breaks."""
+    from ..pipeline.readers import QUOTED_LINE_BREAKS
+
+    n = noticed.get(QUOTED_LINE_BREAKS)
+    return [] if n is None else [("CSV rows with quoted line breaks", f"{n:,}")]
 
 
 def run_select(
@@ -220,6 +228,7 @@ def run_select(
     max_points_per_centroid: int = 256,
     shard_rows: int = 100_000,
     input_format: str | None = None,
+    csv_dialect=None,
     overwrite: bool = False,
     progress=None,
     engine: str = "local",
@@ -261,7 +270,7 @@ def _check_ray_select(method: str, embeddings_column: str | None, model) -> None
 
 def _run_select(input, output, *, method, embeddings_column, model, text_column, k, eps, order, target, keep, mode, group_column,
                 alpha, exact_column, eval_input, threshold, score_column, policy, beta, seed, niter, max_points_per_centroid,
-                shard_rows, input_format, overwrite, progress, engine) -> SelectResult:  # fmt: skip
+                shard_rows, input_format, csv_dialect, overwrite, progress, engine) -> SelectResult:  # fmt: skip
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -290,7 +299,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     if method == "score":
         if score_column is None:
             raise ValueError("--method score needs --score-column C (a numeric column, higher = more worth keeping)")
-        inp = open_input(input, [score_column], format=input_format)
+        inp = open_input(input, [score_column], format=input_format, csv_dialect=csv_dialect)
         scores = np.concatenate([_score_block(b, score_column) for b in inp.batches()])
         n = scores.shape[0]
         bad = ~np.isfinite(scores)
@@ -310,18 +319,18 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         if engine == "ray":
             from ..pipeline.ray_select import RaySelect
 
-            ray_sel = RaySelect(open_input(input, [embeddings_column], format=input_format), embeddings_column)
+            ray_sel = RaySelect(open_input(input, [embeddings_column], format=input_format, csv_dialect=csv_dialect), embeddings_column)
             n = ray_sel.n
             if progress:
                 progress(n)
         else:
-            x = load_embeddings(input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, progress=progress)
+            x = load_embeddings(input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, progress=progress, dialect=csv_dialect)
             n = x.shape[0]
         settings.update(embeddings_column=embeddings_column, model=str(model) if model else None, rows=n)
         if method == "decontaminate":
             if eval_input is None:
                 raise ValueError("--method decontaminate needs --eval PATH (the evaluation set, same column or model)")
-            ev = load_embeddings(eval_input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, name="eval_embeddings")
+            ev = load_embeddings(eval_input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, name="eval_embeddings", dialect=csv_dialect)
             res = sel.decontaminate(x, ev, threshold=threshold)
             kept = ~res.flagged
             cluster = np.full(n, -1, np.int64)
@@ -343,7 +352,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
             if method == "dedup":
                 hashes = None
                 if exact_column is not None:
-                    vals = [v for b in open_input(input, [exact_column], format=input_format).batches() for v in b.batch.column(exact_column).to_pylist()]
+                    vals = [v for b in open_input(input, [exact_column], format=input_format, csv_dialect=csv_dialect).batches() for v in b.batch.column(exact_column).to_pylist()]
                     hashes = sel.hash_rows(vals)
                 if engine == "ray":
                     res = ray_sel.dedup(labels, dist, eps=eps, order=order, hashes=hashes, seed=seed)
@@ -373,7 +382,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
                 tgt = _target(n, target, keep, method)
                 groups, weights = labels, None
                 if group_column is not None:
-                    vals = [v for b in open_input(input, [group_column], format=input_format).batches() for v in b.batch.column(group_column).to_pylist()]
+                    vals = [v for b in open_input(input, [group_column], format=input_format, csv_dialect=csv_dialect).batches() for v in b.batch.column(group_column).to_pylist()]
                     names, groups = np.unique(np.array([str(v) for v in vals]), return_inverse=True)
                     weights = sel.group_weights(np.bincount(groups), alpha)
                     notes.append(("groups", ", ".join(f"{nm}: {int(c):,}" for nm, c in zip(names, np.bincount(groups)))))
@@ -395,13 +404,15 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     if engine == "ray":  # the workers write the kept rows and the decisions, block by block
         from ..pipeline.ray_select import write_selection
 
-        shards, parts = write_selection(open_input(input, None, format=input_format), output, decisions, shard_rows)
+        shards, parts = write_selection(open_input(input, None, format=input_format, csv_dialect=csv_dialect), output, decisions, shard_rows)
     else:
         if (output / "decisions.parquet").is_dir():  # a Ray run's parts
             shutil.rmtree(output / "decisions.parquet")
         with atomic_path(output / "decisions.parquet") as tmp:
             pq.write_table(decisions, tmp)
-        shards, parts = _write_shards(input, output, kept, input_format, shard_rows), None
+        inp = open_input(input, None, format=input_format, csv_dialect=csv_dialect)
+        shards, parts = _write_shards(inp, output, kept, shard_rows), None
+        notes += _reader_notes(inp.notes)
     if sum(s["rows"] for s in shards) != int(kept.sum()):
         raise ValueError(f"{input}: the input changed between the two passes ({n} rows first); rerun")
     seconds = time.perf_counter() - t0
