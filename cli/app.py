@@ -9,6 +9,7 @@ import typer
 
 from .. import __version__
 from ._errors import exit_on_bad_input
+from ._interrupt import complete_shards, stop_on_signals
 from ._process import batch_job, run_and_exit
 
 app = typer.Typer(
@@ -130,7 +131,8 @@ def pack(
     header = csv_header(csv_columns, no_header)
     dialect = csv_dialect(csv_delimiter, csv_quote, csv_escape)
     total = open_input(input, None, format=input_format, csv_header=header, csv_dialect=dialect).num_rows
-    with progress_bar("packing", total) as update:
+    resume = "rerun the same command to resume after them"
+    with stop_on_signals(lambda: complete_shards(output), resume), progress_bar("packing", total) as update:
         result = pack_to_parquet(
             input,
             output,
@@ -303,7 +305,8 @@ def select(
     from .select_cmd import render_select_summary
 
     dialect = csv_dialect(csv_delimiter, csv_quote, csv_escape)
-    with progress_bar("embeddings", None) as update:
+    again = "no manifest.json, so no usable selection: rerun the same command to select again (a selection starts over)"
+    with stop_on_signals(lambda: complete_shards(output), again), progress_bar("embeddings", None) as update:
         result = run_select(
             input, output, method=method, embeddings_column=embeddings_column, model=model, text_column=text_column,
             k=k, eps=eps, order=order, target=target, keep=keep, mode=mode, group_column=group_column, alpha=alpha,

@@ -11,6 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that does not print written as its escape (``\\n``, ``\\x1b``):
+    the CLI's last guard that an error stays one line, whatever a message embeds."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def shown(path) -> str:
     """``path`` as text for a message: as is, or ``repr``-escaped when it holds a character that does
     not print (a newline, a tab, an escape sequence).
