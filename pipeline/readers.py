@@ -489,8 +489,10 @@ def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True,
     sources: list = []
 
     def blocks(block_size):
-        if columns is not None:  # inside the growing blocks: a first row longer than a block must not fail here
-            names = pc.open_csv(path, read_options=read_options(block_size), parse_options=parse).schema.names
+        if columns is not None:  # from the first line alone: the rows after it may not parse with this dialect
+            with open(path, "rb") as fh:
+                first = io.BytesIO(fh.readline())
+            names = pc.read_csv(first, read_options=read_options(block_size), parse_options=parse).schema.names
             if header is True and any(c not in names for c in columns):
                 _check_header(path, columns, names, dialect)
             _missing(columns, names, shown(path))
