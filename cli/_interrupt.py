@@ -9,6 +9,7 @@ is the shell's for a signal: 130 (SIGINT) or 143 (SIGTERM).
 from __future__ import annotations
 
 import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -35,7 +36,11 @@ def _raise(signum: int, frame) -> None:
 @contextmanager
 def stop_on_signals(kept: Callable[[], str], resume: str) -> Iterator[None]:
     """Run the block with SIGINT / SIGTERM turned into ``Interrupted``; on one, print
-    ``interrupted (SIGTERM): {kept()}; {resume}`` on stderr and exit 128 + the signal number."""
+    ``interrupted (SIGTERM): {kept()}; {resume}`` on stderr and exit 128 + the signal number.
+    Off the main thread (an app embedding the command) signals cannot be caught: the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     old = {s: signal.signal(s, _raise) for s in _SIGNALS}
     try:
         yield
