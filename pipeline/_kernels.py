@@ -93,7 +93,7 @@ def json_array_to_lines(buf, state, max_depth):  # pragma: no cover - compiled
     state[0], state[1], state[2], state[3] = depth, in_string, escaped, elements
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # runs on Arrow's reader thread: others go on meanwhile
 def json_lines_depth(buf, state, max_depth):  # pragma: no cover - compiled
     """Scan one block of a JSON Lines file for a value nested more than ``max_depth`` levels deep.
 
@@ -127,7 +127,7 @@ def json_lines_depth(buf, state, max_depth):  # pragma: no cover - compiled
     state[0], state[1], state[2], state[3] = depth, in_string, escaped, line
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # runs on Arrow's reader thread: others go on meanwhile
 def utf8_scan(buf, state):  # pragma: no cover - compiled
     """Check one block of a text file is valid UTF-8 (RFC 3629: no overlong forms, no surrogates).
 
@@ -140,15 +140,15 @@ def utf8_scan(buf, state):  # pragma: no cover - compiled
     need, lo, hi, offset, line = state[0], state[1], state[2], state[3], state[4]
     for i in range(buf.shape[0]):
         c = buf[i]
+        if c < 0x80 and not need:  # ASCII, the common case, first
+            if c == 10:
+                line += 1
+            continue
         if need:
             if c < lo or c > hi:
                 state[5], state[6] = offset + i, line
                 break
             need, lo, hi = need - 1, 0x80, 0xBF
-            continue
-        if c < 0x80:
-            if c == 10:
-                line += 1
             continue
         if 0xC2 <= c <= 0xDF:
             need = 1
@@ -166,7 +166,7 @@ def utf8_scan(buf, state):  # pragma: no cover - compiled
     state[0], state[1], state[2], state[3], state[4] = need, lo, hi, offset + buf.shape[0], line
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # runs on Arrow's reader thread: others go on meanwhile
 def csv_quoted_breaks(buf, state, delimiter, quote, escape):  # pragma: no cover - compiled
     """Count CSV records whose quoted fields hold a line break, as Arrow's CSV parser splits them.
 
