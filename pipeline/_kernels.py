@@ -33,6 +33,16 @@ def copy_segments(out, values, src, dst, lengths):  # pragma: no cover - compile
             out[d + j] = values[s + j]
 
 
+@njit(cache=True, inline="always")
+def _string_byte(c, escaped):  # pragma: no cover - compiled
+    """One byte inside a JSON string: ``(still inside it, the next byte is escaped)``."""
+    if escaped:
+        return 1, 0
+    if c == 92:  # backslash
+        return 1, 1
+    return (0, 0) if c == 34 else (1, 0)  # a quote ends the string
+
+
 @njit(cache=True)
 def json_array_to_lines(buf, state, max_depth):  # pragma: no cover - compiled
     """Rewrite one block of a JSON array file, in place, into JSON Lines (same length, byte for byte).
@@ -48,12 +58,7 @@ def json_array_to_lines(buf, state, max_depth):  # pragma: no cover - compiled
     for i in range(buf.shape[0]):
         c = buf[i]
         if in_string:
-            if escaped:
-                escaped = 0
-            elif c == 92:  # backslash
-                escaped = 1
-            elif c == 34:  # quote
-                in_string = 0
+            in_string, escaped = _string_byte(c, escaped)
             continue
         if c == 10 or c == 13 or c == 32 or c == 9:
             if c == 10 or c == 13:
@@ -109,12 +114,7 @@ def json_lines_depth(buf, state, max_depth):  # pragma: no cover - compiled
         if c == 10:
             depth, in_string, escaped, line = 0, 0, 0, line + 1
         elif in_string:
-            if escaped:
-                escaped = 0
-            elif c == 92:  # backslash
-                escaped = 1
-            elif c == 34:  # quote
-                in_string = 0
+            in_string, escaped = _string_byte(c, escaped)
         elif c == 34:
             in_string = 1
         elif c == 123 or c == 91:
