@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 
 from ._arrow import list_array
-from ._paths import shown
+from ._paths import inside, shown
 from .pack_stage import PackedRows, PackStats, StreamPacker
 from .readers import Located, check_json_lines
 from .tokens import TextRows, token_batches
@@ -300,8 +300,8 @@ def _valid_record(output: Path, path: Path) -> dict | None:
 
     try:
         rec = json.loads(path.read_text())
-        for s in rec["shards"]:
-            meta = pq.read_metadata(output / s["file"])
+        for i, s in enumerate(rec["shards"]):
+            meta = pq.read_metadata(inside(output, s["file"], path, f"shards[{i}].file"))  # a record may not reach out
             info = json.loads(meta.metadata[b"packwise"].decode())
             if meta.num_rows != s["rows"] or info != {k: s[k] for k in ("rows", "tokens", "sequences")}:
                 return None

@@ -330,3 +330,22 @@ def test_csv_quote_and_escape_options_reach_the_parser(tmp_path, tok_file):
     bad = invoke("pack", path, tmp_path / "out2", "--max-tokens", 64, "--tokenizer", tok_file, "--csv-quote", ",")
     assert bad.exit_code == 2
     assert _error(bad) == "--csv-delimiter ',', --csv-quote ',' and --csv-escape None must be different characters"
+
+
+def test_a_ray_block_record_naming_a_shard_outside_the_output_is_not_kept(tmp_path):
+    """A block record (``OUTPUT/.packwise-blocks/block-*.json``) is a file too: its shard names must
+    stay inside OUTPUT, else the block is redone, not listed in the manifest."""
+    from packwise.pipeline.ray_engine import BLOCKS, _valid_record
+
+    ids = pa.array([[1, 2, 3], [4, 5], [6, 7]], pa.list_(pa.int32()))
+    pq.write_table(pa.table({"input_ids": ids}), tmp_path / "in.parquet")
+    pack_to_parquet(tmp_path / "in.parquet", tmp_path / "packed", max_tokens=5, tokens_column="input_ids")
+    out = tmp_path / "out"
+    (out / BLOCKS).mkdir(parents=True)
+    shutil.copy(tmp_path / "packed" / "shard-00000.parquet", tmp_path / "x.parquet")
+    shutil.copy(tmp_path / "packed" / "shard-00000.parquet", out / "block-000000-0000.parquet")
+    info = json.loads(pq.read_metadata(tmp_path / "x.parquet").metadata[b"packwise"].decode())
+    for name, kept in (("block-000000-0000.parquet", True), ("../x.parquet", False)):
+        record = {"block": 0, "shards": [{"file": name, **info}], "tail": None}
+        (out / BLOCKS / "block-000000.json").write_text(json.dumps(record))
+        assert (_valid_record(out, out / BLOCKS / "block-000000.json") == record) is kept, name
