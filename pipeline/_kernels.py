@@ -131,13 +131,13 @@ def json_lines_depth(buf, state, max_depth):  # pragma: no cover - compiled
 def utf8_scan(buf, state):  # pragma: no cover - compiled
     """Check one block of a text file is valid UTF-8 (RFC 3629: no overlong forms, no surrogates).
 
-    Arrow's JSON reader lets invalid bytes into string columns and its CSV reader turns the column
-    into binary, so neither can say where the file is wrong; this can.  ``state`` carries across
-    blocks: ``[need, lo, hi, offset, line, bad_offset, bad_line]``: continuation bytes still needed
-    and the range of the next one, bytes and newlines seen so far, and the byte offset and 0-based
-    line of the first invalid byte (``-1`` while all is well).
+    Arrow's readers can tell that a column is not UTF-8 but not where the file is wrong; this finds
+    the place once they have said so.  ``state`` carries across
+    blocks: ``[need, lo, hi, offset, line, bad_offset, bad_line, lead]``: continuation bytes still
+    needed and the range of the next one, bytes and newlines seen so far, the byte offset and 0-based
+    line of the first invalid character (``-1`` while all is well), and where the current one starts.
     """
-    need, lo, hi, offset, line = state[0], state[1], state[2], state[3], state[4]
+    need, lo, hi, offset, line, lead = state[0], state[1], state[2], state[3], state[4], state[7]
     for i in range(buf.shape[0]):
         c = buf[i]
         if c < 0x80 and not need:  # ASCII, the common case, first
@@ -145,11 +145,12 @@ def utf8_scan(buf, state):  # pragma: no cover - compiled
                 line += 1
             continue
         if need:
-            if c < lo or c > hi:
-                state[5], state[6] = offset + i, line
+            if c < lo or c > hi:  # the character that this byte should continue is invalid
+                state[5], state[6] = lead, line
                 break
             need, lo, hi = need - 1, 0x80, 0xBF
             continue
+        lead = offset + i
         if 0xC2 <= c <= 0xDF:
             need = 1
         elif 0xE0 <= c <= 0xEF:
@@ -163,7 +164,7 @@ def utf8_scan(buf, state):  # pragma: no cover - compiled
         else:
             state[5], state[6] = offset + i, line
             break
-    state[0], state[1], state[2], state[3], state[4] = need, lo, hi, offset + buf.shape[0], line
+    state[0], state[1], state[2], state[3], state[4], state[7] = need, lo, hi, offset + buf.shape[0], line, lead
 
 
 @njit(cache=True, nogil=True)  # runs on Arrow's reader thread: others go on meanwhile

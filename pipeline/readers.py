@@ -321,15 +321,15 @@ def _json(path: Path, columns, batch_size) -> Iterator:
         reader = pj.open_json(sources[-1], read_options=pj.ReadOptions(block_size=block_size))
         _missing(columns, reader.schema.names, shown(path))
         for batch in reader:
-            yield batch.select(columns) if columns is not None else batch
+            yield _utf8_text(batch.select(columns) if columns is not None else batch, path)
 
     yield from _growing_blocks(blocks, path, "json")
     sources[-1].finish()
 
 
 def check_json_lines(path: Path) -> None:
-    """Scan a JSON Lines file for invalid UTF-8 and too deep rows without parsing it (for readers
-    other than packwise's own, e.g. Ray Data's, which would crash on a too deep row)."""
+    """Scan a JSON Lines file for too deep rows without parsing it (for readers other than
+    packwise's own, e.g. Ray Data's, which would crash on one)."""
     with _JsonLines(path) as f:
         while f.read(_BLOCK_BYTES):
             pass
@@ -337,14 +337,13 @@ def check_json_lines(path: Path) -> None:
 
 
 class _ScannedFile(io.RawIOBase):
-    """A text file read through numba kernels on its way to Arrow's block readers: every block is
-    checked to be UTF-8 (``_kernels.utf8_scan``) and then handed to ``_scan`` (subclasses check or
-    rewrite it in place); a problem becomes a ``ValueError`` naming the file, line and byte."""
+    """A file read through a numba kernel on its way to Arrow's block readers: ``_scan`` checks
+    (or rewrites in place) every block before Arrow parses it."""
 
     def __init__(self, path: Path):
         self.path = path
         self._file = open(path, "rb")
-        self._utf8 = np.array([0, 0x80, 0xBF, 0, 0, -1, -1], np.int64)
+        self.bytes_read = 0
 
     def readable(self) -> bool:
         return True
@@ -352,36 +351,57 @@ class _ScannedFile(io.RawIOBase):
     def readinto(self, buffer) -> int:
         n = self._file.readinto(buffer)
         if n:
-            block = np.frombuffer(buffer, np.uint8, n)
-            _kernels.utf8_scan(block, self._utf8)
-            if self._utf8[5] != -1:
-                raise ValueError(self._not_utf8())
-            self._scan(block)
+            self.bytes_read += n
+            self._scan(np.frombuffer(buffer, np.uint8, n))
         return n
 
     def _scan(self, block: np.ndarray) -> None:
         """Check (or rewrite in place) one block; raise a ``ValueError`` naming what is wrong."""
 
     def finish(self) -> None:
-        """Checks once the whole file is read: it must not end inside a UTF-8 character."""
-        if self._utf8[0]:
-            self._utf8[5], self._utf8[6] = self._utf8[3], self._utf8[4]
-            raise ValueError(self._not_utf8())
-
-    def _not_utf8(self) -> str:
-        at, line = int(self._utf8[5]), int(self._utf8[6])
-        with open(self.path, "rb") as fh:
-            fh.seek(at)
-            byte = fh.read(1)
-        what = f"byte 0x{byte[0]:02x}" if byte else "the end of the file inside a character"
-        return (
-            f"{shown(self.path)} line {line + 1} (byte offset {at}): invalid UTF-8 ({what}); packwise reads UTF-8 text: "
-            f"convert the file (e.g. iconv -f latin1 -t utf-8) or fix that line"
-        )
+        """Checks once the whole file is read."""
 
     def close(self) -> None:
         self._file.close()
         super().close()
+
+
+def _utf8_text(batch, path: Path):
+    """``batch``, or a ``ValueError`` locating the file's invalid UTF-8: Arrow's JSON reader lets
+    invalid bytes into string columns (Python then fails far away, naming nothing), and its CSV
+    reader makes such a column binary."""
+    import pyarrow as pa
+
+    if any(pa.types.is_binary(t) or pa.types.is_large_binary(t) for t in batch.schema.types):
+        raise ValueError(invalid_utf8(path))
+    try:
+        batch.validate(full=True)  # checks UTF-8 at memory speed (about 10 ms for 100 MB)
+    except pa.ArrowInvalid:
+        raise ValueError(invalid_utf8(path)) from None
+    return batch
+
+
+def invalid_utf8(path: Path) -> str:
+    """The message for a file that is not UTF-8: its first invalid byte, by line (1-based) and offset."""
+    state = np.array([0, 0x80, 0xBF, 0, 0, -1, -1, 0], np.int64)  # see _kernels.utf8_scan
+    with open(path, "rb") as fh:
+        while state[5] == -1:
+            block = fh.read(_BLOCK_BYTES)
+            if not block:
+                if state[0]:  # the file ends inside a character
+                    state[5], state[6] = state[7], state[4]
+                break
+            _kernels.utf8_scan(np.frombuffer(block, np.uint8), state)
+        if state[5] == -1:
+            return f"{shown(path)}: holds text that is not UTF-8; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        at, line = int(state[5]), int(state[6])
+        fh.seek(at)
+        byte = fh.read(1)
+    what = f"byte 0x{byte[0]:02x}" + (" starts no complete character" if 0xC2 <= byte[0] <= 0xF4 else "")
+    return (
+        f"{shown(path)} line {line + 1} (byte offset {at}): invalid UTF-8 ({what}); packwise reads UTF-8 text: "
+        f"convert the file (e.g. iconv -f latin1 -t utf-8) or fix that line"
+    )
 
 
 class _JsonLines(_ScannedFile):
@@ -413,7 +433,7 @@ class _JsonArrayAsLines(_ScannedFile):
         self._state = np.array([0, 0, 0, 0, -1, 0, 0], np.int64)
 
     def _scan(self, block: np.ndarray) -> None:
-        if self._utf8[3] == block.shape[0] and block[:3].tobytes() == _BOM:  # a byte order mark opens the file
+        if self.bytes_read == block.shape[0] and block[:3].tobytes() == _BOM:  # a byte order mark opens the file
             block[:3] = 32
         _kernels.json_array_to_lines(block, self._state, MAX_JSON_DEPTH)
         if self._state[4] != -1:
@@ -432,7 +452,6 @@ class _JsonArrayAsLines(_ScannedFile):
         )
 
     def finish(self) -> None:
-        super().finish()
         if self._state[0] != -1:
             raise ValueError(f"{shown(self.path)}: its JSON array is not closed with ']'; the file is cut short: write it again")
 
@@ -474,6 +493,7 @@ _OTHER_DELIMITERS = (";", "\t", "|")
 def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True, dialect: CsvDialect = CsvDialect(),
          notes: dict | None = None) -> Iterator:  # fmt: skip
     """CSV records as batches; ``notes[QUOTED_LINE_BREAKS]`` grows by the records whose quoted fields hold a line break."""
+    import pyarrow as pa
     import pyarrow.csv as pc
 
     parse = dialect.parse_options()
@@ -497,7 +517,14 @@ def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True,
                 _check_header(path, columns, names, dialect)
             _missing(columns, names, shown(path))
         sources.append(_CsvFile(path, dialect))
-        return pc.open_csv(sources[-1], read_options=read_options(block_size), parse_options=parse, convert_options=convert)
+        reader = pc.open_csv(sources[-1], read_options=read_options(block_size), parse_options=parse, convert_options=convert)
+        try:
+            for batch in reader:
+                yield _utf8_text(batch, path)
+        except pa.ArrowInvalid as err:
+            if "UTF8" in str(err):  # a later block's invalid bytes in a column typed string by the first
+                raise ValueError(invalid_utf8(path)) from None
+            raise
 
     yield from _growing_blocks(blocks, path, "csv", dialect)
     if sources:
@@ -633,7 +660,7 @@ def _lines(data: bytes, path: Path):
     try:
         text = pa.array([data], pa.binary()).cast(pa.string())
     except pa.ArrowInvalid:
-        raise ValueError(f"{shown(path)}: is not UTF-8 text; convert it to UTF-8 (e.g. iconv -t utf-8)") from None
+        raise ValueError(invalid_utf8(path)) from None
     lines = pc.split_pattern(text, "\n").flatten()
     return pc.utf8_rtrim(lines, "\r") if b"\r" in data else lines
 

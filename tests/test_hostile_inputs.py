@@ -180,6 +180,25 @@ def test_invalid_utf8_names_file_line_and_byte_offset(tmp_path, tok_file):
         assert _error(result) == _not_utf8(f"{path} {where}")
 
 
+def test_invalid_utf8_after_the_first_block_and_in_plain_text_is_located(tmp_path, monkeypatch):
+    """A CSV column typed string by its first block, invalid bytes later; a cut character in a .txt."""
+    from packwise.pipeline import read, readers
+
+    monkeypatch.setattr(readers, "_BLOCK_BYTES", 4096)
+    csv = tmp_path / "late.csv"
+    head = "id,text\n" + "".join(f"{i},row number {i}\n" for i in range(2000))
+    csv.write_bytes(head.encode() + b"2000,caf\xe9 au lait\n")
+    with pytest.raises(ValueError) as err:
+        list(read(csv))
+    where = f"line 2002 (byte offset {len(head) + 8})"
+    assert str(err.value) == _not_utf8(f"{csv} {where}").replace("byte 0xff", "byte 0xe9 starts no complete character")
+    txt = tmp_path / "cut.txt"
+    txt.write_bytes("première ligne\nla deuxi".encode() + b"\xc3")
+    with pytest.raises(ValueError) as err:
+        list(read(txt))
+    assert str(err.value) == _not_utf8(f"{txt} line 2 (byte offset 24)").replace("byte 0xff", "byte 0xc3 starts no complete character")
+
+
 def test_a_json_array_file_with_a_byte_order_mark_reads(tmp_path, tok_file):
     rows = [{"text": t} for t in load_texts("alpaca")[:40]]
     plain, bom = tmp_path / "plain.json", tmp_path / "bom.json"
