@@ -318,9 +318,13 @@ def _json(path: Path, columns, batch_size) -> Iterator:
     def blocks(block_size):
         # a JSON array is rewritten into JSON Lines on the fly; a reopened read starts a fresh one
         sources.append(_JsonArrayAsLines(path) if is_array else _JsonLines(path))
-        reader = pj.open_json(sources[-1], read_options=pj.ReadOptions(block_size=block_size))
-        _missing(columns, reader.schema.names, shown(path))
-        for batch in reader:
+
+        def open_reader(source):
+            reader = pj.open_json(source, read_options=pj.ReadOptions(block_size=block_size))
+            _missing(columns, reader.schema.names, shown(path))
+            return reader
+
+        for batch in _arrow_blocks(open_reader, sources[-1]):
             yield _utf8_text(batch.select(columns) if columns is not None else batch, path)
 
     yield from _growing_blocks(blocks, path, "json")
@@ -364,6 +368,30 @@ class _ScannedFile(io.RawIOBase):
     def close(self) -> None:
         self._file.close()
         super().close()
+
+
+def _arrow_blocks(open_reader, source: _ScannedFile) -> Iterator:
+    """The batches of ``open_reader(source)`` (an Arrow block reader over a Python file), then a wait
+    until Arrow's I/O thread has let go of ``source``.
+
+    That thread reads the file ahead and drops its last reference a moment after the last batch;
+    if the interpreter is shutting down by then, the thread's wait for the GIL aborts the process
+    ("terminate called without an active exception"). Its reference is released when ours is the
+    only one left, which takes microseconds once the reader is gone.
+    """
+    import sys
+    import time
+
+    baseline = sys.getrefcount(source)
+    reader = None
+    try:
+        reader = open_reader(source)
+        yield from reader
+    finally:
+        reader = None
+        deadline = time.monotonic() + 5.0
+        while sys.getrefcount(source) > baseline and time.monotonic() < deadline:
+            time.sleep(0.001)
 
 
 def _utf8_text(batch, path: Path):
@@ -517,9 +545,9 @@ def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True,
                 _check_header(path, columns, names, dialect)
             _missing(columns, names, shown(path))
         sources.append(_CsvFile(path, dialect))
-        reader = pc.open_csv(sources[-1], read_options=read_options(block_size), parse_options=parse, convert_options=convert)
+        options = {"read_options": read_options(block_size), "parse_options": parse, "convert_options": convert}
         try:
-            for batch in reader:
+            for batch in _arrow_blocks(lambda source: pc.open_csv(source, **options), sources[-1]):
                 yield _utf8_text(batch, path)
         except pa.ArrowInvalid as err:
             if "UTF8" in str(err):  # a later block's invalid bytes in a column typed string by the first
