@@ -15,7 +15,9 @@ def exit_on_bad_input(command):
         try:
             return command(*args, **kwargs)
         except ValueError as err:
-            typer.echo(f"error: {err}", err=True)
+            from ..pipeline._paths import printable
+
+            typer.echo(f"error: {printable(str(err))}", err=True)
             raise typer.Exit(code=2) from None
 
     return wrapper

@@ -9,6 +9,7 @@ import typer
 
 from .. import __version__
 from ._errors import exit_on_bad_input
+from ._interrupt import complete_shards, stop_on_signals
 from ._process import batch_job, run_and_exit
 
 app = typer.Typer(
@@ -69,6 +70,9 @@ _EOS_HELP = "Append the tokenizer's EOS token to every document (default: on for
 _BOS_HELP = "Prepend the tokenizer's BOS token to every document."
 _CSV_COLUMNS_HELP = "The file is a CSV without a header: these comma-separated column names (e.g. label,title,description)."
 _NO_HEADER_HELP = "The CSV has no header row: its columns are f0, f1, ..."
+_CSV_DELIMITER_HELP = "The character between CSV fields (default ,); \\t or tab for a tab."
+_CSV_QUOTE_HELP = "The character that quotes CSV fields (default \")."
+_CSV_ESCAPE_HELP = "A character that escapes the next one inside CSV fields (default: none; a doubled quote is a quote)."
 _FORMAT_HELP = (
     "Input format when the file names do not say: parquet, json (JSON Lines or one JSON array), csv, text (one row per line) or arrow."
 )
@@ -101,6 +105,9 @@ def pack(
     input_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
     csv_columns: Optional[str] = typer.Option(None, "--csv-columns", help=_CSV_COLUMNS_HELP),
     no_header: bool = typer.Option(False, "--no-header", help=_NO_HEADER_HELP),
+    csv_delimiter: str = typer.Option(",", "--csv-delimiter", help=_CSV_DELIMITER_HELP),
+    csv_quote: str = typer.Option('"', "--csv-quote", help=_CSV_QUOTE_HELP),
+    csv_escape: Optional[str] = typer.Option(None, "--csv-escape", help=_CSV_ESCAPE_HELP),
     algorithm: str = typer.Option(
         "window_bfd", "--algorithm", help="window_bfd (streaming best fit, open rows carried across windows), concat, or a packer of "
         "packwise.packing (bfd, ffd, first_fit, next_fit, ...) applied to each window on its own."
@@ -128,14 +135,16 @@ def pack(
     from ..pipeline import open_input, pack_to_parquet
     from ..pipeline._paths import refuse_overlap, run_reads
     from ._progress import progress_bar
-    from .pack_cmd import announce_layout, csv_header, load_template, render_summary
+    from .pack_cmd import announce_layout, csv_dialect, csv_header, load_template, render_summary
 
     refuse_overlap([("output", output)], run_reads(input, tokenizer=tokenizer, template=template), folders=True)
     fn = load_template(template)
     header = csv_header(csv_columns, no_header)
-    announce_layout(input, dict(t=text_column, k=tokens_column, f=fn, c=chat_template), input_format, header, tokenizer)
-    total = open_input(input, None, format=input_format, csv_header=header).num_rows
-    with progress_bar("packing", total) as update:
+    dialect = csv_dialect(csv_delimiter, csv_quote, csv_escape)
+    announce_layout(input, dict(t=text_column, k=tokens_column, f=fn, c=chat_template), input_format, header, tokenizer, dialect)
+    total = open_input(input, None, format=input_format, csv_header=header, csv_dialect=dialect).num_rows
+    resume = "rerun the same command to resume after them"
+    with stop_on_signals(lambda: complete_shards(output), resume), progress_bar("packing", total) as update:
         result = pack_to_parquet(
             input,
             output,
@@ -151,6 +160,7 @@ def pack(
             add_eos=add_eos,
             add_bos=add_bos,
             csv_header=header,
+            csv_dialect=dialect,
             algorithm=algorithm,
             window=window,
             oversize=oversize,
@@ -204,6 +214,9 @@ def report(
     input_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
     csv_columns: Optional[str] = typer.Option(None, "--csv-columns", help=_CSV_COLUMNS_HELP),
     no_header: bool = typer.Option(False, "--no-header", help=_NO_HEADER_HELP),
+    csv_delimiter: str = typer.Option(",", "--csv-delimiter", help=_CSV_DELIMITER_HELP),
+    csv_quote: str = typer.Option('"', "--csv-quote", help=_CSV_QUOTE_HELP),
+    csv_escape: Optional[str] = typer.Option(None, "--csv-escape", help=_CSV_ESCAPE_HELP),
     oversize: str = typer.Option("truncate", "--oversize", help=_OVERSIZE_HELP + " Default truncate."),
     window: int = typer.Option(10_000, "--window", help="Sequences per packing window (as packwise pack --window)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
@@ -217,7 +230,7 @@ def report(
     from ..pipeline import dataset_lengths, open_input
     from ..pipeline._paths import refuse_overlap, run_reads
     from ._progress import progress_bar
-    from .pack_cmd import announce_layout, csv_header, load_template
+    from .pack_cmd import announce_layout, csv_dialect, csv_header, load_template
     from .report_cmd import length_histogram, render_report, report_dict, write_json, write_plot
 
     from ..pipeline.atomic import check_writable
@@ -237,8 +250,10 @@ def report(
             check_writable(path, option)  # before the whole report runs
     fn = load_template(template)
     header = csv_header(csv_columns, no_header)
-    announce_layout(input, dict(t=text_column, k=tokens_column, f=fn, c=chat_template), input_format, header, tokenizer)
-    total = open_input(input, None, format=input_format, csv_header=header).num_rows
+    dialect = csv_dialect(csv_delimiter, csv_quote, csv_escape)
+    announce_layout(input, dict(t=text_column, k=tokens_column, f=fn, c=chat_template), input_format, header, tokenizer, dialect)
+    total = open_input(input, None, format=input_format, csv_header=header, csv_dialect=dialect).num_rows
+    noticed: dict = {}
     with progress_bar("reading", total) as update:
         lengths = dataset_lengths(
             input,
@@ -251,17 +266,19 @@ def report(
             add_eos=add_eos,
             add_bos=add_bos,
             csv_header=header,
+            csv_dialect=dialect,
             format=input_format,
             progress=update,
             tokenizer_backend=tokenizer_backend,
             share_prompt=share_prompt,
+            notes=noticed,
         )
     result = waste_report(lengths, max_tokens, batch_size=batch_size, seed=seed, window=window, oversize=oversize)
     histogram = length_histogram(lengths, max_tokens)
     title = f"{input} ({len(lengths):,} sequences)"
-    render_report(result, title=title, histogram=histogram, oversize=oversize)
+    render_report(result, title=title, histogram=histogram, oversize=oversize, noticed=noticed)
     if json_path is not None:
-        write_json(report_dict(result, histogram, str(input)), json_path)
+        write_json({**report_dict(result, histogram, str(input)), **noticed}, json_path)
     if plot is not None:
         write_plot(result, lengths, histogram, plot, title)
 
@@ -295,6 +312,9 @@ def select(
     max_points_per_centroid: int = typer.Option(256, "--max-points-per-centroid", help="k-means trains on at most k * this many sampled rows."),
     shard_rows: int = typer.Option(100_000, "--shard-rows", help="Rows per output shard."),
     input_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
+    csv_delimiter: str = typer.Option(",", "--csv-delimiter", help=_CSV_DELIMITER_HELP),
+    csv_quote: str = typer.Option('"', "--csv-quote", help=_CSV_QUOTE_HELP),
+    csv_escape: Optional[str] = typer.Option(None, "--csv-escape", help=_CSV_ESCAPE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing selection in OUTPUT."),
     engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP + " Ray: dedup, prototypes, balance on --embeddings-column."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_ADDRESS_HELP),
@@ -304,20 +324,23 @@ def select(
     from ._progress import progress_bar
     from ..pipeline._paths import refuse_overlap, run_reads
     from ..pipeline.select_run import run_select
+    from .pack_cmd import csv_dialect
     from .select_cmd import render_select_summary
     from .pack_cmd import announce_layout
 
+    dialect = csv_dialect(csv_delimiter, csv_quote, csv_escape)
     if model is not None:
-        announce_layout(input, dict(t=text_column), input_format, True, None)
+        announce_layout(input, dict(t=text_column), input_format, True, None, dialect)
 
     refuse_overlap([("output", output)], run_reads(input, model=model, eval_input=eval_input), folders=True)
-    with progress_bar("embeddings", None) as update:
+    again = "no manifest.json, so no usable selection: rerun the same command to select again (a selection starts over)"
+    with stop_on_signals(lambda: complete_shards(output), again), progress_bar("embeddings", None) as update:
         result = run_select(
             input, output, method=method, embeddings_column=embeddings_column, model=model, text_column=text_column,
             k=k, eps=eps, order=order, target=target, keep=keep, mode=mode, group_column=group_column, alpha=alpha,
             exact_column=exact_column, eval_input=eval_input, threshold=threshold, score_column=score_column,
             policy=policy, beta=beta, seed=seed, max_points_per_centroid=max_points_per_centroid,
-            shard_rows=shard_rows, input_format=input_format, overwrite=overwrite, progress=lambda rows: update(rows, 0),
+            shard_rows=shard_rows, input_format=input_format, csv_dialect=dialect, overwrite=overwrite, progress=lambda rows: update(rows, 0),
             engine=engine, ray_address=ray_address,
         )
     render_select_summary(result)

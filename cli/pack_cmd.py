@@ -47,12 +47,12 @@ def _load_file(path: str, spec: str):
     return module
 
 
-def announce_layout(source, options: dict, format, header, tokenizer) -> None:
+def announce_layout(source, options: dict, format, header, tokenizer, dialect=None) -> None:
     """Print, as the first line, the layout detected when ``options`` name no column option."""
     from ..pipeline.layouts import default_chat_template, input_layout, needs_detection
 
     if needs_detection(*options.values()):
-        layout = input_layout(source, format=format, csv_header=header)
+        layout = input_layout(source, format=format, csv_header=header, csv_dialect=dialect)
         print(layout.line(default_chat_template(tokenizer) if layout.chat else None), flush=True)
 
 
@@ -63,9 +63,22 @@ def csv_header(csv_columns: str | None, no_header: bool):
     return not no_header
 
 
+def csv_dialect(delimiter: str, quote: str, escape: str | None):
+    """``--csv-delimiter`` / ``--csv-quote`` / ``--csv-escape`` -> the readers' ``CsvDialect``; a tab
+    is hard to type, so ``\\t`` and ``tab`` name it."""
+    from ..pipeline.readers import CsvDialect
+
+    def char(value: str | None) -> str | None:
+        return "\t" if value in ("\\t", "tab") else value
+
+    return CsvDialect(char(delimiter), char(quote), char(escape))
+
+
 def render_summary(result) -> None:
     """The summary table of a pack run: rows in/out, padding before/after, distance to the bound."""
     from rich.table import Table
+
+    from ..pipeline.readers import QUOTED_LINE_BREAKS
 
     m = result.manifest
     s, cap = m["stats"], m["settings"]["max_tokens"]
@@ -92,6 +105,8 @@ def render_summary(result) -> None:
         ("rows over L1", f"{100 * s['rows_over_bound']:.3f}%"),
         ("shards", f"{len(m['shards']):,}"),
     ]
+    if QUOTED_LINE_BREAKS in s:  # a CSV: a record spanning lines is legal, and also what an unclosed quote does
+        lines.insert(1, ("CSV rows with quoted line breaks", f"{s[QUOTED_LINE_BREAKS]:,}"))
     for name, value in lines:
         table.add_row(name, value)
     _console().print(table)

@@ -29,8 +29,12 @@ def report_dict(report: WasteReport, histogram: dict, source: str) -> dict:
     return {"input": source, **report.to_dict(), "length_histogram": histogram}
 
 
-def render_report(report: WasteReport, title: str, histogram: dict | None = None, oversize: str = "truncate") -> None:
+def render_report(report: WasteReport, title: str, histogram: dict | None = None, oversize: str = "truncate",
+                  noticed: dict | None = None) -> None:  # fmt: skip
+    """The waste table, the length summary and histogram, and what the reader ``noticed``."""
     from rich.table import Table
+
+    from ..pipeline.readers import QUOTED_LINE_BREAKS
 
     table = Table(title=f"padding waste at {report.capacity} tokens per row — {title}")
     for name in ("strategy", "rows", "steps", "padding", "truncated", "seqs/row", "vs L1", "attn dense/masked"):
@@ -53,6 +57,8 @@ def render_report(report: WasteReport, title: str, histogram: dict | None = None
         f"median {report.median_length:.0f}, p99 {report.p99_length:.0f}, max {report.max_length}; "
         f"lower bounds L1={report.lower_bound_l1:,} L2={report.lower_bound_l2:,} rows"
     )
+    if noticed and QUOTED_LINE_BREAKS in noticed:
+        console.print(f"CSV rows with quoted line breaks: {noticed[QUOTED_LINE_BREAKS]:,}")
     if histogram is not None:
         hist = Table(title="sequence lengths (tokens)")
         for name in ("length", "sequences", ""):

@@ -15,7 +15,7 @@ Example:
 
 from .pack_stage import ALGORITHMS, PackedRows, PackStats, StreamPacker
 from .ray_engine import ENGINES
-from .readers import FORMATS, open_input, read
+from .readers import FORMATS, CsvDialect, open_input, read
 from .run import PackResult, dataset_lengths, pack_to_parquet
 from .chat import CHAT_TEMPLATES, TRAIN_ON
 from .tokens import TEXT_SEPARATOR, TextRows, TextSpec, TokenBatch, resolve_tokenizer, token_batches
@@ -26,6 +26,7 @@ from .writer import ShardWriter
 __all__ = [
     "ALGORITHMS",
     "CHAT_TEMPLATES",
+    "CsvDialect",
     "ENGINES",
     "FORMATS",
     "PackResult",

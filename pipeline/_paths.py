@@ -1,8 +1,14 @@
-"""Path safety of every command: nothing a run writes may be, hold, or lie inside what it reads.
+"""Path safety of every command and paths in messages.
 
-Why: ``report X --json X`` replaced its own input, ``pack in out`` with ``out -> in`` (a symlink)
-wrote shards into the input, and ``pack OUT/shard-00001.parquet OUT --overwrite`` deleted its own
-input.  Paths are compared resolved (symlinks followed, ``..`` removed), before anything is written.
+``refuse_overlap`` / ``refuse_stray``: nothing a run writes may be, hold, or lie inside what it
+reads, and nothing packwise did not write is written over.  Why: ``report X --json X`` replaced its
+own input, ``pack in out`` with ``out -> in`` (a symlink) wrote shards into the input, and ``pack
+OUT/shard-00001.parquet OUT --overwrite`` deleted its own input.  Paths are compared resolved
+(symlinks followed, ``..`` removed), before anything is written.
+``inside``: a file name taken from a file (``state.json``, ``manifest.json``) must stay inside the
+folder that holds that file; a crafted ``../../secret`` would otherwise be read as input.
+``shown``: how every message prints a path, so a file name holding a newline or another control
+character can neither split a one-line error nor forge a line of its own.
 """
 
 from __future__ import annotations
@@ -125,3 +131,36 @@ def _glob_match(pattern: tuple, parts: tuple) -> bool:
     if pattern[0] == "**":
         return any(_glob_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
     return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(pattern[1:], parts[1:])
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that does not print written as its escape (``\\n``, ``\\x1b``):
+    the CLI's last guard that an error stays one line, whatever a message embeds."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def shown(path) -> str:
+    """``path`` as text for a message: as is, or ``repr``-escaped when it holds a character that does
+    not print (a newline, a tab, an escape sequence).
+
+    Example:
+        >>> shown("data/a.jsonl"), shown("data/a\\nb.jsonl")
+        ('data/a.jsonl', "'data/a\\\\nb.jsonl'")
+    """
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def inside(folder: Path, name, listed_in: Path, entry: str) -> Path:
+    """``folder / name``, where ``name`` was read from the file ``listed_in`` (at ``entry``), or a
+    ``ValueError`` when it is not a relative name that resolves (symlinks followed) inside ``folder``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{shown(listed_in)}: {entry} is {name!r}, not a file name; regenerate {shown(listed_in.name)}")
+    path = folder / name
+    root, real = folder.resolve(), path.resolve()
+    if root not in real.parents:
+        raise ValueError(
+            f"{shown(listed_in)}: {entry} {name!r} resolves to {shown(real)}, outside {shown(root)}; every file it lists "
+            f"must lie inside that folder: remove the entry or regenerate {shown(listed_in.name)}"
+        )
+    return path

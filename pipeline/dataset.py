@@ -15,6 +15,7 @@ import numpy as np
 import torch.utils.data
 
 from ._arrow import numpy_view
+from ._paths import inside, shown
 from .writer import MANIFEST
 
 _LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start", "label")  # label: KTO, per sequence
@@ -25,7 +26,7 @@ def _read_manifest(path) -> tuple[Path, dict]:
     manifest = root / MANIFEST
     if not manifest.is_file():
         raise ValueError(
-            f"packed dataset: no {MANIFEST} in {root}; the pack run is missing or unfinished: run packwise pack to the end"
+            f"packed dataset: no {MANIFEST} in {shown(root)}; the pack run is missing or unfinished: run packwise pack to the end"
         )
     return root, json.loads(manifest.read_text())
 
@@ -39,9 +40,15 @@ def _read_shard(path: Path, read):
     except (OSError, pa.ArrowException) as err:
         what = "is missing" if not path.is_file() else f"is corrupt ({' '.join(str(err).split())})"
         raise ValueError(
-            f"packed dataset: shard {path} {what}; run packwise verify {path.parent} to list every bad shard, "
+            f"packed dataset: shard {shown(path)} {what}; run packwise verify {shown(path.parent)} to list every bad shard, "
             "then delete them and rerun packwise pack with the same arguments"
         ) from None
+
+
+def _shard_files(root: Path, manifest: dict) -> list[Path]:
+    """The manifest's shard files, each checked to lie inside ``root`` (the manifest is a file anyone may edit)."""
+    listed_in = root / MANIFEST
+    return [inside(root, s.get("file"), listed_in, f"shards[{i}].file") for i, s in enumerate(manifest["shards"])]
 
 
 def _rows_of(table) -> list[dict]:
@@ -141,7 +148,7 @@ class PackedDataset(torch.utils.data.Dataset):
     def __init__(self, path, collator=None, allow_unlabeled: bool | None = None):
         self.root, self.manifest = _read_manifest(path)
         self.capacity = int(self.manifest["settings"]["max_tokens"])
-        self.files = [self.root / s["file"] for s in self.manifest["shards"]]
+        self.files = _shard_files(self.root, self.manifest)
         self._ends = np.cumsum([s["rows"] for s in self.manifest["shards"]]).astype(np.int64)
         self.collate = _collate_of(self.manifest, self.capacity, collator, allow_unlabeled)
         self._group_ends: dict[int, np.ndarray] = {}
@@ -192,7 +199,7 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
     def __init__(self, path, collator=None, *, shuffle_shards: bool = False, seed: int = 0, allow_unlabeled: bool | None = None):
         self.root, self.manifest = _read_manifest(path)
         self.capacity = int(self.manifest["settings"]["max_tokens"])
-        self.files = [self.root / s["file"] for s in self.manifest["shards"]]
+        self.files = _shard_files(self.root, self.manifest)
         self.num_rows = int(sum(s["rows"] for s in self.manifest["shards"]))
         self.collate = _collate_of(self.manifest, self.capacity, collator, allow_unlabeled)
         self.shuffle_shards, self.seed, self.epoch = shuffle_shards, seed, 0

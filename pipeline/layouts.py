@@ -113,11 +113,11 @@ def detect_layout(names: list[str], types: list, *, csv_looks_headerless: bool =
     )
 
 
-def input_layout(source, *, format: str | None = None, csv_header=True) -> Layout:
+def input_layout(source, *, format: str | None = None, csv_header=True, csv_dialect=None) -> Layout:
     """Detect the layout of an input from its first record batch (nothing else is read)."""
     from .readers import _looks_like_data, open_input
 
-    inp = open_input(source, None, batch_size=64, format=format, csv_header=csv_header)
+    inp = open_input(source, None, batch_size=64, format=format, csv_header=csv_header, csv_dialect=csv_dialect)
     first = next(iter(inp.batches()), None)
     if first is None:
         raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to pack")

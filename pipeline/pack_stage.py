@@ -121,6 +121,18 @@ class _Chunk:
         return head, tail
 
 
+def _refuse_oversize(batch: TokenBatch, capacity: int) -> None:
+    """``--oversize error``: a ``ValueError`` naming the file and row of the batch's first sequence over ``capacity``."""
+    lengths = batch.lengths
+    over = np.flatnonzero(lengths > capacity)
+    if over.shape[0]:
+        i = int(over[0])
+        raise ValueError(
+            f"{batch.source} row {int(batch.rows[i]) - batch.source_row0} has {int(lengths[i])} tokens, more than --max-tokens "
+            f"{capacity}; pass --oversize truncate, split or drop, or raise --max-tokens"
+        )
+
+
 def check_pack_settings(capacity, algorithm: str, oversize: str, window, seed) -> tuple[int, int]:
     """``(capacity, window)`` validated, or a ``ValueError`` naming the bad setting (no kernel runs)."""
     capacity = validate_capacity(capacity, "max_tokens")
@@ -216,6 +228,8 @@ class StreamPacker:
     # --- public -------------------------------------------------------------------------------
     def add(self, batch: TokenBatch) -> Iterator[PackedRows]:
         """Take one batch; yield the rows that became final."""
+        if self.oversize == "error" and self.algorithm != "concat":
+            _refuse_oversize(batch, self.capacity)
         self.stats.rows_in += batch.rows_read
         self.stats.empty_rows += batch.empty
         chunk = _Chunk(batch.rows, batch.offsets, batch.values, batch.labels, batch.sequence_label)
@@ -268,14 +282,6 @@ class StreamPacker:
         s.oversize_sequences += int((lengths > self.capacity).sum())
         buckets = np.bincount(np.log2(lengths).astype(np.int64), minlength=self._hist.shape[0])
         self._hist[: buckets.shape[0]] += buckets[: self._hist.shape[0]]
-        if self.oversize == "error" and self.algorithm != "concat":
-            over = np.flatnonzero(lengths > self.capacity)
-            if over.shape[0]:
-                i = int(over[0])
-                raise ValueError(
-                    f"input row {int(rows[i])} has {int(lengths[i])} tokens, more than --max-tokens {self.capacity}; "
-                    f"pass --oversize truncate, split or drop, or raise --max-tokens"
-                )
 
     def _per_window(self, rows: np.ndarray, lengths: np.ndarray):
         p = pack(lengths, self.capacity, algorithm=self.algorithm, oversize=self.oversize)

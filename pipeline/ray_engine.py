@@ -40,8 +40,9 @@ from typing import Callable
 import numpy as np
 
 from ._arrow import list_array
+from ._paths import inside, shown
 from .pack_stage import PackedRows, PackStats, StreamPacker
-from .readers import Located
+from .readers import Located, check_json_lines
 from .tokens import TextRows, token_batches
 from .writer import ShardWriter
 
@@ -134,9 +135,11 @@ def read_dataset(inp, columns: list[str] | None):
     if inp.format == "parquet":
         ds = ray.data.read_parquet(files, file_extensions=None)
     elif inp.format == "json" and not inp.json_arrays:
+        for f in inp.files:  # Arrow's parser, in Ray's reader too, crashes on too deep a row: packwise's scan first
+            check_json_lines(f)
         ds = ray.data.read_json(files, lines=True, file_extensions=None)
     elif inp.format == "csv" and inp.csv_header is True:
-        ds = ray.data.read_csv(files, file_extensions=None)
+        ds = ray.data.read_csv(files, file_extensions=None, parse_options=inp.csv_dialect.parse_options())
     else:  # Arrow IPC (and save_to_disk folders): memory-mapped here, handed to the object store; JSON arrays,
         # plain text and headerless CSV: read by packwise's own readers on the driver
         import pyarrow as pa
@@ -297,8 +300,8 @@ def _valid_record(output: Path, path: Path) -> dict | None:
 
     try:
         rec = json.loads(path.read_text())
-        for s in rec["shards"]:
-            meta = pq.read_metadata(output / s["file"])
+        for i, s in enumerate(rec["shards"]):
+            meta = pq.read_metadata(inside(output, s["file"], path, f"shards[{i}].file"))  # a record may not reach out
             info = json.loads(meta.metadata[b"packwise"].decode())
             if meta.num_rows != s["rows"] or info != {k: s[k] for k in ("rows", "tokens", "sequences")}:
                 return None
@@ -391,9 +394,9 @@ class RayPackRun:
         self.has_labels = labels_column is not None or (tokens_column is None and text.has_labels)
         self.columns = ([tokens_column] + ([labels_column] if labels_column else [])) if tokens_column else text.read_columns
         self.tok_kwargs = dict(tokenizer=tokenizer, tokens_column=tokens_column, labels_column=labels_column,
-                               source=f"{inp.name} (a Ray block)")  # fmt: skip
+                               source=f"{shown(inp.name)} (a Ray block)")  # fmt: skip
         self.block_kwargs = dict(max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window, seed=seed,
-                                 has_labels=self.has_labels, tail_pass=self.tail_pass, source=inp.name)  # fmt: skip
+                                 has_labels=self.has_labels, tail_pass=self.tail_pass, source=shown(inp.name))  # fmt: skip
         self.stats: PackStats | None = None
         self.blocks = self.skipped = 0
 

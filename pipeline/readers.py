@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 
 from . import _kernels
+from ._paths import inside, shown
 from ._prefetch import prefetched
 
 FORMATS: tuple[str, ...] = ("parquet", "json", "csv", "text", "arrow")
@@ -47,7 +48,7 @@ _DIGEST_BLOCK = 1 << 22  # the fingerprint reads each input file in blocks of th
 
 @dataclass(frozen=True)
 class Located:
-    """One record batch and where it starts: ``source`` (a file or dataset name) and ``first_row``
+    """One record batch and where it starts: ``source`` (a file or dataset name, as messages show it) and ``first_row``
     (its first row's index inside that source) and ``row`` (its first row's index in the whole input)."""
 
     batch: Any
@@ -63,6 +64,7 @@ def read(
     batch_size: int = 8192,
     format: str | None = None,
     csv_header: CsvHeader = True,
+    csv_dialect: "CsvDialect | None" = None,
 ):
     """Stream ``source`` as ``pyarrow.RecordBatch`` objects holding only ``columns``.
 
@@ -71,7 +73,7 @@ def read(
     them, a folder written by ``datasets.Dataset.save_to_disk``, or a Hugging Face ``Dataset`` /
     ``IterableDataset`` (``load_dataset(..., streaming=True)`` included).  ``csv_header``: ``True``
     (the first CSV row names the columns), ``False`` (no header: columns ``f0, f1, ...``) or the
-    column names of a headerless CSV.
+    column names of a headerless CSV; ``csv_dialect`` its delimiter, quote and escape characters.
 
     Example:
         >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
@@ -81,7 +83,8 @@ def read(
         >>> [b.to_pydict() for b in read(path, columns=["text"], batch_size=2)]
         [{'text': ['a', 'b']}, {'text': ['c']}]
     """
-    for located in open_input(source, columns, batch_size=batch_size, format=format, csv_header=csv_header).batches():
+    inp = open_input(source, columns, batch_size=batch_size, format=format, csv_header=csv_header, csv_dialect=csv_dialect)
+    for located in inp.batches():
         yield located.batch
 
 
@@ -92,6 +95,7 @@ def open_input(
     batch_size: int = 8192,
     format: str | None = None,
     csv_header: CsvHeader = True,
+    csv_dialect: "CsvDialect | None" = None,
 ):
     """Resolve ``source`` once (files, format, row count, fingerprint) without reading its rows."""
     if batch_size < 1:
@@ -99,7 +103,7 @@ def open_input(
     columns = None if columns is None else list(dict.fromkeys(columns))
     if _is_hf_dataset(source):
         return _HFInput(source, columns, batch_size)
-    return _FileInput(source, columns, batch_size, format, _csv_header(csv_header))
+    return _FileInput(source, columns, batch_size, format, _csv_header(csv_header), csv_dialect or CsvDialect())
 
 
 def _csv_header(header: CsvHeader) -> bool | tuple[str, ...]:
@@ -128,8 +132,10 @@ def _missing(columns, have, where: str) -> None:
 
 
 class _FileInput:
-    def __init__(self, source, columns, batch_size, format, csv_header=True):
+    def __init__(self, source, columns, batch_size, format, csv_header=True, csv_dialect=None):
         self.columns, self.batch_size = columns, batch_size
+        self.csv_dialect = csv_dialect or CsvDialect()
+        self.notes: dict[str, int] = {}  # what the last full read noticed (QUOTED_LINE_BREAKS)
         self.name = str(source)
         self.identity = normalise_path(source)
         self.files, self.format = _resolve_files(source, format)
@@ -158,6 +164,8 @@ class _FileInput:
         xxh3-128 hash of all its bytes (a few % of a pack's time).  Not the modification time, so
         regenerating an identical file does not look like new input."""
         h = hashlib.sha256(f"{self.format}\0{self.csv_header!r}".encode())
+        if self.csv_dialect != CsvDialect():  # the default adds nothing: outputs made before the option resume
+            h.update(repr(self.csv_dialect).encode())
         if self._hf_fingerprint:
             h.update(self._hf_fingerprint.encode())
         for f in self.files:
@@ -172,13 +180,14 @@ class _FileInput:
         row = 0
         reader = _FILE_READERS[self.format]
         if self.format == "csv":
-            reader = partial(_csv, header=self.csv_header)
+            self.notes = {QUOTED_LINE_BREAKS: 0}
+            reader = partial(_csv, header=self.csv_header, dialect=self.csv_dialect, notes=self.notes)
         for path in self.files:
             first = 0
             for batch in _guard(reader(path, self.columns, self.batch_size), path, self.format):
                 if batch.num_rows == 0:
                     continue
-                yield Located(batch, str(path), first, row)
+                yield Located(batch, shown(path), first, row)
                 first += batch.num_rows
                 row += batch.num_rows
 
@@ -196,9 +205,9 @@ def _guard(batches: Iterator, path: Path, format: str) -> Iterator:
         except ValueError as err:
             if type(err) is ValueError:
                 raise
-            raise ValueError(f"{path}: cannot read it as {format} ({err}); check the file is complete and valid") from None
+            raise ValueError(f"{shown(path)}: cannot read it as {format} ({err}); check the file is complete and valid") from None
         except (pa.ArrowException, OSError) as err:
-            raise ValueError(f"{path}: cannot read it as {format} ({err}); check the file is complete and valid") from None
+            raise ValueError(f"{shown(path)}: cannot read it as {format} ({err}); check the file is complete and valid") from None
         yield batch
 
 
@@ -210,29 +219,41 @@ def _resolve_files(source, format: str | None) -> tuple[list[Path], str]:
     if path.is_dir():
         state = path / "state.json"
         if state.is_file():  # datasets.Dataset.save_to_disk
-            names = [d["filename"] for d in json.loads(state.read_text())["_data_files"]]
-            return [path / n for n in names], "arrow"
+            return _saved_dataset_files(path, state), "arrow"
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _SUFFIXES and not p.name.startswith("."))
-        where = f"folder {path}"
+        where = f"folder {shown(path)}"
     elif any(ch in text for ch in "*?["):
         files = sorted(Path(p) for p in _glob.glob(text, recursive=True) if Path(p).is_file())
         where = f"glob {text!r}"
     elif path.is_file():
         files = [path]
-        where = str(path)
+        where = shown(path)
     else:
-        raise ValueError(f"input: no file or folder at {text}; pass an existing path, folder or glob")
+        raise ValueError(f"input: no file or folder at {shown(text)}; pass an existing path, folder or glob")
     if not files:
         raise ValueError(f"input: {where} holds no data files ({', '.join(sorted(_SUFFIXES))}); empty input")
     if format is None:
         kinds = {_SUFFIXES.get(p.suffix.lower()) for p in files}
         if None in kinds:
             bad = next(p for p in files if p.suffix.lower() not in _SUFFIXES)
-            raise ValueError(f"{bad}: unknown file type {bad.suffix!r}; pass --format one of {FORMATS}")
+            raise ValueError(f"{shown(bad)}: unknown file type {bad.suffix!r}; pass --format one of {FORMATS}")
         if len(kinds) > 1:
             raise ValueError(f"input: {where} mixes formats {sorted(kinds)}; point at one format or pass a glob")
         format = kinds.pop()
     return files, format
+
+
+def _saved_dataset_files(folder: Path, state: Path) -> list[Path]:
+    """The Arrow files a ``save_to_disk`` folder's ``state.json`` lists, each checked to lie inside the folder."""
+    try:
+        entries = json.loads(state.read_text())["_data_files"]
+        names = [d["filename"] for d in entries]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{shown(state)}: not a datasets state.json (no _data_files[].filename: {type(err).__name__} {err}); "
+            f"save the dataset again with save_to_disk"
+        ) from None
+    return [inside(folder, name, state, f"_data_files[{i}].filename") for i, name in enumerate(names)]
 
 
 def normalise_path(source) -> str:
@@ -264,20 +285,29 @@ def _parquet(path: Path, columns, batch_size) -> Iterator:
 
     # no memory map and no pre-buffering: both keep pages of the whole file resident as it is read
     f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-    _missing(columns, f.schema_arrow.names, str(path))
+    _missing(columns, f.schema_arrow.names, shown(path))
     yield from f.iter_batches(batch_size=batch_size, columns=columns)
 
 
-def _is_json_array(path: Path) -> bool:
+_BOM = b"\xef\xbb\xbf"
+MAX_JSON_DEPTH = 1000  # levels of [ and { in one row; far above real data, far below what crashes Arrow's parser
+
+
+def _head(path: Path) -> bytes:
+    """The file's first bytes, without a UTF-8 byte order mark and leading whitespace."""
     with open(path, "rb") as fh:
-        return fh.read(4096).lstrip().startswith(b"[")
+        head = fh.read(4096)
+    return head.removeprefix(_BOM).lstrip()
+
+
+def _is_json_array(path: Path) -> bool:
+    return _head(path).startswith(b"[")
 
 
 def _json(path: Path, columns, batch_size) -> Iterator:
     import pyarrow.json as pj
 
-    with open(path, "rb") as fh:
-        head = fh.read(4096).lstrip()
+    head = _head(path)
     if not head and path.stat().st_size < 4096:
         return  # an empty file: zero rows (the pipeline then reports an empty input)
     is_array = head.startswith(b"[")
@@ -287,26 +317,37 @@ def _json(path: Path, columns, batch_size) -> Iterator:
 
     def blocks(block_size):
         # a JSON array is rewritten into JSON Lines on the fly; a reopened read starts a fresh one
-        source = _JsonArrayAsLines(path) if is_array else path
-        sources.append(source)
-        reader = pj.open_json(source, read_options=pj.ReadOptions(block_size=block_size))
-        _missing(columns, reader.schema.names, str(path))
-        for batch in reader:
-            yield batch.select(columns) if columns is not None else batch
+        sources.append(_JsonArrayAsLines(path) if is_array else _JsonLines(path))
+
+        def open_reader(source):
+            reader = pj.open_json(source, read_options=pj.ReadOptions(block_size=block_size))
+            _missing(columns, reader.schema.names, shown(path))
+            return reader
+
+        for batch in _arrow_blocks(open_reader, sources[-1]):
+            yield _utf8_text(batch.select(columns) if columns is not None else batch, path)
 
     yield from _growing_blocks(blocks, path, "json")
-    if is_array:
-        sources[-1].check_closed()
+    sources[-1].finish()
 
 
-class _JsonArrayAsLines(io.RawIOBase):
-    """A JSON array file read as JSON Lines: each block is rewritten in place by a numba kernel
-    (same bytes, no parse in Python), so pyarrow's streaming JSON reader parses it at JSONL speed."""
+def check_json_lines(path: Path) -> None:
+    """Scan a JSON Lines file for too deep rows without parsing it (for readers other than
+    packwise's own, e.g. Ray Data's, which would crash on one)."""
+    with _JsonLines(path) as f:
+        while f.read(_BLOCK_BYTES):
+            pass
+        f.finish()
+
+
+class _ScannedFile(io.RawIOBase):
+    """A file read through a numba kernel on its way to Arrow's block readers: ``_scan`` checks
+    (or rewrites in place) every block before Arrow parses it."""
 
     def __init__(self, path: Path):
         self.path = path
         self._file = open(path, "rb")
-        self._state = np.array([0, 0, 0, 0, -1, 0], np.int64)
+        self.bytes_read = 0
 
     def readable(self) -> bool:
         return True
@@ -314,36 +355,176 @@ class _JsonArrayAsLines(io.RawIOBase):
     def readinto(self, buffer) -> int:
         n = self._file.readinto(buffer)
         if n:
-            _kernels.json_array_to_lines(np.frombuffer(buffer, np.uint8, n), self._state)
-            if self._state[4] != -1:
-                raise ValueError(self._problem())
+            self.bytes_read += n
+            self._scan(np.frombuffer(buffer, np.uint8, n))
         return n
 
-    def _problem(self) -> str:
-        at, byte = int(self._state[4]), chr(int(self._state[5]))
-        if at == -2:
-            return f"{self.path}: text after the closing ']' of its JSON array (starting {byte!r}); a JSON array file holds one array"
-        kind = {'"': "a string", "[": "an array", "n": "null", "t": "a boolean", "f": "a boolean"}.get(byte, "a number")
-        return (
-            f"{self.path} row {at}: the JSON array holds {kind}, not an object; every element must be an object "
-            f'with one field per column, e.g. {{"text": "..."}}: rewrite the file as an array of objects or as JSON Lines'
-        )
+    def _scan(self, block: np.ndarray) -> None:
+        """Check (or rewrite in place) one block; raise a ``ValueError`` naming what is wrong."""
 
-    def check_closed(self) -> None:
-        if self._state[0] != -1:
-            raise ValueError(f"{self.path}: its JSON array is not closed with ']'; the file is cut short: write it again")
+    def finish(self) -> None:
+        """Checks once the whole file is read."""
 
     def close(self) -> None:
         self._file.close()
         super().close()
 
 
-def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True) -> Iterator:
+def _arrow_blocks(open_reader, source: _ScannedFile) -> Iterator:
+    """The batches of ``open_reader(source)`` (an Arrow block reader over a Python file), then a wait
+    until Arrow's I/O thread has let go of ``source``.
+
+    That thread reads the file ahead and drops its last reference a moment after the last batch;
+    if the interpreter is shutting down by then, the thread's wait for the GIL aborts the process
+    ("terminate called without an active exception"). Its reference is released when ours is the
+    only one left, which takes microseconds once the reader is gone.
+    """
+    import sys
+    import time
+
+    baseline = sys.getrefcount(source)
+    reader = None
+    try:
+        reader = open_reader(source)
+        yield from reader
+    finally:
+        reader = None
+        deadline = time.monotonic() + 5.0
+        while sys.getrefcount(source) > baseline and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
+def _utf8_text(batch, path: Path):
+    """``batch``, or a ``ValueError`` locating the file's invalid UTF-8: Arrow's JSON reader lets
+    invalid bytes into string columns (Python then fails far away, naming nothing), and its CSV
+    reader makes such a column binary."""
+    import pyarrow as pa
+
+    if any(pa.types.is_binary(t) or pa.types.is_large_binary(t) for t in batch.schema.types):
+        raise ValueError(invalid_utf8(path))
+    try:
+        batch.validate(full=True)  # checks UTF-8 at memory speed (about 10 ms for 100 MB)
+    except pa.ArrowInvalid:
+        raise ValueError(invalid_utf8(path)) from None
+    return batch
+
+
+def invalid_utf8(path: Path) -> str:
+    """The message for a file that is not UTF-8: its first invalid byte, by line (1-based) and offset."""
+    state = np.array([0, 0x80, 0xBF, 0, 0, -1, -1, 0], np.int64)  # see _kernels.utf8_scan
+    with open(path, "rb") as fh:
+        while state[5] == -1:
+            block = fh.read(_BLOCK_BYTES)
+            if not block:
+                if state[0]:  # the file ends inside a character
+                    state[5], state[6] = state[7], state[4]
+                break
+            _kernels.utf8_scan(np.frombuffer(block, np.uint8), state)
+        if state[5] == -1:
+            return f"{shown(path)}: holds text that is not UTF-8; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        at, line = int(state[5]), int(state[6])
+        fh.seek(at)
+        byte = fh.read(1)
+    what = f"byte 0x{byte[0]:02x}" + (" starts no complete character" if 0xC2 <= byte[0] <= 0xF4 else "")
+    return (
+        f"{shown(path)} line {line + 1} (byte offset {at}): invalid UTF-8 ({what}); packwise reads UTF-8 text: "
+        f"convert the file (e.g. iconv -f latin1 -t utf-8) or fix that line"
+    )
+
+
+class _JsonLines(_ScannedFile):
+    """A JSON Lines file checked for rows nested too deep for Arrow's parser (``MAX_JSON_DEPTH``)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._state = np.array([0, 0, 0, 0, -1], np.int64)
+
+    def _scan(self, block: np.ndarray) -> None:
+        _kernels.json_lines_depth(block, self._state, MAX_JSON_DEPTH)
+        if self._state[4] != -1:
+            raise ValueError(_too_deep(f"{shown(self.path)} line {int(self._state[4]) + 1}"))
+
+
+def _too_deep(where: str) -> str:
+    return (
+        f"{where}: a JSON value nested more than {MAX_JSON_DEPTH} levels deep (packwise reads at most {MAX_JSON_DEPTH} "
+        f"levels of [ and {{; deeper nesting crashes Arrow's JSON parser); flatten or remove that row"
+    )
+
+
+class _JsonArrayAsLines(_ScannedFile):
+    """A JSON array file read as JSON Lines: each block is rewritten in place by a numba kernel
+    (same bytes, no parse in Python), so pyarrow's streaming JSON reader parses it at JSONL speed."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._state = np.array([0, 0, 0, 0, -1, 0, 0], np.int64)
+
+    def _scan(self, block: np.ndarray) -> None:
+        if self.bytes_read == block.shape[0] and block[:3].tobytes() == _BOM:  # a byte order mark opens the file
+            block[:3] = 32
+        _kernels.json_array_to_lines(block, self._state, MAX_JSON_DEPTH)
+        if self._state[4] != -1:
+            raise ValueError(self._problem())
+
+    def _problem(self) -> str:
+        at, byte = int(self._state[4]), chr(int(self._state[5]))
+        if self._state[6]:
+            return _too_deep(f"{shown(self.path)} row {at}")
+        if at == -2:
+            return f"{shown(self.path)}: text after the closing ']' of its JSON array (starting {byte!r}); a JSON array file holds one array"
+        kind = {'"': "a string", "[": "an array", "n": "null", "t": "a boolean", "f": "a boolean"}.get(byte, "a number")
+        return (
+            f"{shown(self.path)} row {at}: the JSON array holds {kind}, not an object; every element must be an object "
+            f'with one field per column, e.g. {{"text": "..."}}: rewrite the file as an array of objects or as JSON Lines'
+        )
+
+    def finish(self) -> None:
+        if self._state[0] != -1:
+            raise ValueError(f"{shown(self.path)}: its JSON array is not closed with ']'; the file is cut short: write it again")
+
+
+@dataclass(frozen=True)
+class CsvDialect:
+    """How CSV records split into fields (pyarrow's ``ParseOptions``): ``--csv-delimiter``,
+    ``--csv-quote`` and ``--csv-escape`` (``None``: no escape character; a doubled quote is a quote)."""
+
+    delimiter: str = ","
+    quote: str = '"'
+    escape: str | None = None
+
+    def __post_init__(self) -> None:
+        for option, value in (("--csv-delimiter", self.delimiter), ("--csv-quote", self.quote), ("--csv-escape", self.escape)):
+            if value is None and option == "--csv-escape":
+                continue
+            if not isinstance(value, str) or len(value) != 1 or not value.isascii() or value in "\r\n":
+                raise ValueError(f"{option} must be one ASCII character other than a line break (\\t for a tab), got {value!r}")
+        chars = [c for c in (self.delimiter, self.quote, self.escape) if c is not None]
+        if len(set(chars)) != len(chars):
+            raise ValueError(
+                f"--csv-delimiter {self.delimiter!r}, --csv-quote {self.quote!r} and --csv-escape {self.escape!r} must be different characters"
+            )
+
+    def parse_options(self):
+        import pyarrow.csv as pc
+
+        # quoted values may hold newlines: without newlines_in_values a block can end inside one and
+        # the rows after it are silently misread (or "parser out of sync")
+        escape = False if self.escape is None else self.escape
+        return pc.ParseOptions(delimiter=self.delimiter, quote_char=self.quote, escape_char=escape, newlines_in_values=True)
+
+
+QUOTED_LINE_BREAKS = "csv_rows_with_quoted_line_breaks"  # the key of ``notes`` that counts them
+_OTHER_DELIMITERS = (";", "\t", "|")
+
+
+def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True, dialect: CsvDialect = CsvDialect(),
+         notes: dict | None = None) -> Iterator:  # fmt: skip
+    """CSV records as batches; ``notes[QUOTED_LINE_BREAKS]`` grows by the records whose quoted fields hold a line break."""
+    import pyarrow as pa
     import pyarrow.csv as pc
 
-    # quoted values may hold newlines: without newlines_in_values a block can end inside one and
-    # the rows after it are silently misread (or "parser out of sync")
-    parse = pc.ParseOptions(newlines_in_values=True)
+    parse = dialect.parse_options()
 
     def read_options(block_size):
         if header is True:
@@ -353,24 +534,70 @@ def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True)
         return pc.ReadOptions(block_size=block_size, column_names=list(header))
 
     convert = pc.ConvertOptions(include_columns=columns)
+    sources: list = []
 
     def blocks(block_size):
-        if columns is not None:  # inside the growing blocks: a first row longer than a block must not fail here
-            names = pc.open_csv(path, read_options=read_options(block_size), parse_options=parse).schema.names
-            if header is True and any(c not in names for c in columns) and _looks_like_data(names):
-                raise ValueError(
-                    f"{path}: column {next(c for c in columns if c not in names)!r} not found, and the first row looks like "
-                    f"data, not a header ({', '.join(repr(n[:24]) for n in names[:3])}); name the columns of a headerless CSV with --csv-columns "
-                    f"({len(names)} comma-separated names, e.g. --csv-columns {','.join(f'c{i}' for i in range(len(names)))}) "
-                    f"or pass --no-header (columns {', '.join(f'f{i}' for i in range(min(len(names), 3)))}, ...)"
-                )
-            _missing(columns, names, str(path))
-        return pc.open_csv(path, read_options=read_options(block_size), parse_options=parse, convert_options=convert)
+        if columns is not None:  # from the first line alone: the rows after it may not parse with this dialect
+            with open(path, "rb") as fh:
+                first = io.BytesIO(fh.readline())
+            names = pc.read_csv(first, read_options=read_options(block_size), parse_options=parse).schema.names
+            if header is True and any(c not in names for c in columns):
+                _check_header(path, columns, names, dialect)
+            _missing(columns, names, shown(path))
+        sources.append(_CsvFile(path, dialect))
+        options = {"read_options": read_options(block_size), "parse_options": parse, "convert_options": convert}
+        try:
+            for batch in _arrow_blocks(lambda source: pc.open_csv(source, **options), sources[-1]):
+                yield _utf8_text(batch, path)
+        except pa.ArrowInvalid as err:
+            if "UTF8" in str(err):  # a later block's invalid bytes in a column typed string by the first
+                raise ValueError(invalid_utf8(path)) from None
+            raise
 
-    yield from _growing_blocks(blocks, path, "csv")
+    yield from _growing_blocks(blocks, path, "csv", dialect)
+    if sources:
+        sources[-1].finish()
+        if notes is not None:
+            notes[QUOTED_LINE_BREAKS] = notes.get(QUOTED_LINE_BREAKS, 0) + sources[-1].quoted_line_breaks
 
 
-def _growing_blocks(open_blocks, path: Path, format: str) -> Iterator:
+def _check_header(path: Path, columns, names: list[str], dialect: CsvDialect) -> None:
+    """A ``ValueError`` with a hint when a wanted column is missing because the header looks wrong:
+    one column split by another delimiter (``id;text``), or a first row that is data."""
+    gone = next(c for c in columns if c not in names)
+    other = next((d for d in _OTHER_DELIMITERS if len(names) == 1 and d in names[0] and d != dialect.delimiter), None)
+    if other is not None:
+        raise ValueError(
+            f"{shown(path)}: column {gone!r} not found: the header {names[0]!r} is one column, split by {other!r} and not by "
+            f"{dialect.delimiter!r}; pass --csv-delimiter {other!r} if the file separates its fields with {other!r}"
+        )
+    if _looks_like_data(names):
+        raise ValueError(
+            f"{shown(path)}: column {gone!r} not found, and the first row looks like "
+            f"data, not a header ({', '.join(repr(n[:24]) for n in names[:3])}); name the columns of a headerless CSV with --csv-columns "
+            f"({len(names)} comma-separated names, e.g. --csv-columns {','.join(f'c{i}' for i in range(len(names)))}) "
+            f"or pass --no-header (columns {', '.join(f'f{i}' for i in range(min(len(names), 3)))}, ...)"
+        )
+
+
+class _CsvFile(_ScannedFile):
+    """A CSV file counting its records whose quoted fields hold a line break (``_kernels.csv_quoted_breaks``)."""
+
+    def __init__(self, path: Path, dialect: CsvDialect):
+        super().__init__(path)
+        self._state = np.zeros(3, np.int64)
+        self._chars = (ord(dialect.delimiter), ord(dialect.quote), -1 if dialect.escape is None else ord(dialect.escape))
+
+    def _scan(self, block: np.ndarray) -> None:
+        _kernels.csv_quoted_breaks(block, self._state, *self._chars)
+
+    @property
+    def quoted_line_breaks(self) -> int:
+        """Records so far whose quoted fields hold a line break (the last one counts without its newline)."""
+        return int(self._state[2] + self._state[1])
+
+
+def _growing_blocks(open_blocks, path: Path, format: str, dialect: CsvDialect = CsvDialect()) -> Iterator:
     """Batches of ``open_blocks(block_size)`` (a pyarrow CSV / JSON block reader).
 
     A row longer than a block makes pyarrow fail with "straddling object": reopen with a block
@@ -399,19 +626,20 @@ def _growing_blocks(open_blocks, path: Path, format: str) -> Iterator:
                 block_size = min(4 * block_size, _MAX_BLOCK_BYTES)
                 continue
             if "straddl" in text:
-                raise ValueError(f"{path}: row {done} is longer than {_MAX_BLOCK_BYTES:,} bytes (the largest block pyarrow reads); split it before packing") from None
+                raise ValueError(f"{shown(path)}: row {done} is longer than {_MAX_BLOCK_BYTES:,} bytes (the largest block pyarrow reads); split it before packing") from None
             row = re.search(r"in row (\d+)", text)
-            bad = done + int(row.group(1)) if row else _csv_row_of_wrong_width(path) if "Expected" in text else None
+            bad = done + int(row.group(1)) if row else _csv_row_of_wrong_width(path, dialect) if "Expected" in text else None
             where = f"a row at or after row {done}" if bad is None else f"row {bad}"
-            raise ValueError(f"{path}: cannot read it as {format}: {where} ({text}); fix or remove that row (data rows count from 0)") from None
+            raise ValueError(f"{shown(path)}: cannot read it as {format}: {where} ({text}); fix or remove that row (data rows count from 0)") from None
 
 
-def _csv_row_of_wrong_width(path: Path) -> int | None:
+def _csv_row_of_wrong_width(path: Path, dialect: CsvDialect) -> int | None:
     """The first data row whose field count differs from the header's (pyarrow does not say)."""
     import csv
 
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        rows = csv.reader(f)
+        escape = {} if dialect.escape is None else {"escapechar": dialect.escape}
+        rows = csv.reader(f, delimiter=dialect.delimiter, quotechar=dialect.quote, **escape)
         width = len(next(rows, []))
         return next((i for i, r in enumerate(rows) if len(r) != width), None)
 
@@ -430,7 +658,7 @@ def _text(path: Path, columns, batch_size) -> Iterator:
     """One row per line (column ``text``); a trailing ``\\r`` is dropped, empty lines are empty rows."""
     import pyarrow as pa
 
-    _missing(columns, ["text"], f"{path} (plain text: one column, text)")
+    _missing(columns, ["text"], f"{shown(path)} (plain text: one column, text)")
     with open(path, "rb") as fh:
         rest = b""
         while True:
@@ -460,7 +688,7 @@ def _lines(data: bytes, path: Path):
     try:
         text = pa.array([data], pa.binary()).cast(pa.string())
     except pa.ArrowInvalid:
-        raise ValueError(f"{path}: is not UTF-8 text; convert it to UTF-8 (e.g. iconv -t utf-8)") from None
+        raise ValueError(invalid_utf8(path)) from None
     lines = pc.split_pattern(text, "\n").flatten()
     return pc.utf8_rtrim(lines, "\r") if b"\r" in data else lines
 
@@ -479,7 +707,7 @@ def _arrow(path: Path, columns, batch_size) -> Iterator:
         reader = ipc.open_stream(source)
         schema = reader.schema
         batches = iter(reader)
-    _missing(columns, schema.names, str(path))
+    _missing(columns, schema.names, shown(path))
     for batch in batches:
         batch = batch.select(columns) if columns is not None else batch
         for start in range(0, batch.num_rows, batch_size):

@@ -17,7 +17,7 @@ from .pack_stage import StreamPacker, check_pack_settings, warm_up
 from .layouts import Layout, input_layout, layout_options, needs_detection
 from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
-from .readers import CsvHeader, open_input
+from .readers import CsvDialect, CsvHeader, open_input
 from .tokenizer_backend import TextEncoder, check_backend
 from .tokens import IGNORE, TEXT_SEPARATOR, TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
 from .writer import _ROW_GROUP, TRAINED_TOKENIZER, ShardWriter
@@ -64,7 +64,7 @@ def check_token_source(tokenizer, train_tokenizer, tokens_column, labels_column,
 
 
 def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_column, batch_size, format, csv_header,
-             tokenizer_backend="auto", rows_class=TextRows, also_read=()):  # fmt: skip
+             tokenizer_backend="auto", rows_class=TextRows, also_read=(), csv_dialect=None):  # fmt: skip
     check_token_source(tokenizer, train_tokenizer, tokens_column, labels_column, tokenizer_backend)
     if tokens_column is not None:
         if text.add_bos or text.add_eos or text.chat or text.template:
@@ -75,7 +75,7 @@ def _prepare(source, *, tokenizer, train_tokenizer, text, tokens_column, labels_
         columns = [tokens_column] + ([labels_column] if labels_column else [])
     else:
         columns = text.read_columns if text.read_columns is None else text.read_columns + list(also_read)
-    inp = open_input(source, columns, batch_size=batch_size, format=format, csv_header=csv_header)
+    inp = open_input(source, columns, batch_size=batch_size, format=format, csv_header=csv_header, csv_dialect=csv_dialect)
     tok_path = None
     if isinstance(tokenizer, (str, Path)):
         tok_path, tokenizer = tokenizer, resolve_tokenizer(tokenizer)
@@ -95,14 +95,15 @@ def text_spec(text_column, template, chat_template, train_on, add_bos, add_eos, 
     return TextSpec(text_column, template, chat_template, train_on, bool(add_bos), bool(add_eos), response, separator)
 
 
-def run_text(source, options: dict, format, csv_header, tokenizer, rest: tuple) -> tuple[Layout | None, TextSpec, CsvHeader]:
+def run_text(source, options: dict, format, csv_header, tokenizer, rest: tuple,
+             csv_dialect: CsvDialect | None = None) -> tuple[Layout | None, TextSpec, CsvHeader]:  # fmt: skip
     """The layout (``None`` when ``options`` name a column option: text_column, tokens_column,
     template, chat_template), the ``TextSpec`` of the run and the CSV header; ``rest`` is
     ``(train_on, add_bos, add_eos, algorithm, tokenizing)`` as ``text_spec`` takes them."""
     train_on, add_bos, add_eos, algorithm, tokenizing = rest
     layout, found = None, {"response": False, "separator": TEXT_SEPARATOR}
     if needs_detection(*options.values()):
-        layout = input_layout(source, format=format, csv_header=csv_header)
+        layout = input_layout(source, format=format, csv_header=csv_header, csv_dialect=csv_dialect)
         found = layout_options(layout, tokenizer)
         csv_header = csv_header if found.pop("csv_header") else False
         options = {**options, **found}
@@ -185,6 +186,7 @@ def pack_to_parquet(
     add_bos: bool = False,
     add_eos: bool | None = None,
     csv_header: CsvHeader = True,
+    csv_dialect: CsvDialect | None = None,
     algorithm: str = "window_bfd",
     window: int = 10_000,
     oversize: str = "error",
@@ -245,7 +247,7 @@ def pack_to_parquet(
     check_token_source(tokenizer, train_tokenizer, tokens_column, labels_column, tokenizer_backend)
     layout, text, csv_header = run_text(source, dict(text_column=text_column, tokens_column=tokens_column, template=template,
                                         chat_template=chat_template), format, csv_header, tokenizer,
-                                        (train_on, add_bos, add_eos, algorithm, tokens_column is None))  # fmt: skip
+                                        (train_on, add_bos, add_eos, algorithm, tokens_column is None), csv_dialect)  # fmt: skip
     rows_class = rows_of_layout(layout, share_prompt, algorithm, oversize, engine)
     inp, text_rows, tok, tok_path = _prepare(
         source,
@@ -260,6 +262,7 @@ def pack_to_parquet(
         tokenizer_backend=tokenizer_backend,
         rows_class=rows_class,
         also_read=() if layout is None else layout.also_read,
+        csv_dialect=csv_dialect,
     )
     text_settings = {k: None for k in text.describe()} if tokens_column else text.describe()
     settings = {
@@ -328,7 +331,8 @@ def pack_to_parquet(
         kept = {"unlabeled_sequences": unlabeled.count} if engine == "local" else {}
         if layout is not None and layout.pair:
             kept["pairs"] = stats.sequences
-        manifest = writer.close({**stats.to_dict(), **kept, "tokenizer_backend": backend})
+        notes = inp.notes if engine == "local" else {}  # Ray's own CSV reader counts nothing
+        manifest = writer.close({**stats.to_dict(), **kept, "tokenizer_backend": backend, **notes})
         return PackResult(Path(output), state, resumed, manifest)
 
 
@@ -344,20 +348,23 @@ def dataset_lengths(
     add_bos: bool = False,
     add_eos: bool = False,
     csv_header: CsvHeader = True,
+    csv_dialect: CsvDialect | None = None,
     batch_size: int = 8192,
     format: str | None = None,
     progress: Progress | None = None,
     tokenizer_backend: str = "auto",
     share_prompt: bool = False,
+    notes: dict | None = None,
 ) -> np.ndarray:
     """Token length of every non-empty row of ``source`` (int64), streaming; for ``packwise report``.
 
     Takes the text options of ``pack_to_parquet``, so the lengths are those that run would pack.
+    ``notes``, when given, receives what the reader noticed (``readers.QUOTED_LINE_BREAKS`` of a CSV).
     """
     check_token_source(tokenizer, train_tokenizer, tokens_column, None, tokenizer_backend)
     layout, text, csv_header = run_text(source, dict(text_column=text_column, tokens_column=tokens_column, template=template,
                                    chat_template=chat_template), format, csv_header, tokenizer,
-                                   ("all", add_bos, add_eos, None, True))  # fmt: skip
+                                   ("all", add_bos, add_eos, None, True), csv_dialect)  # fmt: skip
     inp, rows, _, _ = _prepare(
         source,
         tokenizer=tokenizer,
@@ -371,11 +378,14 @@ def dataset_lengths(
         tokenizer_backend=tokenizer_backend,
         rows_class=rows_of_layout(layout, share_prompt, "window_bfd", "error", "local"),
         also_read=() if layout is None else layout.also_read,
+        csv_dialect=csv_dialect,
     )
     parts, n = [], 0
     for tb in _stage(inp, rows, tokens_column, None, progress):
         parts.append(tb.lengths)
         n += tb.rows_read
+    if notes is not None:
+        notes.update(inp.notes)
     if n == 0:
         raise ValueError(f"input: {inp.name} has no rows: empty input, nothing to report")
     lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -156,7 +156,8 @@ def previous_selection(output: Path) -> set[Path]:
     return {output / n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}
 
 
-def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str | None, fmt: str | None, progress=None, name: str = "embeddings"):
+def load_embeddings(source, output: Path, *, column: str | None, model: Path | None, text_column: str | None, fmt: str | None, progress=None, name: str = "embeddings",
+                    dialect=None):
     """Embeddings of every input row: from ``column`` or by encoding ``text_column`` (``None``: the
     text of the detected layout) with ``model``."""
     from . import open_input
@@ -165,7 +166,7 @@ def load_embeddings(source, output: Path, *, column: str | None, model: Path | N
     if (column is None) == (model is None):
         raise ValueError("pass exactly one of --embeddings-column C (vectors in the input) or --model PATH (encode --text-column)")
     if column is not None:
-        inp = open_input(source, [column], format=fmt)
+        inp = open_input(source, [column], format=fmt, csv_dialect=dialect)
         rows = inp.num_rows
         if rows:  # Parquet says how many rows: stream straight into the memmap
             w = None
@@ -187,7 +188,7 @@ def load_embeddings(source, output: Path, *, column: str | None, model: Path | N
         for b in blocks:
             w.write(b)
         return w.close()
-    inp, texts_of = _texts_of(source, text_column, fmt)
+    inp, texts_of = _texts_of(source, text_column, fmt, dialect)
     rows = inp.num_rows
     if rows is None:
         rows = sum(b.batch.num_rows for b in inp.batches())
@@ -198,28 +199,27 @@ def load_embeddings(source, output: Path, *, column: str | None, model: Path | N
     return embed_texts(m, texts, output / f"{name}.npy", rows, progress=progress)
 
 
-def _texts_of(source, text_column: str | None, fmt: str | None):
+def _texts_of(source, text_column: str | None, fmt: str | None, dialect=None):
     """``(input, batch -> texts)``: the ``text_column`` values, or with ``None`` each row's full text
     in its detected layout (Alpaca fields joined, a chat rendered as ChatML, a pair's prompt)."""
     from . import open_input
 
     if text_column is not None:
-        return open_input(source, [text_column], format=fmt), lambda b: b.batch.column(text_column).to_pylist()
+        return open_input(source, [text_column], format=fmt, csv_dialect=dialect), lambda b: b.batch.column(text_column).to_pylist()
     from .layouts import input_layout
     from .tokens import TextRows, TextSpec
 
-    layout = input_layout(source, format=fmt)
+    layout = input_layout(source, format=fmt, csv_dialect=dialect)
     spec = TextSpec(layout.columns, chat="chatml" if layout.chat else None, train_on="all", response=layout.response,
                     separator=layout.separator)  # fmt: skip
     rows = TextRows(spec, None)
-    return open_input(source, spec.read_columns, format=fmt, csv_header=layout.csv_header), lambda b: list(rows.texts(b))
+    return open_input(source, spec.read_columns, format=fmt, csv_header=layout.csv_header, csv_dialect=dialect), lambda b: list(rows.texts(b))
 
 
-def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard_rows: int) -> list[dict]:
+def _write_shards(inp, output: Path, keep: np.ndarray, shard_rows: int) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from . import open_input
     from .atomic import atomic_path, naming_os_errors
 
     shards: list[dict] = []
@@ -234,7 +234,7 @@ def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard
             pq.write_table(table, tmp)
         shards.append({"name": name, "rows": table.num_rows})
 
-    for located in open_input(source, None, format=fmt).batches():
+    for located in inp.batches():
         b = located.batch
         mask = keep[located.row : located.row + b.num_rows]
         if not mask.any():
@@ -250,6 +250,14 @@ def _write_shards(source, output: Path, keep: np.ndarray, fmt: str | None, shard
     if pending_rows:
         flush(pending)
     return shards
+
+
+def _reader_notes(noticed: dict) -> list[tuple[str, str]]:
+    """Summary rows for what the reader noticed: CSV records whose quoted fields hold line breaks."""
+    from .readers import QUOTED_LINE_BREAKS
+
+    n = noticed.get(QUOTED_LINE_BREAKS)
+    return [] if n is None else [("CSV rows with quoted line breaks", f"{n:,}")]
 
 
 def run_select(
@@ -279,6 +287,7 @@ def run_select(
     max_points_per_centroid: int = 256,
     shard_rows: int = 100_000,
     input_format: str | None = None,
+    csv_dialect=None,
     overwrite: bool = False,
     progress=None,
     engine: str = "local",
@@ -332,7 +341,11 @@ def _request(input, options: dict) -> dict:
     """What decides a selection's output: the options and the inputs' content fingerprints."""
     from . import open_input
 
+    import dataclasses
+
     out = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k not in ("progress", "overwrite", "request")}
+    if out.get("csv_dialect") is not None:  # a CsvDialect: recorded as its fields
+        out["csv_dialect"] = dataclasses.asdict(out["csv_dialect"])
     out["input"] = str(input)
     out["input_fingerprint"] = open_input(input, format=options["input_format"]).fingerprint()
     if options.get("eval_input") is not None:
@@ -359,7 +372,7 @@ def _finished(input, output, options: dict) -> SelectResult | None:
 
 def _run_select(input, output, *, method, embeddings_column, model, text_column, k, eps, order, target, keep, mode, group_column,
                 alpha, exact_column, eval_input, threshold, score_column, policy, beta, seed, niter, max_points_per_centroid,
-                shard_rows, input_format, overwrite, progress, engine, request=None) -> SelectResult:  # fmt: skip
+                shard_rows, input_format, csv_dialect, overwrite, progress, engine, request=None) -> SelectResult:  # fmt: skip
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -391,7 +404,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     if method == "score":
         if score_column is None:
             raise ValueError("--method score needs --score-column C (a numeric column, higher = more worth keeping)")
-        inp = open_input(input, [score_column], format=input_format)
+        inp = open_input(input, [score_column], format=input_format, csv_dialect=csv_dialect)
         scores = np.concatenate([_score_block(b, score_column) for b in inp.batches()])
         n = scores.shape[0]
         bad = ~np.isfinite(scores)
@@ -411,21 +424,21 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         if engine == "ray":
             from .ray_select import RaySelect
 
-            ray_sel = RaySelect(open_input(input, [embeddings_column], format=input_format), embeddings_column)
+            ray_sel = RaySelect(open_input(input, [embeddings_column], format=input_format, csv_dialect=csv_dialect), embeddings_column)
             n = ray_sel.n
             if progress:
                 progress(n)
         else:
             if method != "decontaminate":  # before minutes of embedding, not after
                 counted = embeddings_column or text_column  # None: the detected layout's columns
-                _check_k(k, _count_rows(open_input(input, None if counted is None else [counted], format=input_format)), input)
-            x = load_embeddings(input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, progress=progress)
+                _check_k(k, _count_rows(open_input(input, None if counted is None else [counted], format=input_format, csv_dialect=csv_dialect)), input)
+            x = load_embeddings(input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, progress=progress, dialect=csv_dialect)
             n = x.shape[0]
         settings.update(embeddings_column=embeddings_column, model=str(model) if model else None, rows=n)
         if method == "decontaminate":
             if eval_input is None:
                 raise ValueError("--method decontaminate needs --eval PATH (the evaluation set, same column or model)")
-            ev = load_embeddings(eval_input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, name="eval_embeddings")
+            ev = load_embeddings(eval_input, output, column=embeddings_column, model=model, text_column=text_column, fmt=input_format, name="eval_embeddings", dialect=csv_dialect)
             res = sel.decontaminate(x, ev, threshold=threshold)
             kept = ~res.flagged
             cluster = np.full(n, -1, np.int64)
@@ -449,7 +462,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
             if method == "dedup":
                 hashes = None
                 if exact_column is not None:
-                    vals = [v for b in open_input(input, [exact_column], format=input_format).batches() for v in b.batch.column(exact_column).to_pylist()]
+                    vals = [v for b in open_input(input, [exact_column], format=input_format, csv_dialect=csv_dialect).batches() for v in b.batch.column(exact_column).to_pylist()]
                     hashes = sel.hash_rows(vals)
                 if engine == "ray":
                     res = ray_sel.dedup(labels, dist, eps=eps, order=order, hashes=hashes, seed=seed)
@@ -479,7 +492,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
                 tgt = _target(n, target, keep, method)
                 groups, weights = labels, None
                 if group_column is not None:
-                    vals = [v for b in open_input(input, [group_column], format=input_format).batches() for v in b.batch.column(group_column).to_pylist()]
+                    vals = [v for b in open_input(input, [group_column], format=input_format, csv_dialect=csv_dialect).batches() for v in b.batch.column(group_column).to_pylist()]
                     names, groups = np.unique(np.array([str(v) for v in vals]), return_inverse=True)
                     weights = sel.group_weights(np.bincount(groups), alpha)
                     notes.append(("groups", ", ".join(f"{nm}: {int(c):,}" for nm, c in zip(names, np.bincount(groups)))))
@@ -501,14 +514,16 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     if engine == "ray":  # the workers write the kept rows and the decisions, block by block
         from .ray_select import write_selection
 
-        shards, parts = write_selection(open_input(input, None, format=input_format), output, decisions, shard_rows)
+        shards, parts = write_selection(open_input(input, None, format=input_format, csv_dialect=csv_dialect), output, decisions, shard_rows)
     else:
         with naming_os_errors(output / "decisions.parquet"):
             if (output / "decisions.parquet").is_dir():  # a Ray run's parts
                 shutil.rmtree(output / "decisions.parquet")
             with atomic_path(output / "decisions.parquet") as tmp:
                 pq.write_table(decisions, tmp)
-        shards, parts = _write_shards(input, output, kept, input_format, shard_rows), None
+        inp = open_input(input, None, format=input_format, csv_dialect=csv_dialect)
+        shards, parts = _write_shards(inp, output, kept, shard_rows), None
+        notes += _reader_notes(inp.notes)
     if sum(s["rows"] for s in shards) != int(kept.sum()):
         raise ValueError(f"{input}: the input changed between the two passes ({n} rows first); rerun")
     seconds = time.perf_counter() - t0

@@ -32,6 +32,8 @@ class TokenBatch:
 
     ``rows`` are the sequences' global input row numbers (int64, increasing); rows with no tokens
     are left out and counted in ``empty``.  ``labels`` (optional) is parallel to ``values``.
+    ``source`` names the file the batch came from and ``source_row0`` is the global row of that
+    file's first row, so a message can say ``{source} row {row - source_row0}``.
     """
 
     offsets: np.ndarray
@@ -41,6 +43,8 @@ class TokenBatch:
     rows_read: int = 0
     empty: int = 0
     sequence_label: np.ndarray | None = None  # KTO: a boolean per sequence (parallel to ``rows``)
+    source: str = "input"
+    source_row0: int = 0
 
     @property
     def lengths(self) -> np.ndarray:
@@ -409,7 +413,8 @@ def token_batches(
         if keep.shape[0] != n:
             offsets = np.concatenate(([0], np.cumsum(lengths[keep]))).astype(np.int64)
         flags = None if label_column is None else _bool_column(loc, label_column)[keep]
-        yield TokenBatch(offsets, values, rows.astype(np.int64), labels, rows_read=n, empty=n - keep.shape[0], sequence_label=flags)
+        yield TokenBatch(offsets, values, rows.astype(np.int64), labels, rows_read=n, empty=n - keep.shape[0],
+                         sequence_label=flags, source=loc.source, source_row0=loc.row - loc.first_row)  # fmt: skip
 
 
 def _check_ids(loc, name: str, column, low: int) -> None:
@@ -418,8 +423,7 @@ def _check_ids(loc, name: str, column, low: int) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    first = int(column.offsets[0].as_py())
-    values = column.values.slice(first, int(column.offsets[-1].as_py()) - first)
+    values = _list_values(column)
     if len(values) == 0:
         return
     lo, hi = pc.min_max(values).values()
@@ -427,8 +431,7 @@ def _check_ids(loc, name: str, column, low: int) -> None:
         return
     bad = pc.or_(pc.less(values, pa.scalar(low, pa.int64())), pc.greater_equal(values, pa.scalar(2**31, pa.int64())))
     k = int(pc.index(bad, True).as_py())
-    offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64) - first
-    row = int(np.searchsorted(offsets, k, side="right")) - 1
+    row = _row_of_value(column, k)
     what = "a token id" if low == 0 else "a label"
     rule = "token ids must be in [0, 2**31); -100 and other masks belong in --labels-column" if low == 0 else "labels must fit int32"
     raise ValueError(f"{loc.source} row {loc.first_row + row}: column {name!r} holds {what} {values[k].as_py()}; {rule}")
@@ -460,9 +463,23 @@ def _list_column(loc, name: str):
     if column.null_count:
         i = _first_null(column)
         raise ValueError(f"{loc.source} row {loc.first_row + i}: column {name!r} is null; drop or fill that row")
-    if column.values.null_count:
-        raise ValueError(f"{loc.source} rows {loc.first_row}..: column {name!r} holds null token ids; clean the column")
+    values = _list_values(column)
+    if values.null_count:
+        row = _row_of_value(column, _first_null(values))
+        raise ValueError(f"{loc.source} row {loc.first_row + row}: column {name!r} holds a null token id; drop or fix that row")
     return column
+
+
+def _list_values(column):
+    """The values a list array's rows hold (a sliced list array's ``values`` hold more)."""
+    first = int(column.offsets[0].as_py())
+    return column.values.slice(first, int(column.offsets[-1].as_py()) - first)
+
+
+def _row_of_value(column, k: int) -> int:
+    """The row of a list array that holds the ``k``-th of its ``_list_values``."""
+    offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    return int(np.searchsorted(offsets - offsets[0], k, side="right")) - 1
 
 
 def _text_column(loc, name: str, nulls: bool = False):

@@ -140,7 +140,7 @@ def test_bad_input_exit_code_2_with_named_file_column_row_and_fix(tmp_path, shar
         (["report", c4, "--max-tokens", 512, "--tokenizer", tmp_path / "no_tok.json"], r"tokenizer: nothing at .*no_tok\.json"),
         (["pack", c4, tmp_path / "o4", "--max-tokens", 0, "--tokenizer", tok_file], r"max_tokens must be >= 1 token, got 0"),
         (["report", c4, "--max-tokens", 0, "--tokenizer", tok_file], r"--max-tokens must be >= 1 token, got 0"),
-        (["pack", c4, tmp_path / "o5", "--max-tokens", 512, "--tokenizer", tok_file], r"input row \d+ has \d+ tokens, more than --max-tokens 512"),
+        (["pack", c4, tmp_path / "o5", "--max-tokens", 512, "--tokenizer", tok_file], r"c4_demo\.jsonl row \d+ has \d+ tokens, more than --max-tokens 512"),
         (["pack", nulls, tmp_path / "o6", "--max-tokens", 512, "--tokenizer", tok_file], r"nulls\.jsonl row 2: column 'text' is null"),
         (["report", c4, "--max-tokens", 512, "--tokenizer", tok_file, "--plot", tmp_path / "r.svg"], r"must end in \.png or \.html"),
         (["pack", c4, tmp_path / "o7", "--max-tokens", 512], r"pass exactly one of --tokenizer PATH, --train-tokenizer"),

@@ -232,7 +232,7 @@ def test_pack_ray_bad_input_names_the_global_row(tmp_path, corpus):
     r = runner.invoke(app, ["pack", str(d / "corpus.jsonl"), str(tmp_path / "o"), "--max-tokens", "512", "--tokenizer",
                             str(d / "tokenizer.json"), "--engine", "ray", "--block-rows", "3000"])  # fmt: skip
     assert r.exit_code == 2, r.output
-    assert f"input row {first_long} has {lengths[first_long]} tokens, more than --max-tokens 512" in r.output
+    assert f"{d / 'corpus.jsonl'} row {first_long} has {lengths[first_long]} tokens, more than --max-tokens 512" in r.output
     r = runner.invoke(app, ["pack", str(d / "corpus.jsonl"), str(tmp_path / "o2"), "--max-tokens", "512", "--tokenizer",
                             str(d / "tokenizer.json"), "--engine", "spark"])  # fmt: skip
     assert r.exit_code == 2 and "--engine spark: use one of local, ray" in r.output
