@@ -205,9 +205,9 @@ def test_a_json_array_file_with_a_byte_order_mark_reads(tmp_path, tok_file):
     plain.write_text(json.dumps(rows), encoding="utf-8")
     bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
     for path in (plain, bom):
-        result = invoke("report", path, "--max-tokens", 512, "--tokenizer", tok_file, "--json", tmp_path / f"{path.stem}.json")
+        result = invoke("report", path, "--max-tokens", 512, "--tokenizer", tok_file, "--json", tmp_path / f"{path.stem}-report.json")
         assert result.exit_code == 0, result.output
-    assert (tmp_path / "bom.json").read_text().replace(str(bom), "") == (tmp_path / "plain.json").read_text().replace(str(plain), "")
+    assert (tmp_path / "bom-report.json").read_text().replace(str(bom), "") == (tmp_path / "plain-report.json").read_text().replace(str(plain), "")
 
 
 def test_an_over_long_row_in_a_folder_names_its_file_and_row(tmp_path):
