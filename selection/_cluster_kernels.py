@@ -24,12 +24,25 @@ def hash_csr(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 @njit(cache=True)
 def exact_dot(a: np.ndarray, b: np.ndarray) -> float:
-    """``a . b`` summed in float64 in index order: the same bits for any BLAS, block or thread count
-    (float32 products are exact in float64; numba keeps the order without fastmath)."""
-    s = 0.0
-    for t in range(a.shape[0]):
-        s += np.float64(a[t]) * np.float64(b[t])
-    return s
+    """``a . b`` in float64 in one fixed order (four lanes ``t % 4`` in index order, then
+    ``(l0 + l1) + (l2 + l3)``): the same bits for any BLAS, block or thread count. float32 products
+    are exact in float64; numba keeps the order without fastmath; four lanes hide the add latency."""
+    d = a.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    t = 0
+    while t + 4 <= d:
+        s0 += np.float64(a[t]) * np.float64(b[t])
+        s1 += np.float64(a[t + 1]) * np.float64(b[t + 1])
+        s2 += np.float64(a[t + 2]) * np.float64(b[t + 2])
+        s3 += np.float64(a[t + 3]) * np.float64(b[t + 3])
+        t += 4
+    if t < d:
+        s0 += np.float64(a[t]) * np.float64(b[t])
+    if t + 1 < d:
+        s1 += np.float64(a[t + 1]) * np.float64(b[t + 1])
+    if t + 2 < d:
+        s2 += np.float64(a[t + 2]) * np.float64(b[t + 2])
+    return (s0 + s1) + (s2 + s3)
 
 
 @njit(cache=True)
@@ -101,22 +114,35 @@ def squared_l2(x: np.ndarray, targets: np.ndarray, arg: np.ndarray) -> np.ndarra
 
 
 @njit(cache=True)
-def _best_earlier(sims, jj, j, v, kept, e, margin) -> tuple:
-    """The earlier position ``i < j`` (kept at ``e`` when ``e >= 0``) most similar to ``j``: BLAS
-    ``sims`` propose, ``exact_dot`` of the unit rows ``v`` decides; (similarity, position or -1)."""
-    bm = -np.inf
+def _best_earlier(sims, jj, j, v, kept, margin, best, arg) -> None:
+    """Into ``best[0]``/``arg[0]``: the earlier position ``i < j`` most similar to ``j``; into
+    ``best[1 + e]``/``arg[1 + e]``: the one kept at threshold ``e``. BLAS ``sims`` propose (within
+    ``margin`` of their best), ``exact_dot`` of the unit rows ``v`` decides; ties go to the earliest."""
+    ne = kept.shape[1]
+    top = np.full(1 + ne, -np.inf)
     for i in range(j):
-        if e < 0 or kept[i, e]:
-            bm = max(bm, np.float64(sims[i, jj]))
-    b = -np.inf
-    a = -1
+        s = np.float64(sims[jj, i])
+        top[0] = max(top[0], s)
+        for e in range(ne):
+            if kept[i, e]:
+                top[1 + e] = max(top[1 + e], s)
+    best[:] = -np.inf
+    arg[:] = -1
     for i in range(j):
-        if (e < 0 or kept[i, e]) and np.float64(sims[i, jj]) >= bm - margin:
-            s = exact_dot(v[i], v[j])
-            if s > b:
-                b = s
-                a = i
-    return b, a
+        s = np.float64(sims[jj, i])
+        exact = np.nan  # computed only for a candidate of some maximum
+        if s >= top[0] - margin:
+            exact = exact_dot(v[i], v[j])
+            if exact > best[0]:
+                best[0] = exact
+                arg[0] = i
+        for e in range(ne):
+            if kept[i, e] and s >= top[1 + e] - margin:
+                if np.isnan(exact):
+                    exact = exact_dot(v[i], v[j])
+                if exact > best[1 + e]:
+                    best[1 + e] = exact
+                    arg[1 + e] = i
 
 
 @njit(cache=True)
@@ -133,24 +159,26 @@ def greedy_dedup_block(
     v: np.ndarray,
     margin: float,
 ) -> None:
-    """Greedy SemDeDup decisions for cluster positions ``col0 .. col0 + sims.shape[1]``.
+    """Greedy SemDeDup decisions for cluster positions ``col0 .. col0 + sims.shape[0]``.
 
-    ``sims[i, jj]`` is the BLAS cosine similarity of cluster position ``i`` and position ``col0 + jj``
-    (rows cover every earlier position); it only proposes candidates within ``margin`` of the best,
+    ``sims[jj, i]`` is the BLAS cosine similarity of cluster position ``col0 + jj`` and position ``i``
+    (a contiguous row per position, covering every earlier one); it only proposes candidates within ``margin`` of the best,
     and ``exact_dot`` of the unit rows ``v`` decides, so the outcome is the same for any block size,
     BLAS or thread count. Position ``j`` is dropped at threshold ``t`` when its similarity to an
     earlier *kept* position exceeds ``t``; exact duplicates (``exact[j]``) are dropped at every
     threshold and never count as kept. Ties go to the earliest position.
     """
-    nb = sims.shape[1]
+    nb = sims.shape[0]
     ne = thresholds.shape[0]
+    best = np.empty(1 + ne)
+    arg = np.empty(1 + ne, np.int64)
     for jj in range(nb):
         j = col0 + jj
-        best, arg = _best_earlier(sims, jj, j, v, kept, -1, margin)
-        near_sim[j] = best if arg >= 0 else np.nan
-        near_arg[j] = arg
+        _best_earlier(sims, jj, j, v, kept, margin, best, arg)
+        near_sim[j] = best[0] if arg[0] >= 0 else np.nan
+        near_arg[j] = arg[0]
         for e in range(ne):
-            b, a = _best_earlier(sims, jj, j, v, kept, e, margin)
+            b, a = best[1 + e], arg[1 + e]
             kept_sim[j, e] = b if a >= 0 else np.nan
             kept_arg[j, e] = a
             kept[j, e] = (not exact[j]) and not (a >= 0 and b > thresholds[e])

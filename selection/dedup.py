@@ -257,7 +257,7 @@ def semantic_dedup(
         ex = is_exact[rows]
         for b0 in range(0, m, block):
             b1 = min(m, b0 + block)
-            sims = v[:b1] @ v[b0:b1].T
+            sims = v[b0:b1] @ v[:b1].T  # a row per position: the kernel scans it contiguously
             _k.greedy_dedup_block(sims, b0, ex, thresholds, ck, cks, cka, cns, cna, v, margin)
         rank[rows] = np.arange(m)
         nearest[rows] = np.where(cna >= 0, rows[np.maximum(cna, 0)], -1)
