@@ -70,16 +70,22 @@ def blas_margin(dim: int) -> float:
 
 
 @njit(cache=True)
-def refine_nearest(x: np.ndarray, targets: np.ndarray, scores: np.ndarray, offset: np.ndarray, margin: float) -> tuple:
+def squared_norms(x: np.ndarray) -> np.ndarray:
+    """``exact_dot(x_r, x_r)`` of every row."""
+    out = np.empty(x.shape[0], np.float64)
+    for r in range(x.shape[0]):
+        out[r] = exact_dot(x[r], x[r])
+    return out
+
+
+@njit(cache=True)
+def refine_nearest(x: np.ndarray, targets: np.ndarray, scores: np.ndarray, offset: np.ndarray, margin: float, tnorm: float) -> tuple:
     """Per row of ``x``: the target maximising ``x . t - offset[t]``, decided by ``exact_dot`` among
-    the targets whose BLAS score ``scores[r, t] - offset[t]`` is within ``margin * |x_r| * max|t|``
-    of the best BLAS score (no other target can win). Ties go to the lowest target; returns
-    (argmax int64, exact score float64)."""
+    the targets whose BLAS score ``scores[r, t] - offset[t]`` is within ``margin * |x_r| * tnorm``
+    (``tnorm`` = max|t|) of the best BLAS score (no other target can win). Ties go to the lowest
+    target; returns (argmax int64, exact score float64)."""
     n = x.shape[0]
     k = targets.shape[0]
-    tnorm = 0.0
-    for c in range(k):
-        tnorm = max(tnorm, np.sqrt(exact_dot(targets[c], targets[c])))
     arg = np.empty(n, np.int64)
     best = np.empty(n, np.float64)
     for r in range(n):

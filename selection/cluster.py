@@ -92,14 +92,14 @@ def exact_nearest(x: np.ndarray, targets: np.ndarray, *, l2: bool) -> tuple[np.n
 
     x = np.ascontiguousarray(x, np.float32)
     targets = np.ascontiguousarray(targets, np.float32)
-    offset = np.zeros(targets.shape[0], np.float64)
-    if l2:  # argmax of x.t - |t|^2 / 2 is the nearest in L2
-        offset = np.array([_k.exact_dot(t, t) / 2 for t in targets], np.float64)
+    sq = _k.squared_norms(targets)
+    offset = sq / 2 if l2 else np.zeros_like(sq)  # argmax of x.t - |t|^2 / 2 is the nearest in L2
+    tnorm = float(np.sqrt(sq.max()))
     arg = np.empty(x.shape[0], np.int64)
     best = np.empty(x.shape[0], np.float64)
     tile = max(1, _TILE_SCORES // max(1, targets.shape[0]))
     for lo, hi in iter_blocks(x.shape[0], tile):
-        arg[lo:hi], best[lo:hi] = _k.refine_nearest(x[lo:hi], targets, x[lo:hi] @ targets.T, offset, _k.blas_margin(x.shape[1]))
+        arg[lo:hi], best[lo:hi] = _k.refine_nearest(x[lo:hi], targets, x[lo:hi] @ targets.T, offset, _k.blas_margin(x.shape[1]), tnorm)
     if l2:
         return arg, _k.squared_l2(x, targets, arg)
     return arg, best
