@@ -537,13 +537,14 @@ def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True,
     sources: list = []
 
     def blocks(block_size):
-        if columns is not None:  # from the first line alone: the rows after it may not parse with this dialect
+        if columns is not None or header is True:  # from the first line alone: the rows after it may not parse with this dialect
             with open(path, "rb") as fh:
                 first = io.BytesIO(fh.readline())
             names = pc.read_csv(first, read_options=read_options(block_size), parse_options=parse).schema.names
-            if header is True and any(c not in names for c in columns):
+            if header is True and (columns is None or any(c not in names for c in columns)):
                 _check_header(path, columns, names, dialect)
-            _missing(columns, names, shown(path))
+            if columns is not None:
+                _missing(columns, names, shown(path))
         sources.append(_CsvFile(path, dialect))
         options = {"read_options": read_options(block_size), "parse_options": parse, "convert_options": convert}
         try:
@@ -563,15 +564,17 @@ def _csv(path: Path, columns, batch_size, header: bool | tuple[str, ...] = True,
 
 def _check_header(path: Path, columns, names: list[str], dialect: CsvDialect) -> None:
     """A ``ValueError`` with a hint when a wanted column is missing because the header looks wrong:
-    one column split by another delimiter (``id;text``), or a first row that is data."""
-    gone = next(c for c in columns if c not in names)
+    one column split by another delimiter (``id;text``), or a first row that is data.  With
+    ``columns`` None (every column, e.g. for layout detection) only the first case is an error."""
+    gone = None if columns is None else next(c for c in columns if c not in names)
+    missing = "" if gone is None else f" column {gone!r} not found:"
     other = next((d for d in _OTHER_DELIMITERS if len(names) == 1 and d in names[0] and d != dialect.delimiter), None)
     if other is not None:
         raise ValueError(
-            f"{shown(path)}: column {gone!r} not found: the header {names[0]!r} is one column, split by {other!r} and not by "
+            f"{shown(path)}:{missing} the header {names[0]!r} is one column, split by {other!r} and not by "
             f"{dialect.delimiter!r}; pass --csv-delimiter {other!r} if the file separates its fields with {other!r}"
         )
-    if _looks_like_data(names):
+    if gone is not None and _looks_like_data(names):
         raise ValueError(
             f"{shown(path)}: column {gone!r} not found, and the first row looks like "
             f"data, not a header ({', '.join(repr(n[:24]) for n in names[:3])}); name the columns of a headerless CSV with --csv-columns "

@@ -325,12 +325,14 @@ def test_a_header_split_by_another_delimiter_gets_a_hint_and_the_option_reads_it
     for delimiter, name in ((";", "semi"), ("\t", "tab"), ("|", "pipe")):
         path = tmp_path / f"{name}.csv"
         path.write_text(f"id{delimiter}text\n" + "".join(f"{i}{delimiter}{t.replace(delimiter, ' ')}\n" for i, t in enumerate(texts)), encoding="utf-8")
-        result = invoke("report", path, "--max-tokens", 512, "--tokenizer", tok_file)
+        result = invoke("report", path, "--max-tokens", 512, "--tokenizer", tok_file)  # no column flag: the layout is detected
         assert result.exit_code == 2, result.output
         assert _error(result) == (
-            f"{path}: column 'text' not found: the header {f'id{delimiter}text'!r} is one column, split by {delimiter!r} and not by ','; "
+            f"{path}: the header {f'id{delimiter}text'!r} is one column, split by {delimiter!r} and not by ','; "
             f"pass --csv-delimiter {delimiter!r} if the file separates its fields with {delimiter!r}"
         )
+        named = invoke("report", path, "--max-tokens", 512, "--tokenizer", tok_file, "--text-column", "text")
+        assert _error(named) == _error(result).replace(": the header", ": column 'text' not found: the header", 1)
         option = "\\t" if delimiter == "\t" else delimiter
         result = invoke("report", path, "--max-tokens", 512, "--tokenizer", tok_file, "--csv-delimiter", option, "--json", tmp_path / "r.json")
         assert result.exit_code == 0, result.output
