@@ -44,10 +44,11 @@ def score(
     """Score every row with a local causal LM (packed forwards): loss, logprob_sum, tokens (resumable)."""
     batch_job(user_code=template is not None)
     from ..pipeline import open_input
-    from ..pipeline.score_run import score_to_parquet
+    from ..pipeline.score_run import check_model_folder, score_to_parquet
     from ._progress import progress_bar
     from .pack_cmd import csv_header, load_template
 
+    check_model_folder(model, dtype)  # before the progress bar: a bad folder is one line
     fn = load_template(template)
     header = csv_header(csv_columns, no_header)
     total = open_input(input, None, format=input_format, csv_header=header).num_rows

@@ -226,8 +226,9 @@ def score_to_parquet(
         state, resumed = writer.state, len(writer.shards)
         totals = {k: sum(s[k] for s in writer.shards) for k in ("rows", "sequences", "tokens")}
         try:
-            chunks = _chunks(_skip(full.batches(), writer.skip_rows), text_rows=text_rows, tokens_column=tokens_column,
-                             labels_column=labels_column, start=writer.skip_rows, chunk_rows=_chunk_rows(shard_rows))  # fmt: skip
+            done = writer.skip_done()
+            chunks = _chunks(_skip(full.batches(), done), text_rows=text_rows, tokens_column=tokens_column,
+                             labels_column=labels_column, start=done, chunk_rows=_chunk_rows(shard_rows))  # fmt: skip
             for table, offsets, values, labels in chunks:
                 _check_columns(table.schema.names, inp.name)
                 result = score_csr(lm, offsets, values, max_tokens, labels=labels, attention=attention)

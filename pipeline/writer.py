@@ -179,6 +179,12 @@ class ShardWriter:
             self._has_labels = rows.labels is not None
         self.write_table(_table(rows, self._has_labels))  # zero-copy views of the NumPy arrays
 
+    def skip_done(self) -> int:
+        """For a caller that does not produce the rows already in complete shards again: count them
+        as written and return how many they are (the input rows to skip)."""
+        self._rows_seen = max(self._rows_seen, self.skip_rows)
+        return self.skip_rows
+
     def write_table(self, table) -> None:
         """Buffer an Arrow table of output rows as they are (``packwise score``: input rows plus
         score columns; a ``tokens`` column, when present, is what the manifest counts as tokens)."""
