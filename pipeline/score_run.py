@@ -157,6 +157,17 @@ def _check_columns(schema_names: Sequence[str], source: str) -> None:
         )
 
 
+def _check_lengths(lengths: np.ndarray, max_tokens: int, source: str, first_row: int) -> None:
+    """A row longer than a packed forward is bad input, named by its row in the whole input."""
+    over = np.flatnonzero(lengths > max_tokens)
+    if over.shape[0]:
+        i = int(over[0])
+        raise ValueError(
+            f"input: {source} row {first_row + i} has {int(lengths[i])} tokens, more than --max-tokens {max_tokens}; "
+            f"raise --max-tokens to at least {int(lengths.max())} (score never cuts a row)"
+        )
+
+
 def score_to_parquet(
     source,
     output,
@@ -229,8 +240,11 @@ def score_to_parquet(
             done = writer.skip_done()
             chunks = _chunks(_skip(full.batches(), done), text_rows=text_rows, tokens_column=tokens_column,
                              labels_column=labels_column, start=done, chunk_rows=_chunk_rows(shard_rows))  # fmt: skip
+            row = done
             for table, offsets, values, labels in chunks:
                 _check_columns(table.schema.names, inp.name)
+                _check_lengths(np.diff(offsets), max_tokens, inp.name, row)
+                row += table.num_rows
                 result = score_csr(lm, offsets, values, max_tokens, labels=labels, attention=attention)
                 writer.write_table(_scored_table(table, result))
                 totals["rows"] += table.num_rows

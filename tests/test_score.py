@@ -235,6 +235,18 @@ def test_score_refuses_a_column_it_would_overwrite(tmp_path, model_dir):
     )
 
 
+def test_score_names_the_row_longer_than_max_tokens(tmp_path, model_dir):
+    src = tmp_path / "tok.parquet"
+    pq.write_table(pa.table({"ids": pa.array([[1, 2], [3], [4, 5, 6, 7, 8, 9]], pa.list_(pa.int32()))}), src)
+    res = runner.invoke(app, ["score", str(src), str(tmp_path / "o"), "--model", str(model_dir), "--max-tokens", "4",
+                              "--tokens-column", "ids", "--shard-rows", "2"])  # fmt: skip
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines()[-1] == (
+        f"error: input: {src} row 2 has 6 tokens, more than --max-tokens 4; raise --max-tokens to at least 6 (score never cuts a row)"
+    )
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
 def test_sigkilled_score_resumes_to_the_same_bytes(tmp_path, model_dir):
     texts = [t[:400] for t in load_texts("alpaca")[:200]]
     src = tmp_path / "corpus.jsonl"
