@@ -84,12 +84,14 @@ def dense_rate(model, vocab: int) -> float:
     import torch
 
     ids = torch.randint(0, vocab, (1, 1024))
+    times = []
     with torch.inference_mode():
         model(input_ids=ids, use_cache=False)
-        t = time.perf_counter()
-        model(input_ids=ids, use_cache=False)
-        dt = time.perf_counter() - t
-    return real_flops(model, np.array([1024])) / dt
+        for _ in range(5):  # the fastest of 5: the machine is shared
+            t = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            times.append(time.perf_counter() - t)
+    return real_flops(model, np.array([1024])) / min(times)
 
 
 def bench(name: str, rows: int | None, cap: int, max_tokens: int, repeats: int, vocab: int) -> dict:

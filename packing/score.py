@@ -133,7 +133,7 @@ def score_csr(model, offsets, values, max_tokens: int, *, labels=None, dtype=Non
         with _inference(model, device, dtype, mode):
             for b in range(packing.num_bins):
                 docs = present[packing.bin(b)]
-                _score_row(model, device, offsets, values, labels, docs, token_lp, supervised)
+                _score_row(model, device, mode, offsets, values, labels, docs, token_lp, supervised)
     segment = np.repeat(np.arange(n), lengths)
     sums = np.bincount(segment, weights=np.where(supervised, token_lp, 0.0).astype(np.float64), minlength=n)
     counts = np.bincount(segment, weights=supervised, minlength=n).astype(np.int64)
@@ -238,24 +238,24 @@ def _document_attention(module, query, key, value, attention_mask, dropout: floa
     return out.transpose(1, 2).contiguous(), None
 
 
-def _row_inputs(offsets, values, docs: np.ndarray, device):
-    """``input_ids``, ``position_ids`` and the flash ``cu_seq_lens`` keys of one padding-free row."""
+def _row_inputs(offsets, values, docs: np.ndarray, device, mode: str):
+    """``input_ids``, ``position_ids`` (and for ``mode="model"`` the flash ``cu_seq_lens`` keys) of
+    one padding-free row; the document bounds as a NumPy array."""
     import torch
 
     lengths = offsets[docs + 1] - offsets[docs]
     idx = np.concatenate([np.arange(offsets[d], offsets[d + 1]) for d in docs])
     bounds = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
     positions = np.arange(int(bounds[-1]), dtype=np.int64) - np.repeat(bounds[:-1], lengths)
-    cu = torch.from_numpy(bounds.astype(np.int32)).to(device)
     inputs = {
         "input_ids": torch.from_numpy(np.ascontiguousarray(values[idx], dtype=np.int64)).to(device)[None],
         "position_ids": torch.from_numpy(positions).to(device)[None],
-        "cu_seq_lens_q": cu,
-        "cu_seq_lens_k": cu,
-        "max_length_q": int(lengths.max()),
-        "max_length_k": int(lengths.max()),
         "use_cache": False,
     }
+    if mode == "model":  # what FlashAttention varlen reads; documents mode takes the bounds from _BOUNDS
+        cu = torch.from_numpy(bounds.astype(np.int32)).to(device)
+        longest = int(lengths.max())
+        inputs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
     return inputs, idx, bounds
 
 
@@ -268,11 +268,11 @@ def _forward(model, inputs: dict, bounds: np.ndarray, **extra):
         _BOUNDS.reset(token)
 
 
-def _score_row(model, device, offsets, values, labels, docs: np.ndarray, token_lp: np.ndarray, supervised: np.ndarray) -> None:
+def _score_row(model, device, mode: str, offsets, values, labels, docs: np.ndarray, token_lp: np.ndarray, supervised: np.ndarray) -> None:
     """Score the documents ``docs`` packed in one row; fill their slots of ``token_lp`` / ``supervised``."""
     import torch
 
-    inputs, idx, bounds = _row_inputs(offsets, values, docs, device)
+    inputs, idx, bounds = _row_inputs(offsets, values, docs, device, mode)
     logits = _forward(model, inputs, bounds)[0, :-1].float()  # position t predicts token t + 1
     source = values if labels is None else labels
     target = torch.from_numpy(np.ascontiguousarray(source[idx[1:]], dtype=np.int64)).to(device)
@@ -317,7 +317,7 @@ def prepack_prefill(model, prompts: Sequence[Sequence[int]], max_tokens: int | N
     with _inference(model, device, dtype, mode):
         for b in range(packing.num_bins):
             docs = packing.bin(b)
-            inputs, _, bounds = _row_inputs(offsets, values, docs, device)
+            inputs, _, bounds = _row_inputs(offsets, values, docs, device, mode)
             last = torch.from_numpy(bounds[1:] - 1).to(device)
             logits = _forward(model, inputs, bounds, logits_to_keep=last)[0].float()
             if out is None:
