@@ -95,7 +95,8 @@ class _Pending:
         table = pa.concat_tables(self.tables, promote_options="default")
         lengths = np.concatenate(self.lengths)
         values = np.concatenate(self.values)
-        labels = None if self.labels[0] is None else np.concatenate(self.labels)
+        mixed = [v if lab is None else lab for v, lab in zip(self.values, self.labels)]  # a batch without labels scores all
+        labels = None if all(lab is None for lab in self.labels) else np.concatenate(mixed)
         cut = int(lengths[:k].sum())
         head = (table.slice(0, k), np.concatenate(([0], np.cumsum(lengths[:k]))).astype(np.int64), values[:cut],
                 None if labels is None else labels[:cut])  # fmt: skip
