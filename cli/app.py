@@ -374,6 +374,11 @@ def verify(
         raise typer.Exit(code=1)
 
 
+from .score_cmd import score  # noqa: E402 - its own module, registered here
+
+app.command("score")(score)
+
+
 def main() -> None:
     """The ``packwise`` console script: the app, then a fast exit (``cli._process.exit_now``)."""
     run_and_exit(app)

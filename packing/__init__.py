@@ -10,6 +10,7 @@ from .collate import LAYOUTS, SHAPES, DocumentCausalMask, PackedCollator, block_
 from .loss import example_losses, packed_loss, token_losses
 from .pairs import PairCollator, SharedPromptMask, pair_lengths, pair_logps, sequence_logps
 from .probe import PackingCheck, PackingCheckFailed, check_packing
+from .score import PackedLogprobs, packed_logprobs, prepack_prefill
 
 __all__ = [
     "ALGORITHMS",
@@ -40,4 +41,7 @@ __all__ = [
     "PackingCheck",
     "PackingCheckFailed",
     "check_packing",
+    "PackedLogprobs",
+    "packed_logprobs",
+    "prepack_prefill",
 ]

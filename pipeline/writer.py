@@ -251,15 +251,25 @@ class ShardWriter:
     # --- writing --------------------------------------------------------------------------------
     def write(self, rows: PackedRows) -> None:
         """Buffer ``rows``; write every full shard (rows already in complete shards are skipped)."""
-        if self.state == "complete":
-            raise ValueError("output is complete already; nothing to write")
         if self._has_labels is None:
             self._has_labels = rows.labels is not None
+        self.write_table(_table(rows, self._has_labels))  # zero-copy views of the NumPy arrays
+
+    def skip_done(self) -> int:
+        """For a caller that does not produce the rows already in complete shards again: count them
+        as written and return how many they are (the input rows to skip)."""
+        self._rows_seen = max(self._rows_seen, self.skip_rows)
+        return self.skip_rows
+
+    def write_table(self, table) -> None:
+        """Buffer an Arrow table of output rows as they are (``packwise score``: input rows plus
+        score columns; a ``tokens`` column, when present, is what the manifest counts as tokens)."""
+        if self.state == "complete":
+            raise ValueError("output is complete already; nothing to write")
         start = self._rows_seen
-        self._rows_seen += rows.num_rows
+        self._rows_seen += table.num_rows
         if self._rows_seen <= self.skip_rows:
             return
-        table = _table(rows, self._has_labels)  # zero-copy views of the NumPy arrays
         if start < self.skip_rows:
             table = table.slice(self.skip_rows - start)
         self._buffer.append(table)
@@ -343,6 +353,11 @@ class _OpenShard:
         import pyarrow.compute as pc
 
         self.rows += group.num_rows
+        if "seq_lens" not in group.schema.names:  # score rows: one sequence per row with tokens
+            tokens = group.column("tokens")
+            self.tokens += int(pc.sum(tokens).as_py() or 0)
+            self.sequences += int(pc.sum(pc.greater(tokens, 0).cast("int64")).as_py() or 0)
+            return
         self.tokens += int(pc.sum(pc.list_value_length(group.column("input_ids"))).as_py() or 0)
         self.sequences += int(pc.sum(pc.list_value_length(group.column("seq_lens"))).as_py() or 0)
 
@@ -352,7 +367,7 @@ class _OpenShard:
         try:
             if self._writer is None:
                 self._tmp = temp_beside(self.path)
-                stats = [f"{name}.list.element" for name in group.schema.names if name not in _NO_STATISTICS]
+                stats = [_statistics_path(f) for f in group.schema if f.name not in _NO_STATISTICS]
                 self._writer = pq.ParquetWriter(self._tmp, group.schema, compression="zstd", use_dictionary=False, write_statistics=stats)
             self._writer.write_table(group, row_group_size=_ROW_GROUP)
         except OSError as err:
@@ -383,6 +398,13 @@ class _OpenShard:
                 pass  # the same error again: the file goes anyway
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
+
+
+def _statistics_path(field) -> str:
+    """The Parquet column path of ``field`` whose min/max are kept (a list column's elements)."""
+    import pyarrow as pa
+
+    return f"{field.name}.list.element" if pa.types.is_list(field.type) or pa.types.is_large_list(field.type) else field.name
 
 
 class _Encoder:
