@@ -135,9 +135,11 @@ def pack(
     from ..pipeline import open_input, pack_to_parquet
     from ..pipeline._paths import refuse_overlap, run_reads
     from ._progress import progress_bar
+    from ..pipeline.pack_stage import check_pack_settings
     from .pack_cmd import announce_layout, csv_dialect, csv_header, load_template, render_summary
 
     refuse_overlap([("output", output)], run_reads(input, tokenizer=tokenizer, template=template), folders=True)
+    check_pack_settings(max_tokens, algorithm, oversize, window, seed)  # the cheap checks before any reading
     fn = load_template(template)
     header = csv_header(csv_columns, no_header)
     dialect = csv_dialect(csv_delimiter, csv_quote, csv_escape)
