@@ -153,11 +153,12 @@ class Unlabeled:
     input row, unless ``allow``; ``count`` is how many were kept."""
 
     def __init__(self, allow: bool):
-        self.allow, self.count = bool(allow), 0
+        self.allow, self.count, self.labelled = bool(allow), 0, False
 
     def check(self, tb) -> None:
         if tb.labels is None or len(tb) == 0:
             return
+        self.labelled = True
         seq = np.repeat(np.arange(len(tb)), tb.lengths)
         trained = np.bincount(seq, weights=tb.labels != IGNORE, minlength=len(tb))
         bad = np.flatnonzero(trained == 0)
@@ -328,7 +329,8 @@ def pack_to_parquet(
         if stats.sequences == 0:
             raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
         backend = None if text_rows is None else text_rows.encoder.describe()
-        kept = {"unlabeled_sequences": unlabeled.count} if engine == "local" else {}
+        # counted where labels were made (without them every token trains); the Ray engine does not check them
+        kept = {"unlabeled_sequences": unlabeled.count} if engine == "local" and unlabeled.labelled else {}
         if layout is not None and layout.pair:
             kept["pairs"] = stats.sequences
         notes = inp.notes if engine == "local" else {}  # Ray's own CSV reader counts nothing
