@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,9 +157,11 @@ def _kill_at(cmd: list[str], out: Path, shards: int, after: float) -> int:
 
 
 def test_seeded_sigkill_sweep_ends_byte_identical_to_a_clean_run(tmp_path, tok_file):
-    """Kill ``packwise pack`` at 8 seeded-random moments (a random shard count reached, a random
-    delay passed), rerunning after each; the last rerun finishes, and the folder equals an
-    uninterrupted run's byte for byte, manifest included."""
+    """Kill ``packwise pack`` at 8 seeded-random moments (a random number of new shards reached, a
+    random delay passed), each kill on the folder the previous one left, so every rerun resumes a
+    killed run; the last rerun finishes, and the folder equals an uninterrupted run's byte for
+    byte, manifest included. A run that finishes before its moment (a fast machine) is started
+    over from an empty folder with an earlier moment: no timing decides the outcome."""
     texts = load_texts("alpaca") + load_texts("ag_news")
     src = tmp_path / "corpus.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -168,9 +171,16 @@ def test_seeded_sigkill_sweep_ends_byte_identical_to_a_clean_run(tmp_path, tok_f
     assert subprocess.run(base + [str(clean)] + opts, capture_output=True).returncode == 0
     total = len(list(clean.glob("shard-*.parquet")))
     rng = np.random.default_rng(22)
-    moments = zip(rng.integers(0, total - 1, 8), rng.uniform(0.0, 1.5, 8))
-    codes = [_kill_at(base + [str(killed)] + opts, killed, int(k), float(d)) for k, d in moments]
-    assert codes == [-signal.SIGKILL] * 8
+    for new, delay in zip(rng.integers(0, total // 2, 8), rng.uniform(0.0, 1.5, 8)):
+        new, delay = int(new), float(delay)
+        while True:
+            before = len(list(killed.glob("shard-*.parquet")))
+            code = _kill_at(base + [str(killed)] + opts, killed, before + new, delay)
+            if code == -signal.SIGKILL:
+                break
+            assert code == 0  # it finished before the moment: again from nothing, earlier
+            shutil.rmtree(killed)
+            new, delay = new // 2, delay / 2
     assert subprocess.run(base + [str(killed)] + opts, capture_output=True).returncode == 0
     want, got = _bytes(clean), _bytes(killed)
     assert "manifest.json" in want and total > 5
