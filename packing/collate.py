@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import _collate_kernels
-from .core import pack
+from .core import first_over, pack
 
 LAYOUTS: tuple[str, ...] = ("position_ids", "flash", "seq_idx", "sdpa", "flex")
 SHAPES: tuple[str, ...] = ("padding_free", "rows")
@@ -401,9 +401,8 @@ class PackedCollator:
         cap = self.capacity
         if self.shape == "padding_free":
             return np.zeros(n, np.int64), 1
-        over = np.flatnonzero(spans > cap)
-        if over.shape[0]:
-            i = int(over[0])
+        i = first_over(spans, cap)
+        if i is not None:
             raise ValueError(
                 f"examples[{i}] takes {int(spans[i])} tokens (padded to a multiple of {self.pad_to_multiple_of}), "
                 f"more than capacity={cap}; truncate or split it before collating, or raise the capacity"

@@ -149,6 +149,18 @@ def validate_capacity(capacity: int, name: str = "capacity") -> int:
     return int(capacity)
 
 
+def first_over(lengths: np.ndarray, capacity: int) -> int | None:
+    """Index of the first length over ``capacity`` (``None`` when all fit): every caller names
+    that example in its own words.
+
+    Example:
+        >>> first_over(np.array([3, 9, 12]), 8), first_over(np.array([3]), 8)
+        (1, None)
+    """
+    over = np.flatnonzero(np.asarray(lengths) > capacity)
+    return int(over[0]) if over.shape[0] else None
+
+
 def validate_lengths(lengths, name: str = "lengths", allow_empty: bool = False) -> np.ndarray:
     """Return ``lengths`` as a 1-D int64 array of positive values, or raise a ``ValueError``."""
     if isinstance(lengths, (list, tuple)):

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .core import pack
+from .core import first_over, pack
 
 IGNORE_INDEX = -100
 ATTENTIONS: tuple[str, ...] = ("auto", "documents", "model")
@@ -143,9 +143,8 @@ def score_csr(model, offsets, values, max_tokens: int, *, labels=None, dtype=Non
 def _check_capacity(max_tokens, lengths: np.ndarray) -> int:
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
         raise ValueError(f"max_tokens must be a positive integer (tokens per packed row), got {max_tokens!r}")
-    over = np.flatnonzero(lengths > max_tokens)
-    if over.shape[0]:
-        i = int(over[0])
+    i = first_over(lengths, max_tokens)
+    if i is not None:
         raise ValueError(
             f"sequence {i} has {int(lengths[i])} tokens, more than max_tokens={int(max_tokens)}; raise max_tokens "
             f"to at least {int(lengths.max())} (scoring never cuts a sequence)"

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..packing import ALGORITHMS as _PACKERS
 from ..packing import WindowPacker, concat_chunk, pack
-from ..packing.core import OVERSIZE_POLICIES, _apply_oversize, validate_capacity
+from ..packing.core import OVERSIZE_POLICIES, _apply_oversize, first_over, validate_capacity
 from . import _kernels
 from ._arrow import pool_empty
 from .tokens import TokenBatch
@@ -124,9 +124,8 @@ class _Chunk:
 def _refuse_oversize(batch: TokenBatch, capacity: int) -> None:
     """``--oversize error``: a ``ValueError`` naming the file and row of the batch's first sequence over ``capacity``."""
     lengths = batch.lengths
-    over = np.flatnonzero(lengths > capacity)
-    if over.shape[0]:
-        i = int(over[0])
+    i = first_over(lengths, capacity)
+    if i is not None:
         raise ValueError(
             f"{batch.source} row {int(batch.rows[i]) - batch.source_row0} has {int(lengths[i])} tokens, more than --max-tokens "
             f"{capacity}; pass --oversize truncate, split or drop, or raise --max-tokens"

@@ -161,9 +161,10 @@ def _check_columns(schema_names: Sequence[str], source: str) -> None:
 
 def _check_lengths(lengths: np.ndarray, max_tokens: int, source: str, first_row: int) -> None:
     """A row longer than a packed forward is bad input, named by its row in the whole input."""
-    over = np.flatnonzero(lengths > max_tokens)
-    if over.shape[0]:
-        i = int(over[0])
+    from ..packing.core import first_over
+
+    i = first_over(lengths, max_tokens)
+    if i is not None:
         raise ValueError(
             f"input: {source} row {first_row + i} has {int(lengths[i])} tokens, more than --max-tokens {max_tokens}; "
             f"raise --max-tokens to at least {int(lengths.max())} (score never cuts a row)"

@@ -112,3 +112,23 @@ def run_capped(code: str, cap_bytes: int = 3 << 30):
     rss = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("peak_rss_kb ")]
     assert out.returncode == 0 and rss, out.stderr[-2000:]
     return out, rss[0]
+
+
+def kill_after_shards(cmd: list[str], out: Path, shards: int, env: dict | None = None) -> tuple[int | None, object]:
+    """Run ``cmd`` and SIGKILL it once ``out`` holds ``shards`` published shards (or 240 s pass);
+    ``(shards seen at the kill or None, the finished Popen)`` for the caller's asserts."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = sorted(out.glob("shard-*.parquet")) if out.is_dir() else []
+        if len(done) >= shards:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return len(done), proc
+        time.sleep(0.005)
+    proc.wait()
+    return None, proc

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import load_texts
+from conftest import kill_after_shards, load_texts
 from test_pipeline_pack import check_round_trip, read_shards
 from typer.testing import CliRunner
 
@@ -180,17 +180,7 @@ def test_sigkilled_pack_resumes_to_the_same_bytes(tmp_path, tokenizer, tok_file)
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     args = [src, "--max-tokens", 1024, "--tokenizer", tok_file, "--oversize", "split", "--shard-rows", 4, "--window", 500]
     cmd = [sys.executable, "-m", "packwise.cli.app", "pack", str(src), str(tmp_path / "killed")] + [str(a) for a in args[1:]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    killed_at = None
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        done = sorted((tmp_path / "killed").glob("shard-*.parquet")) if (tmp_path / "killed").is_dir() else []
-        if len(done) >= 3:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed_at = len(done)
-            break
-        time.sleep(0.005)
-    proc.wait()
+    killed_at, proc = kill_after_shards(cmd, tmp_path / "killed", 3)
     assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not (tmp_path / "killed" / "manifest.json").exists() and (tmp_path / "killed" / ".packwise-run.json").exists()
     partial = sorted(p.name for p in (tmp_path / "killed").glob("shard-*.parquet"))

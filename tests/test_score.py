@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers
-from conftest import load_texts
+from conftest import kill_after_shards, load_texts
 from typer.testing import CliRunner
 
 from packwise.cli.app import app
@@ -253,17 +253,7 @@ def test_sigkilled_score_resumes_to_the_same_bytes(tmp_path, model_dir):
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     args = ["--model", model_dir, "--max-tokens", 256, "--shard-rows", 4]
     cmd = [sys.executable, "-m", "packwise.cli.app", "score", str(src), str(tmp_path / "killed")] + [str(a) for a in args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    killed_at = None
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        done = sorted((tmp_path / "killed").glob("shard-*.parquet")) if (tmp_path / "killed").is_dir() else []
-        if len(done) >= 3:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed_at = len(done)
-            break
-        time.sleep(0.005)
-    proc.wait()
+    killed_at, proc = kill_after_shards(cmd, tmp_path / "killed", 3, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not (tmp_path / "killed" / "manifest.json").exists()
     partial = len(list((tmp_path / "killed").glob("shard-*.parquet")))
