@@ -68,9 +68,11 @@ def _score_block(located, column: str) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def check_options(method, *, k, eps, order, target, keep, mode, alpha, eval_input, score_column, policy, beta, seed, shard_rows, embeddings_column, model) -> None:
+def check_options(method, *, k, eps, order, target, keep, mode, alpha, eval_input, score_column, policy, beta, seed, shard_rows, embeddings_column, model, lowest=False) -> None:
     """Every option of ``method`` checked before anything is read or replaced (a typo under
     ``--overwrite`` must not cost the previous selection)."""
+    if lowest and method != "score":
+        raise ValueError(f"--lowest orders the scores of --method score; drop it for --method {method}")
     from ..selection.dedup import ORDERS
     from ..selection.policies import POLICIES
 
@@ -282,6 +284,7 @@ def run_select(
     score_column: str | None = None,
     policy: str = "topk",
     beta: float = 1.0,
+    lowest: bool = False,
     seed: int = 0,
     niter: int = 20,
     max_points_per_centroid: int = 256,
@@ -371,7 +374,7 @@ def _finished(input, output, options: dict) -> SelectResult | None:
 
 
 def _run_select(input, output, *, method, embeddings_column, model, text_column, k, eps, order, target, keep, mode, group_column,
-                alpha, exact_column, eval_input, threshold, score_column, policy, beta, seed, niter, max_points_per_centroid,
+                alpha, exact_column, eval_input, threshold, score_column, policy, beta, lowest, seed, niter, max_points_per_centroid,
                 shard_rows, input_format, csv_dialect, overwrite, progress, engine, request=None) -> SelectResult:  # fmt: skip
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -386,7 +389,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
     check_engine(engine)
     check_options(method, k=k, eps=eps, order=order, target=target, keep=keep, mode=mode, alpha=alpha, eval_input=eval_input,
                   score_column=score_column, policy=policy, beta=beta, seed=seed, shard_rows=shard_rows,
-                  embeddings_column=embeddings_column, model=model)  # fmt: skip
+                  embeddings_column=embeddings_column, model=model, lowest=lowest)  # fmt: skip
     output = Path(output)
     refuse_overlap([("output", output)], run_reads(input, model=model, eval_input=eval_input), folders=True)
     if (output / MANIFEST).exists() and not overwrite:
@@ -411,7 +414,8 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         if bad.any():
             raise ValueError(f"--score-column {score_column}: row {int(np.flatnonzero(bad)[0])} is null or NaN; fill or drop it")
         kk = None if policy == "threshold" else _target(n, target, keep, method)
-        ids, weights = sel.select_by_score(scores, kk, policy, beta, threshold=threshold if policy == "threshold" else None, seed=seed)
+        ranked, cut = (-scores, -threshold) if lowest else (scores, threshold)  # --lowest: smaller is better (a loss)
+        ids, weights = sel.select_by_score(ranked, kk, policy, beta, threshold=cut if policy == "threshold" else None, seed=seed)
         kept = np.zeros(n, bool)
         kept[ids] = True
         w = np.zeros(n, np.float32)
@@ -419,7 +423,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
         cols = {"score": scores, "weight": w}
         reason = np.where(kept, "kept", f"score:{policy}")
         cluster = np.full(n, -1, np.int64)
-        settings.update(score_column=score_column, policy=policy, beta=beta, target=kk)
+        settings.update(score_column=score_column, policy=policy, beta=beta, target=kk, **({"lowest": True} if lowest else {}))
     else:
         if engine == "ray":
             from .ray_select import RaySelect

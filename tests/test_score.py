@@ -181,6 +181,19 @@ def test_score_cli_writes_every_row_with_its_loss_then_select_keeps_by_it(tmp_pa
     losses = table.column("loss").to_numpy()
     assert sorted(kept.column("id").to_pylist()) == sorted(np.argsort(-losses, kind="stable")[:10].tolist())
 
+    args = ["--method", "score", "--score-column", "loss"]  # perplexity filtering: the lowest losses
+    sel = invoke("select", f"{tmp_path / 'scored'}/shard-*.parquet", tmp_path / "low", *args, "--target", 10, "--lowest")
+    assert sel.exit_code == 0, sel.output
+    kept = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "low").glob("shard-*.parquet"))])
+    assert sorted(kept.column("id").to_pylist()) == sorted(np.argsort(losses, kind="stable")[:10].tolist())
+    cut = float(np.median(losses))
+    sel = invoke("select", f"{tmp_path / 'scored'}/shard-*.parquet", tmp_path / "cut", *args, "--policy", "threshold", "--threshold", cut, "--lowest")
+    assert sel.exit_code == 0, sel.output
+    kept = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "cut").glob("shard-*.parquet"))])
+    assert kept.column("id").to_pylist() == np.flatnonzero(losses <= cut).tolist()
+    wrong = invoke("select", f"{tmp_path / 'scored'}/shard-*.parquet", tmp_path / "w", "--method", "balance", "--k", 2, "--lowest")
+    assert wrong.exit_code == 2 and "--lowest orders the scores of --method score; drop it for --method balance" in wrong.output
+
 
 def test_score_cli_tokens_column_with_labels(tmp_path, model_dir):
     ids = [[5, 6, 7, 8], [9, 10], [11]]
