@@ -133,12 +133,18 @@ def clear_leftovers(output: Path, *, old_selection: bool) -> None:
                 old.unlink(missing_ok=True)
 
 
+def _tagged(table):
+    """``table`` with ``SHARD_TAG`` in its footer: a rerun after a kill knows the file as its own."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), SHARD_TAG: b"1"})
+
+
 def _ours(output: Path) -> set[Path]:
-    """What a previous select run wrote in ``output``: what its manifest lists, and the shards a
-    killed run published before its manifest (their footer carries ``SHARD_TAG``)."""
+    """What a previous select run wrote in ``output``: what its manifest lists, and the shards and
+    decisions a killed run published before its manifest (their footer carries ``SHARD_TAG``)."""
     from .writer import _packwise_shard
 
-    return previous_selection(output) | {p for p in output.glob("shard-*.parquet") if _packwise_shard(p, SHARD_TAG)}
+    published = [*output.glob("shard-*.parquet"), output / "decisions.parquet"]
+    return previous_selection(output) | {p for p in published if p.is_file() and _packwise_shard(p, SHARD_TAG)}
 
 
 def previous_selection(output: Path) -> set[Path]:
@@ -231,7 +237,7 @@ def _write_shards(inp, output: Path, keep: np.ndarray, shard_rows: int) -> list[
     def flush(tables):
         name = f"shard-{len(shards):05d}.parquet"
         table = pa.concat_tables(tables)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SHARD_TAG: b"1"})  # ours, for a rerun after a kill
+        table = _tagged(table)
         with naming_os_errors(output / name), atomic_path(output / name) as tmp:
             pq.write_table(table, tmp)
         shards.append({"name": name, "rows": table.num_rows})
@@ -524,7 +530,7 @@ def _run_select(input, output, *, method, embeddings_column, model, text_column,
             if (output / "decisions.parquet").is_dir():  # a Ray run's parts
                 shutil.rmtree(output / "decisions.parquet")
             with atomic_path(output / "decisions.parquet") as tmp:
-                pq.write_table(decisions, tmp)
+                pq.write_table(_tagged(decisions), tmp)
         inp = open_input(input, None, format=input_format, csv_dialect=csv_dialect)
         shards, parts = _write_shards(inp, output, kept, shard_rows), None
         notes += _reader_notes(inp.notes)

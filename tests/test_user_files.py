@@ -174,6 +174,29 @@ def test_select_overwrite_keeps_files_packwise_did_not_write(tmp_path, token_par
     assert _tree(out) == before
 
 
+def test_a_select_killed_before_its_manifest_reruns_without_overwrite(tmp_path, token_parquet):  # noqa: F811
+    """The shards a killed select run published carry packwise's footer tag: the rerun replaces
+    them (no --overwrite needed) and ends byte-identical; an untagged shard stays in the way."""
+    src, _ = token_parquet
+    clean, out = tmp_path / "clean", tmp_path / "sel"
+    assert invoke("select", src, clean, *SELECT).exit_code == 0
+    assert invoke("select", src, out, *SELECT).exit_code == 0
+    (out / "manifest.json").unlink()  # as a kill after the shards and before the manifest leaves it
+    (out / "timings.json").unlink()
+    again = invoke("select", src, out, *SELECT)
+    assert again.exit_code == 0, again.output
+    mine, want = _tree(out), _tree(clean)
+    mine.pop("timings.json"), want.pop("timings.json")
+    assert mine == want
+    (out / "manifest.json").unlink()
+    (out / "timings.json").unlink()
+    stray = out / "shard-00000.parquet"
+    pq.write_table(pq.read_table(stray).replace_schema_metadata(None), stray)  # a shard packwise did not tag
+    before = _tree(out)
+    _fails(invoke("select", src, out, *SELECT), f"output: {stray} is in the way: no packwise manifest in {out} lists it")
+    assert _tree(out) == before
+
+
 # --- item 4: a symlinked output resolving to the input -----------------------------------------
 @pytest.mark.parametrize("command", ["pack", "select"])
 def test_an_output_symlinked_to_the_input_folder_exits_2_naming_both(tmp_path, token_parquet, command):  # noqa: F811
