@@ -89,7 +89,7 @@ def render_summary(result) -> None:
     lines = [
         ("input rows", f"{s['rows_in']:,}"),
         ("empty rows skipped", f"{s['empty_rows']:,}"),
-        ("sequences with no label (--allow-unlabeled)", f"{s.get('unlabeled_sequences', 0):,}"),
+        *([("sequences with no label (--allow-unlabeled)", f"{s['unlabeled_sequences']:,}")] if "unlabeled_sequences" in s else []),
         ("sequences", f"{s['sequences']:,}"),
         *([("preference pairs (one sequence each)", f"{s['pairs']:,}")] if "pairs" in s else []),
         ("tokens in", f"{s['tokens_in']:,}"),

@@ -113,6 +113,7 @@ def test_every_shared_file_packs_and_reports_with_no_column_flag(name, shared_da
     assert manifest["settings"]["layout"] == SHARED[name].split()[1]
     labelled = "labels on" in SHARED[name]  # plain text makes no labels: nothing to count
     assert manifest["stats"].get("unlabeled_sequences") == (0 if labelled else None)
+    assert ("sequences with no label" in packed.output) == labelled  # the summary shows what was counted
     reported = runner.invoke(app, ["report", str(src), "--max-tokens", "256", "--tokenizer", str(tok_path)])
     assert reported.exit_code == 0, reported.output
     assert reported.output.splitlines()[0] == SHARED[name]
