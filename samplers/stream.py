@@ -4,11 +4,13 @@ shards itself by worker, and by rank through ``split_dataset_by_node``)."""
 
 from __future__ import annotations
 
+import hashlib
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..packing import WindowPacker
 from ..packing.core import validate_capacity
@@ -89,6 +91,25 @@ class _ShardedStream(IterableDataset):
         if held:
             yield held, self._lengths(held, rows), np.asarray(rows, np.int64)
 
+    def _canonical_windows(self, canonical: int, owned: set[int]) -> Iterator[tuple[int, list, np.ndarray, np.ndarray]]:
+        """``(substream, examples, lengths, stream rows)`` per window of the ``owned`` canonical
+        substreams (row ``i`` belongs to substream ``i % canonical``), as the source fills them; at
+        its end, each owned substream's last partial window in substream order."""
+        held: dict[int, tuple[list, list[int]]] = {s: ([], []) for s in owned}
+        for i, example in enumerate(self.source):
+            got = held.get(i % canonical)
+            if got is None:
+                continue
+            got[0].append(example)
+            got[1].append(i)
+            if len(got[0]) == self.window:
+                held[i % canonical] = ([], [])
+                yield i % canonical, got[0], self._lengths(*got), np.asarray(got[1], np.int64)
+        for s in sorted(owned):
+            examples, rows = held[s]
+            if examples:
+                yield s, examples, self._lengths(examples, rows), np.asarray(rows, np.int64)
+
     def _lengths(self, examples: list, rows: list[int]) -> np.ndarray:
         out = np.fromiter((self.length(e) for e in examples), np.int64, len(examples))
         bad = np.flatnonzero(out < 1)
@@ -122,29 +143,112 @@ def _too_long(lengths: np.ndarray, rows: np.ndarray, max_tokens: int, fix: str) 
     raise ValueError(f"stream row {int(rows[i])} has length {int(lengths[i])} > max_tokens={max_tokens}; {fix}")
 
 
+_UNKNOWN = 1 << 40  # the end of a substream no worker has reached yet (sums of these stay in int64)
+
+
+def _take(starts: np.ndarray, stops: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """Counters after ``n`` turns of "the lowest counter goes next, ties by position", and the
+    position whose turn is next (-1: all done).  Counter ``j`` runs from ``starts[j]`` to
+    ``stops[j]``.  This is DataLoader's round robin over its workers (all start at 0) and a
+    worker's round robin over its substreams (they start where a resume left them)."""
+    starts = np.asarray(starts, np.int64)
+    stops = np.maximum(np.asarray(stops, np.int64), starts)
+
+    def before(level: int) -> int:  # turns taken below ``level``
+        return int((np.clip(level, starts, stops) - starts).sum())
+
+    total = int((stops - starts).sum())
+    if n > total:
+        raise ValueError(f"{n} batches were received but only {total} exist; the loader does not read this stream")
+    if n == total:
+        return stops.copy(), -1
+    lo, hi = int(starts.min()), int(starts.max()) + n  # the level of the next turn lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if before(mid + 1) > n:
+            hi = mid
+        else:
+            lo = mid + 1
+    extra = n - before(lo)
+    candidates = np.flatnonzero((starts <= lo) & (lo < stops))
+    out = np.clip(lo, starts, stops)
+    out[candidates[:extra]] += 1
+    return out, int(candidates[extra])
+
+
+class _Substream:
+    """One canonical substream being played: its packer, its shuffle and its ready batches.
+
+    Batches are numbered from 0 in the epoch; the first ``skip`` (consumed before a resume) are
+    packed again, to reach the same packer state, and dropped."""
+
+    def __init__(self, stream: "PackedIterable", index: int, skip: int):
+        self.index = index
+        self.packer = WindowPacker(stream.max_tokens, window=stream.window, max_age=stream.max_age)
+        self.rng = epoch_rng(stream.seed, stream.epoch, _SUBSTREAM_SEEDS + index)
+        self.held: dict[int, Any] = {}
+        self.next_id = 0
+        self.rows: list[list] = []  # closed bins waiting to fill a batch of rows_per_batch
+        self.ready: deque[list] = deque()
+        self.made = 0
+        self.skip = skip
+        self.next = skip  # number of the next batch this substream hands out
+
+
+_SUBSTREAM_SEEDS = 100_000  # epoch_rng stream ids of the canonical substreams' shuffles
+
+
 class PackedIterable(_ShardedStream):
     """Pack a stream into bins of ``max_tokens`` with windowed best fit; yields lists of examples.
 
-    Bins stay open across windows (:class:`packwise.packing.WindowPacker`), so the buffer holds
-    about ``max_age * window`` examples whatever the stream's size.  Each (rank, worker) shard
-    reads every ``num_replicas * num_workers``-th example; closed bins are shuffled per window with
-    ``(seed, epoch, shard)``.  Use with ``DataLoader(stream, batch_size=None, collate_fn=...)``.
+    The source is split by position into ``canonical`` substreams (row ``i`` goes to substream
+    ``i % canonical``), each packed on its own with :class:`packwise.packing.WindowPacker` in
+    windows of ``window`` of its examples, its closed bins shuffled with ``(seed, epoch,
+    substream)``: the batches are a pure function of (source, seed, epoch, ``canonical``,
+    settings), whatever the world size and DataLoader workers.  Physical shard ``p`` (rank x
+    worker, of ``num_replicas * num_workers <= canonical``) plays substreams ``p, p + shards,
+    ...``, taking their batches in turn.  ``canonical`` defaults to ``8 * num_replicas`` and is
+    fixed for the run (a loaded state brings its own); memory per shard is about
+    ``canonical / shards * (max_age + 2) * window`` examples.  Every shard reads the whole
+    source.  Use with ``DataLoader(stream, batch_size=None, collate_fn=...)``.  The stream does
+    not promise equal batch counts per rank (each rank packs its own substreams).
+
+    Resume, also under another ``num_replicas`` or ``num_workers``: ``state_dict(loader=it)``
+    (``it`` the DataLoader iterator the loop draws from; not needed when the stream is read in
+    this process) turns the batches the loop received into per-substream counts.  Under DDP
+    gather every rank's state and combine them with :meth:`merge_states`; give the merged state
+    to ``load_state_dict`` on every new rank.  A resumed substream re-reads and re-packs its
+    examples up to where it stopped (packing is deterministic) without yielding them, then goes
+    on: over the epoch every example (every piece under ``oversize="split"``) comes once, and
+    under the same topology the rest is exactly what an uninterrupted run would have yielded.
+
     An HF ``IterableDataset`` (``load_dataset(..., streaming=True)``) is not sharded by position:
     it shards itself by worker, and by rank through ``split_dataset_by_node`` (applied here unless
-    the source already was split, which is then checked against ``rank``/``num_replicas``).
+    the source already was split, which is then checked against ``rank``/``num_replicas``); each
+    shard then packs what it reads with one packer, and the stream has no state.
 
     ``oversize``: ``"error"`` (default), ``"truncate"`` (keep the first ``max_tokens`` tokens),
     ``"split"`` (cut into ``max_tokens``-token pieces, each packed on its own) or ``"drop"``, as in
     ``packwise pack``; cutting needs ``length`` to be a field name and dict examples (every sequence
     field as long as that field is cut, other fields are copied).  ``truncated_tokens`` and
-    ``dropped`` count what the last pass lost (in this process: workers keep their own).
+    ``dropped`` count what the last pass packed (in this process: workers keep their own).
 
     Example:
         >>> from packwise.samplers import PackedIterable
-        >>> docs = [{"ids": [0] * n} for n in (5, 3, 4, 2, 6)]
-        >>> stream = PackedIterable(docs, max_tokens=10, length="ids", window=5, num_replicas=1, rank=0)
-        >>> sorted(sum(len(d["ids"]) for d in batch) for batch in stream)
-        [10, 10]
+        >>> docs = [{"ids": [0] * n} for n in (5, 3, 4, 2, 6, 5, 5)]
+        >>> def stream():
+        ...     return PackedIterable(docs, max_tokens=10, length="ids", window=5, canonical=2, num_replicas=1, rank=0)
+        >>> first = stream()
+        >>> batches = iter(first)
+        >>> taken = [next(batches)]
+        >>> state = first.state_dict()  # read in this process: no loader to name
+        >>> state["consumed"], len(state["consumed"])
+        ([1, 0], 2)
+        >>> resumed = stream()
+        >>> resumed.load_state_dict(state)
+        >>> rest = list(resumed)
+        >>> taken + rest == list(stream())
+        True
     """
 
     def __init__(
@@ -153,12 +257,13 @@ class PackedIterable(_ShardedStream):
         max_tokens: int,
         length: str | Callable[[Any], int] = "input_ids",
         *,
-        window: int = 1000,
+        window: int = 256,
         max_age: int = 4,
         rows_per_batch: int = 1,
         oversize: Literal["error", "truncate", "split", "drop"] = "error",
         shuffle: bool = True,
         seed: int = 0,
+        canonical: int | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
     ):
@@ -174,27 +279,129 @@ class PackedIterable(_ShardedStream):
             )
         self.oversize = oversize
         self.shuffle = bool(shuffle)
+        self._length_name = length if isinstance(length, str) else getattr(length, "__qualname__", "function")
+        self._canonical_given = canonical is not None
+        self._restart(validate_capacity(canonical, "canonical") if canonical is not None else 8 * self.num_replicas)
         self.truncated_tokens = 0
         self.dropped = 0
 
+    # --- position ----------------------------------------------------------------------------
+    def _restart(self, canonical: int) -> None:
+        """Start the epoch from its beginning with ``canonical`` substreams (and a fresh ledger)."""
+        import torch
+
+        if getattr(self, "canonical", None) != canonical:
+            self.canonical = canonical
+            # what the workers tell the main process: each substream's batch count once it ended
+            # (-1 before), and in the last slot how many passes workers started
+            self._ledger = torch.zeros(canonical + 1, dtype=torch.int64).share_memory_()
+        self._ledger[:canonical] = -1
+        self._consumed = np.zeros(canonical, np.int64)
+        self._ended = np.zeros(canonical, np.bool_)
+        self._turns: dict | None = None
+        self._yielded: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next pass with ``(seed, epoch)``; a new epoch starts from its beginning."""
+        if int(epoch) != self.epoch:
+            self._restart(self.canonical)
+        super().set_epoch(epoch)
+
+    def _rotation(self, workers: int) -> int:
+        """Which of this rank's groups worker 0 plays: the one an uninterrupted run would have
+        served next, when the state was saved under this very topology (else group 0)."""
+        turns = self._turns
+        if turns is not None and (turns["num_replicas"], turns["num_workers"]) == (self.num_replicas, workers):
+            return int(turns["next"][self.rank])
+        return 0
+
+    def _groups(self, workers: int) -> list[np.ndarray]:
+        """The substreams each of this rank's ``workers`` plays, in DataLoader worker order."""
+        shards = self.num_replicas * workers
+        if shards > self.canonical:
+            raise ValueError(
+                f"{self.num_replicas} ranks x {workers} DataLoader workers = {shards} shards but the stream has "
+                f"canonical={self.canonical} substreams; build it with canonical >= {shards} (fixed for the whole "
+                f"run: it decides the packing) or use fewer workers"
+            )
+        turn = self._rotation(workers)
+        first = self.rank * workers
+        return [np.arange(first + (w + turn) % workers, self.canonical, shards) for w in range(workers)]
+
+    # --- iteration ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[list]:
+        if _is_hf_stream(self.source):
+            return self._play_shard()
+        return self._play_canonical()
+
+    def _play_shard(self) -> Iterator[list]:
+        """An HF stream: pack what this (rank, worker) reads with one packer."""
         shard, _ = self._shard()
-        rng = epoch_rng(self.seed, self.epoch, 100 + shard)
-        packer = WindowPacker(self.max_tokens, window=self.window, max_age=self.max_age)
+        sub = _Substream(self, 0, 0)
+        sub.rng = epoch_rng(self.seed, self.epoch, 100 + shard)
         self.truncated_tokens = self.dropped = 0
-        held: dict[int, Any] = {}
-        next_id = 0
-        pending: list[list] = []  # closed bins waiting to fill a batch of rows_per_batch
-        for examples, lengths, rows in self._windows():
+        for window in self._windows():
+            self._pack(sub, window)
+            while sub.ready:
+                yield sub.ready.popleft()
+        self._pack(sub, None)
+        yield from sub.ready
+
+    def _play_canonical(self) -> Iterator[list]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        group = self._groups(workers)[worker]
+        local = info is None
+        if local:
+            self._yielded = 0
+        self.truncated_tokens = self.dropped = 0
+        ledger = self._ledger
+        live = []
+        for s in group.tolist():
+            ledger[s] = int(self._consumed[s]) if self._ended[s] else -1
+            if not self._ended[s]:
+                live.append(_Substream(self, s, int(self._consumed[s])))
+        ledger[self.canonical] += 1
+        by_index = {sub.index: sub for sub in live}
+        order = {s: i for i, s in enumerate(by_index)}
+        windows = self._canonical_windows(self.canonical, set(by_index))
+        source_done = False
+        while live:
+            sub = min(live, key=lambda u: (u.next, order[u.index]))  # batch k of every substream, in turn
+            while not sub.ready and not source_done:
+                window = next(windows, None)
+                if window is None:
+                    source_done = True
+                    for u in live:
+                        self._pack(u, None)
+                else:
+                    self._pack(by_index[window[0]], window[1:])
+            if not sub.ready:
+                ledger[sub.index] = sub.next  # tell the main process: this substream has ended
+                live.remove(sub)
+                continue
+            sub.next += 1
+            if local:
+                self._yielded += 1
+            yield sub.ready.popleft()
+
+    def _pack(self, sub: _Substream, window: tuple | None) -> None:
+        """Pack one window of ``sub`` (``None``: the end of the source) into ready batches."""
+        if window is None:
+            done, final = sub.packer.flush(), True
+        else:
+            examples, lengths, rows = window
             if int(lengths.max()) > self.max_tokens:
                 examples, lengths = self._fit(examples, lengths, rows)
                 if not examples:
-                    continue
-            held.update(zip(range(next_id, next_id + len(examples)), examples))
-            done = packer.add(lengths, start=next_id)
-            next_id += len(examples)
-            yield from self._emit(done, held, pending, rng, final=False)
-        yield from self._emit(packer.flush(), held, pending, rng, final=True)
+                    return
+            sub.held.update(zip(range(sub.next_id, sub.next_id + len(examples)), examples))
+            done, final = sub.packer.add(lengths, start=sub.next_id), False
+            sub.next_id += len(examples)
+        for batch in self._emit(done, sub.held, sub.rows, sub.rng, final):
+            if sub.made >= sub.skip:
+                sub.ready.append(batch)
+            sub.made += 1
 
     def _fit(self, examples: list, lengths: np.ndarray, rows: np.ndarray) -> tuple[list, np.ndarray]:
         """Apply ``oversize`` to a window holding examples longer than ``max_tokens``."""
@@ -229,6 +436,140 @@ class PackedIterable(_ShardedStream):
         if final and rows:
             yield [e for row in rows for e in row]
             rows.clear()
+
+    # --- state -------------------------------------------------------------------------------
+    def _settings_key(self) -> str:
+        """What decides the bins besides (source, seed, epoch, canonical), hashed."""
+        settings = (self.max_tokens, self.window, self.max_age, self.rows_per_batch, self.oversize, self.shuffle, self._length_name)
+        return hashlib.blake2b(repr(settings).encode(), digest_size=8).hexdigest()
+
+    def _received(self, loader) -> tuple[int, int]:
+        """``(batches the training loop received this pass, DataLoader workers)``."""
+        if loader is None:
+            if self._yielded is not None:
+                return self._yielded, 1
+            if int(self._ledger[self.canonical]) > 0:
+                raise ValueError(
+                    "this stream is read by DataLoader workers: pass state_dict(loader=it) with it = iter(loader), "
+                    "the iterator the training loop draws from (or the DataLoader itself with persistent_workers=True)"
+                )
+            return 0, 1
+        it = getattr(loader, "_iterator", None) if isinstance(loader, DataLoader) else loader
+        if not hasattr(it, "_num_yielded") or getattr(it, "_dataset", None) is not self:
+            raise ValueError(
+                "loader must be the iterator of a torch DataLoader over this stream (it = iter(loader)), or a "
+                "DataLoader over it with persistent_workers=True that is being iterated"
+            )
+        return int(it._num_yielded), max(int(it._num_workers), 1)
+
+    def state_dict(self, loader=None) -> dict:
+        """Where the epoch stands: per canonical substream, the batches the training loop received.
+
+        ``loader``: the DataLoader iterator the loop draws from (its count of returned batches,
+        not what workers prefetched).  Under DDP each rank's state covers its own substreams:
+        combine them with :meth:`merge_states` before loading.  A few hundred bytes of ints.
+        """
+        if _is_hf_stream(self.source):
+            raise ValueError(
+                "an HF IterableDataset shards itself by worker and rank, so this stream cannot say which examples "
+                "were consumed; save the dataset's own state_dict(), or pass a source read by position"
+            )
+        received, workers = self._received(loader)
+        groups = self._groups(workers)
+        ledger = self._ledger[: self.canonical].numpy().copy()
+        base = self._consumed
+        stops = np.where(self._ended, base, np.where(ledger >= 0, ledger, _UNKNOWN))
+        sizes = np.array([min(int((stops[g] - base[g]).sum()), _UNKNOWN) for g in groups], np.int64)
+        per_worker, nxt = _take(np.zeros(workers, np.int64), sizes, received)
+        consumed = base.copy()
+        for group, n in zip(groups, per_worker.tolist()):
+            consumed[group] = _take(base[group], stops[group], n)[0]
+        own = np.concatenate(groups)
+        ended = self._ended.copy()
+        ended[own] |= (ledger[own] >= 0) & (consumed[own] == ledger[own])
+        turns: list[int | None] = [None] * self.num_replicas
+        turns[self.rank] = (max(nxt, 0) + self._rotation(workers)) % workers
+        return {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "canonical": self.canonical,
+            "settings": self._settings_key(),
+            "num_replicas": self.num_replicas,
+            "num_workers": workers,
+            "consumed": consumed.tolist(),
+            "ended": np.flatnonzero(ended).tolist(),
+            "turns": turns,
+        }
+
+    @staticmethod
+    def merge_states(states: Sequence[dict]) -> dict:
+        """One state from every rank's ``state_dict()`` (gathered, e.g. ``dist.all_gather_object``):
+        each substream is played by one rank, so its count is the largest one saved."""
+        if not states:
+            raise ValueError("merge_states needs the state of every rank, got none")
+        first = states[0]
+        for i, state in enumerate(states):
+            _check_state(state, f"states[{i}]")
+            for key in ("epoch", "seed", "canonical", "settings", "num_replicas", "num_workers"):
+                if state[key] != first[key]:
+                    raise ValueError(
+                        f"states[{i}] has {key}={state[key]!r} but states[0] has {key}={first[key]!r}; "
+                        f"merge the states every rank saved at the same step of the same run"
+                    )
+        turns = [None] * int(first["num_replicas"])
+        for i, state in enumerate(states):
+            for r, turn in enumerate(state["turns"]):
+                if turn is not None and turns[r] is not None and turns[r] != turn:
+                    raise ValueError(f"states[{i}] and another state both saved rank {r}; pass each rank's state once")
+                turns[r] = turn if turn is not None else turns[r]
+        merged = dict(first)
+        merged["consumed"] = np.max([s["consumed"] for s in states], axis=0).tolist()
+        merged["ended"] = sorted(set().union(*(s["ended"] for s in states)))
+        merged["turns"] = turns
+        return merged
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next pass yields the rest of the saved epoch, under any topology with at
+        most ``canonical`` shards (re-packing each substream up to where it stopped)."""
+        _check_state(state, "state_dict")
+        if _is_hf_stream(self.source):
+            raise ValueError("an HF IterableDataset source has no position to resume; load the dataset's own state_dict()")
+        if state["seed"] != self.seed:
+            raise ValueError(f"state_dict was saved with seed={state['seed']} but this stream has seed={self.seed}; rebuild it with the saved seed")
+        if state["settings"] != self._settings_key():
+            raise ValueError(
+                "state_dict was saved with other packing settings (max_tokens, window, max_age, rows_per_batch, "
+                "oversize, shuffle or length); rebuild the stream with the saved ones"
+            )
+        canonical = int(state["canonical"])
+        if self._canonical_given and canonical != self.canonical:
+            raise ValueError(
+                f"state_dict was saved with canonical={canonical} but this stream has canonical={self.canonical}; "
+                f"pass canonical={canonical} or leave it out (a loaded state brings its own)"
+            )
+        missing = [r for r, turn in enumerate(state["turns"]) if turn is None]
+        if missing:
+            raise ValueError(
+                f"state_dict covers only some ranks (ranks {missing} of {len(state['turns'])} are missing); gather every "
+                f"rank's state_dict() and pass PackedIterable.merge_states(states)"
+            )
+        consumed = np.asarray(state["consumed"], np.int64)
+        if consumed.shape != (canonical,) or (consumed < 0).any():
+            raise ValueError(f"state_dict consumed must hold {canonical} counts >= 0, got {state['consumed']!r}")
+        self._restart(canonical)
+        super().set_epoch(int(state["epoch"]))
+        self._consumed = consumed
+        self._ended[np.asarray(state["ended"], np.int64)] = True
+        self._turns = {"num_replicas": int(state["num_replicas"]), "num_workers": int(state["num_workers"]), "next": list(state["turns"])}
+
+
+_STATE_KEYS = ("epoch", "seed", "canonical", "settings", "num_replicas", "num_workers", "consumed", "ended", "turns")
+
+
+def _check_state(state: dict, name: str) -> None:
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{name} is missing {missing}; pass a dict saved by PackedIterable.state_dict()")
 
 
 class BucketedIterable(_ShardedStream):
