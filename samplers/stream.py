@@ -519,7 +519,7 @@ class PackedIterable(_ShardedStream):
         turns = [None] * int(first["num_replicas"])
         for i, state in enumerate(states):
             for r, turn in enumerate(state["turns"]):
-                if turn is not None and turns[r] is not None and turns[r] != turn:
+                if turn is not None and turns[r] is not None:
                     raise ValueError(f"states[{i}] and another state both saved rank {r}; pass each rank's state once")
                 turns[r] = turn if turn is not None else turns[r]
         merged = dict(first)
