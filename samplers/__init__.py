@@ -4,6 +4,8 @@ Hand a sampler to ``DataLoader(dataset, batch_sampler=sampler, collate_fn=...)``
 ``sampler.set_epoch(epoch)`` each epoch; save ``sampler.state_dict()`` (or a
 ``StatefulDataLoader``'s) to resume mid-epoch exactly.  Under accelerate / HF Trainer the batch
 samplers cooperate with ``Accelerator.prepare``; ``audit(loader)`` checks every example arrives once.
+``PackedIterable`` streams resume under another world size or worker count too
+(``state_dict(loader=it)``, ``merge_states`` across ranks).
 
 Example:
     >>> import numpy as np

@@ -293,13 +293,15 @@ class PackedIterable(_ShardedStream):
         if getattr(self, "canonical", None) != canonical:
             self.canonical = canonical
             # what the workers tell the main process: each substream's batch count once it ended
-            # (-1 before), and in the last slot how many passes workers started
+            # (-1 before), and in the last slot how many passes started since the epoch's start
             self._ledger = torch.zeros(canonical + 1, dtype=torch.int64).share_memory_()
         self._ledger[:canonical] = -1
+        self._ledger[canonical] = 0
         self._consumed = np.zeros(canonical, np.int64)
         self._ended = np.zeros(canonical, np.bool_)
         self._turns: dict | None = None
-        self._yielded: int | None = None
+        self._yielded: int | None = None  # batches a pass in this process handed out
+        self._local_pass = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Seed the next pass with ``(seed, epoch)``; a new epoch starts from its beginning."""
@@ -352,8 +354,6 @@ class PackedIterable(_ShardedStream):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         group = self._groups(workers)[worker]
         local = info is None
-        if local:
-            self._yielded = 0
         self.truncated_tokens = self.dropped = 0
         ledger = self._ledger
         live = []
@@ -362,6 +362,8 @@ class PackedIterable(_ShardedStream):
             if not self._ended[s]:
                 live.append(_Substream(self, s, int(self._consumed[s])))
         ledger[self.canonical] += 1
+        if local:  # read in this process: count the batches here, for this pass
+            self._yielded, self._local_pass = 0, int(ledger[self.canonical])
         by_index = {sub.index: sub for sub in live}
         order = {s: i for i, s in enumerate(by_index)}
         windows = self._canonical_windows(self.canonical, set(by_index))
@@ -446,9 +448,10 @@ class PackedIterable(_ShardedStream):
     def _received(self, loader) -> tuple[int, int]:
         """``(batches the training loop received this pass, DataLoader workers)``."""
         if loader is None:
-            if self._yielded is not None:
+            passes = int(self._ledger[self.canonical])
+            if self._yielded is not None and passes == self._local_pass:  # the last pass ran here
                 return self._yielded, 1
-            if int(self._ledger[self.canonical]) > 0:
+            if passes > 0:
                 raise ValueError(
                     "this stream is read by DataLoader workers: pass state_dict(loader=it) with it = iter(loader), "
                     "the iterator the training loop draws from (or the DataLoader itself with persistent_workers=True)"

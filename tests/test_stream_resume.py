@@ -95,6 +95,10 @@ def test_same_topology_resume_yields_exactly_the_rest(c4_path):
         other.load_state_dict(state)
         rest1, _ = read(other, workers=0)  # read in this process
         assert Counter(map(str, head + rest1)) == Counter(map(str, full))  # the same bins, dealt otherwise
+    other.set_epoch(1)  # a new epoch starts from its beginning, with its own shuffle
+    assert other.state_dict()["consumed"] == [0] * 8
+    again, _ = read(other, workers=0)
+    assert as_pieces(again) == every_piece(c4_path) and again != rest1
 
 
 def _ddp_phase(rank: int, world: int, port: int, path: str, out_dir: str, phase: str, k: int) -> None:
