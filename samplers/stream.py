@@ -233,6 +233,19 @@ class PackedIterable(_ShardedStream):
     field as long as that field is cut, other fields are copied).  ``truncated_tokens`` and
     ``dropped`` count what the last pass packed (in this process: workers keep their own).
 
+    Under DDP with DataLoader workers (any world size and ``num_workers`` on the resumed run)::
+
+        loader = DataLoader(stream, batch_size=None, collate_fn=collate, num_workers=2)
+        it = iter(loader)
+        for step, batch in enumerate(it, 1):
+            ...
+            if step % 1000 == 0:
+                states = [None] * dist.get_world_size()
+                dist.all_gather_object(states, stream.state_dict(loader=it))
+                save_state(path, PackedIterable.merge_states(states))  # every rank may write it
+        # later, on every rank of the new run, before iter(loader):
+        stream.load_state_dict(load_state(path))
+
     Example:
         >>> from packwise.samplers import PackedIterable
         >>> docs = [{"ids": [0] * n} for n in (5, 3, 4, 2, 6, 5, 5)]
@@ -456,12 +469,19 @@ class PackedIterable(_ShardedStream):
                     "this stream is read by DataLoader workers: pass state_dict(loader=it) with it = iter(loader), "
                     "the iterator the training loop draws from (or the DataLoader itself with persistent_workers=True)"
                 )
-            return 0, 1
+            loaded = self._turns  # nothing read since load_state_dict: keep the loaded topology's turn
+            same = loaded is not None and loaded["num_replicas"] == self.num_replicas
+            return 0, loaded["num_workers"] if same else 1
         it = getattr(loader, "_iterator", None) if isinstance(loader, DataLoader) else loader
         if not hasattr(it, "_num_yielded") or getattr(it, "_dataset", None) is not self:
             raise ValueError(
                 "loader must be the iterator of a torch DataLoader over this stream (it = iter(loader)), or a "
                 "DataLoader over it with persistent_workers=True that is being iterated"
+            )
+        if it._auto_collation or not getattr(it, "_in_order", True):
+            raise ValueError(
+                "build the DataLoader with batch_size=None (the stream yields whole batches) and in_order=True "
+                "(the default), so the batches the loop received map to the substreams that made them"
             )
         return int(it._num_yielded), max(int(it._num_workers), 1)
 

@@ -175,6 +175,11 @@ def test_state_checks_name_the_fix(c4_path):
     resumed = make_stream(c4_path, num_replicas=1, rank=0)
     resumed.load_state_dict(merged)
     assert resumed.canonical == 16
+    again = make_stream(c4_path, num_replicas=2, rank=1)  # saved again before reading: the same position
+    again.load_state_dict(merged)
+    assert again.state_dict() == {**merged, "turns": [None, merged["turns"][1]]}
+    with pytest.raises(ValueError, match=r"build the DataLoader with batch_size=None \(the stream yields whole batches\)"):
+        resumed.state_dict(loader=iter(DataLoader(resumed, batch_size=2, collate_fn=pieces)))
     with pytest.raises(ValueError, match=r"3 ranks x 1 DataLoader workers = 3 shards but the stream has canonical=2 substreams; build it with canonical >= 3"):
         list(make_stream(c4_path, canonical=2, num_replicas=3, rank=2))
     with pytest.raises(ValueError, match=r"loader must be the iterator of a torch DataLoader over this stream"):
