@@ -177,125 +177,58 @@ def _take(starts: np.ndarray, stops: np.ndarray, n: int) -> tuple[np.ndarray, in
 
 
 class _Substream:
-    """One canonical substream being played: its packer, its shuffle and its ready batches.
+    """One canonical substream being played: its shuffle and its ready batches.
 
     Batches are numbered from 0 in the epoch; the first ``skip`` (consumed before a resume) are
-    packed again, to reach the same packer state, and dropped."""
+    made again, to reach the same state, and dropped."""
 
-    def __init__(self, stream: "PackedIterable", index: int, skip: int):
+    def __init__(self, index: int, skip: int, rng: np.random.Generator):
         self.index = index
-        self.packer = WindowPacker(stream.max_tokens, window=stream.window, max_age=stream.max_age)
-        self.rng = epoch_rng(stream.seed, stream.epoch, _SUBSTREAM_SEEDS + index)
-        self.held: dict[int, Any] = {}
-        self.next_id = 0
-        self.rows: list[list] = []  # closed bins waiting to fill a batch of rows_per_batch
+        self.rng = rng
         self.ready: deque[list] = deque()
         self.made = 0
         self.skip = skip
         self.next = skip  # number of the next batch this substream hands out
 
+    def offer(self, batches: Iterable[list]) -> None:
+        """Number ``batches`` in order; keep those not consumed before the resume."""
+        for batch in batches:
+            if self.made >= self.skip:
+                self.ready.append(batch)
+            self.made += 1
 
-_SUBSTREAM_SEEDS = 100_000  # epoch_rng stream ids of the canonical substreams' shuffles
 
-
-class PackedIterable(_ShardedStream):
-    """Pack a stream into bins of ``max_tokens`` with windowed best fit; yields lists of examples.
+class _CanonicalStream(_ShardedStream):
+    """A stream whose batches do not depend on the topology, resumable under any topology.
 
     The source is split by position into ``canonical`` substreams (row ``i`` goes to substream
-    ``i % canonical``), each packed on its own with :class:`packwise.packing.WindowPacker` in
-    windows of ``window`` of its examples, its closed bins shuffled with ``(seed, epoch,
-    substream)``: the batches are a pure function of (source, seed, epoch, ``canonical``,
-    settings), whatever the world size and DataLoader workers.  Physical shard ``p`` (rank x
-    worker, of ``num_replicas * num_workers <= canonical``) plays substreams ``p, p + shards,
-    ...``, taking their batches in turn.  ``canonical`` defaults to ``8 * num_replicas`` and is
-    fixed for the run (a loaded state brings its own); memory per shard is about
-    ``canonical / shards * (max_age + 2) * window`` examples.  Every shard reads the whole
-    source.  Use with ``DataLoader(stream, batch_size=None, collate_fn=...)``.  The stream does
-    not promise equal batch counts per rank (each rank packs its own substreams).
-
-    Resume, also under another ``num_replicas`` or ``num_workers``: ``state_dict(loader=it)``
-    (``it`` the DataLoader iterator the loop draws from; not needed when the stream is read in
-    this process) turns the batches the loop received into per-substream counts.  Under DDP
-    gather every rank's state and combine them with :meth:`merge_states`; give the merged state
-    to ``load_state_dict`` on every new rank.  A resumed substream re-reads and re-packs its
-    examples up to where it stopped (packing is deterministic) without yielding them, then goes
-    on: over the epoch every example (every piece under ``oversize="split"``) comes once, and
-    under the same topology the rest is exactly what an uninterrupted run would have yielded.
-
-    An HF ``IterableDataset`` (``load_dataset(..., streaming=True)``) is not sharded by position:
-    it shards itself by worker, and by rank through ``split_dataset_by_node`` (applied here unless
-    the source already was split, which is then checked against ``rank``/``num_replicas``); each
-    shard then packs what it reads with one packer, and the stream has no state.
-
-    ``oversize``: ``"error"`` (default), ``"truncate"`` (keep the first ``max_tokens`` tokens),
-    ``"split"`` (cut into ``max_tokens``-token pieces, each packed on its own) or ``"drop"``, as in
-    ``packwise pack``; cutting needs ``length`` to be a field name and dict examples (every sequence
-    field as long as that field is cut, other fields are copied).  ``truncated_tokens`` and
-    ``dropped`` count what the last pass packed (in this process: workers keep their own).
-
-    Under DDP with DataLoader workers (any world size and ``num_workers`` on the resumed run)::
-
-        loader = DataLoader(stream, batch_size=None, collate_fn=collate, num_workers=2)
-        it = iter(loader)
-        for step, batch in enumerate(it, 1):
-            ...
-            if step % 1000 == 0:
-                states = [None] * dist.get_world_size()
-                dist.all_gather_object(states, stream.state_dict(loader=it))
-                save_state(path, PackedIterable.merge_states(states))  # every rank may write it
-        # later, on every rank of the new run, before iter(loader):
-        stream.load_state_dict(load_state(path))
-
-    Example:
-        >>> from packwise.samplers import PackedIterable
-        >>> docs = [{"ids": [0] * n} for n in (5, 3, 4, 2, 6, 5, 5)]
-        >>> def stream():
-        ...     return PackedIterable(docs, max_tokens=10, length="ids", window=5, canonical=2, num_replicas=1, rank=0)
-        >>> first = stream()
-        >>> batches = iter(first)
-        >>> taken = [next(batches)]
-        >>> state = first.state_dict()  # read in this process: no loader to name
-        >>> state["consumed"], len(state["consumed"])
-        ([1, 0], 2)
-        >>> resumed = stream()
-        >>> resumed.load_state_dict(state)
-        >>> rest = list(resumed)
-        >>> taken + rest == list(stream())
-        True
+    ``i % canonical``), each batched on its own in windows of ``window`` of its examples, shuffled
+    with ``(seed, epoch, substream)``: the batches are a pure function of (source, seed, epoch,
+    ``canonical``, settings).  Physical shard ``p`` (rank x DataLoader worker, of ``num_replicas *
+    num_workers <= canonical``) plays substreams ``p, p + shards, ...``, taking their batches in
+    turn.  Subclasses make a substream (``_open``), feed it windows (``_feed``) and name what
+    decides its batches (``_settings``).
     """
 
-    def __init__(
-        self,
-        source: Iterable,
-        max_tokens: int,
-        length: str | Callable[[Any], int] = "input_ids",
-        *,
-        window: int = 256,
-        max_age: int = 4,
-        rows_per_batch: int = 1,
-        oversize: Literal["error", "truncate", "split", "drop"] = "error",
-        shuffle: bool = True,
-        seed: int = 0,
-        canonical: int | None = None,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-    ):
-        super().__init__(source, length, window, seed, num_replicas, rank)
-        self.max_tokens = validate_capacity(max_tokens, "max_tokens")
-        self.max_age = validate_capacity(max_age, "max_age")
-        self.rows_per_batch = validate_capacity(rows_per_batch, "rows_per_batch")
-        if oversize not in ("error", "truncate", "split", "drop"):
-            raise ValueError(f"oversize must be 'error', 'truncate', 'split' or 'drop', got {oversize!r}")
-        if oversize in ("truncate", "split") and not isinstance(length, str):
-            raise ValueError(
-                f"oversize={oversize!r} cuts the token field: pass length=<field name> (e.g. 'input_ids'), not a function"
-            )
-        self.oversize = oversize
-        self.shuffle = bool(shuffle)
+    _SHARD_SEEDS = 0  # epoch_rng stream ids: an HF stream's per-shard shuffle
+    _SUBSTREAM_SEEDS = 0  # and the canonical substreams' shuffles
+
+    def _init_canonical(self, length, canonical: int | None) -> None:
         self._length_name = length if isinstance(length, str) else getattr(length, "__qualname__", "function")
         self._canonical_given = canonical is not None
         self._restart(validate_capacity(canonical, "canonical") if canonical is not None else 8 * self.num_replicas)
-        self.truncated_tokens = 0
+
+    def _open(self, index: int, skip: int, rng: np.random.Generator) -> _Substream:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _feed(self, sub: _Substream, window: tuple | None) -> None:  # pragma: no cover - abstract
+        """Batch one window ``(examples, lengths, rows)`` of ``sub`` (``None``: the source ended)."""
+        raise NotImplementedError
+
+    def _settings(self) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _new_pass(self) -> None:
         self.dropped = 0
 
     # --- position ----------------------------------------------------------------------------
@@ -337,7 +270,7 @@ class PackedIterable(_ShardedStream):
             raise ValueError(
                 f"{self.num_replicas} ranks x {workers} DataLoader workers = {shards} shards but the stream has "
                 f"canonical={self.canonical} substreams; build it with canonical >= {shards} (fixed for the whole "
-                f"run: it decides the packing) or use fewer workers"
+                f"run: it decides the batches) or use fewer workers"
             )
         turn = self._rotation(workers)
         first = self.rank * workers
@@ -350,16 +283,15 @@ class PackedIterable(_ShardedStream):
         return self._play_canonical()
 
     def _play_shard(self) -> Iterator[list]:
-        """An HF stream: pack what this (rank, worker) reads with one packer."""
+        """An HF stream: batch what this (rank, worker) reads as one substream."""
         shard, _ = self._shard()
-        sub = _Substream(self, 0, 0)
-        sub.rng = epoch_rng(self.seed, self.epoch, 100 + shard)
-        self.truncated_tokens = self.dropped = 0
+        sub = self._open(0, 0, epoch_rng(self.seed, self.epoch, self._SHARD_SEEDS + shard))
+        self._new_pass()
         for window in self._windows():
-            self._pack(sub, window)
+            self._feed(sub, window)
             while sub.ready:
                 yield sub.ready.popleft()
-        self._pack(sub, None)
+        self._feed(sub, None)
         yield from sub.ready
 
     def _play_canonical(self) -> Iterator[list]:
@@ -367,13 +299,14 @@ class PackedIterable(_ShardedStream):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         group = self._groups(workers)[worker]
         local = info is None
-        self.truncated_tokens = self.dropped = 0
+        self._new_pass()
         ledger = self._ledger
         live = []
         for s in group.tolist():
             ledger[s] = int(self._consumed[s]) if self._ended[s] else -1
             if not self._ended[s]:
-                live.append(_Substream(self, s, int(self._consumed[s])))
+                rng = epoch_rng(self.seed, self.epoch, self._SUBSTREAM_SEEDS + s)
+                live.append(self._open(s, int(self._consumed[s]), rng))
         ledger[self.canonical] += 1
         if local:  # read in this process: count the batches here, for this pass
             self._yielded, self._local_pass = 0, int(ledger[self.canonical])
@@ -388,9 +321,9 @@ class PackedIterable(_ShardedStream):
                 if window is None:
                     source_done = True
                     for u in live:
-                        self._pack(u, None)
+                        self._feed(u, None)
                 else:
-                    self._pack(by_index[window[0]], window[1:])
+                    self._feed(by_index[window[0]], window[1:])
             if not sub.ready:
                 ledger[sub.index] = sub.next  # tell the main process: this substream has ended
                 live.remove(sub)
@@ -400,63 +333,10 @@ class PackedIterable(_ShardedStream):
                 self._yielded += 1
             yield sub.ready.popleft()
 
-    def _pack(self, sub: _Substream, window: tuple | None) -> None:
-        """Pack one window of ``sub`` (``None``: the end of the source) into ready batches."""
-        if window is None:
-            done, final = sub.packer.flush(), True
-        else:
-            examples, lengths, rows = window
-            if int(lengths.max()) > self.max_tokens:
-                examples, lengths = self._fit(examples, lengths, rows)
-                if not examples:
-                    return
-            sub.held.update(zip(range(sub.next_id, sub.next_id + len(examples)), examples))
-            done, final = sub.packer.add(lengths, start=sub.next_id), False
-            sub.next_id += len(examples)
-        for batch in self._emit(done, sub.held, sub.rows, sub.rng, final):
-            if sub.made >= sub.skip:
-                sub.ready.append(batch)
-            sub.made += 1
-
-    def _fit(self, examples: list, lengths: np.ndarray, rows: np.ndarray) -> tuple[list, np.ndarray]:
-        """Apply ``oversize`` to a window holding examples longer than ``max_tokens``."""
-        cap = self.max_tokens
-        if self.oversize == "error":
-            _too_long(lengths, rows, cap, "pass oversize='truncate' or 'split', or cut long examples before streaming")
-        out, sizes = [], []
-        for example, n in zip(examples, lengths.tolist()):
-            if n <= cap:
-                out.append(example)
-                sizes.append(n)
-            elif self.oversize == "drop":
-                self.dropped += 1
-            else:
-                stops = range(cap, n + cap, cap) if self.oversize == "split" else (cap,)
-                for stop in stops:
-                    out.append(_cut(example, n, stop - cap, min(stop, n)))
-                    sizes.append(min(stop, n) - stop + cap)
-                self.truncated_tokens += n - cap if self.oversize == "truncate" else 0
-        return out, np.asarray(sizes, np.int64)
-
-    def _emit(self, done, held: dict, rows: list, rng, final: bool) -> Iterator[list]:
-        bins = np.arange(done.num_bins)
-        if self.shuffle:
-            bins = rng.permutation(bins)
-        offsets, ids = done.offsets.tolist(), done.ids.tolist()
-        for b in bins.tolist():
-            rows.append([held.pop(i) for i in ids[offsets[b] : offsets[b + 1]]])
-            if len(rows) == self.rows_per_batch:
-                yield [e for row in rows for e in row]
-                rows.clear()
-        if final and rows:
-            yield [e for row in rows for e in row]
-            rows.clear()
-
     # --- state -------------------------------------------------------------------------------
     def _settings_key(self) -> str:
-        """What decides the bins besides (source, seed, epoch, canonical), hashed."""
-        settings = (self.max_tokens, self.window, self.max_age, self.rows_per_batch, self.oversize, self.shuffle, self._length_name)
-        return hashlib.blake2b(repr(settings).encode(), digest_size=8).hexdigest()
+        """What decides the batches besides (source, seed, epoch, canonical), hashed."""
+        return hashlib.blake2b(repr((type(self).__name__, *self._settings())).encode(), digest_size=8).hexdigest()
 
     def _received(self, loader) -> tuple[int, int]:
         """``(batches the training loop received this pass, DataLoader workers)``."""
@@ -553,7 +433,7 @@ class PackedIterable(_ShardedStream):
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: the next pass yields the rest of the saved epoch, under any topology with at
-        most ``canonical`` shards (re-packing each substream up to where it stopped)."""
+        most ``canonical`` shards (re-batching each substream up to where it stopped)."""
         _check_state(state, "state_dict")
         if _is_hf_stream(self.source):
             raise ValueError("an HF IterableDataset source has no position to resume; load the dataset's own state_dict()")
@@ -561,8 +441,8 @@ class PackedIterable(_ShardedStream):
             raise ValueError(f"state_dict was saved with seed={state['seed']} but this stream has seed={self.seed}; rebuild it with the saved seed")
         if state["settings"] != self._settings_key():
             raise ValueError(
-                "state_dict was saved with other packing settings (max_tokens, window, max_age, rows_per_batch, "
-                "oversize, shuffle or length); rebuild the stream with the saved ones"
+                f"state_dict was saved by another stream class or with other settings ({self._SETTINGS}); rebuild "
+                f"the stream with the saved ones"
             )
         canonical = int(state["canonical"])
         if self._canonical_given and canonical != self.canonical:
@@ -574,7 +454,7 @@ class PackedIterable(_ShardedStream):
         if missing:
             raise ValueError(
                 f"state_dict covers only some ranks (ranks {missing} of {len(state['turns'])} are missing); gather every "
-                f"rank's state_dict() and pass PackedIterable.merge_states(states)"
+                f"rank's state_dict() and pass {type(self).__name__}.merge_states(states)"
             )
         consumed = np.asarray(state["consumed"], np.int64)
         if consumed.shape != (canonical,) or (consumed < 0).any():
@@ -592,25 +472,215 @@ _STATE_KEYS = ("epoch", "seed", "canonical", "settings", "num_replicas", "num_wo
 def _check_state(state: dict, name: str) -> None:
     missing = [k for k in _STATE_KEYS if k not in state]
     if missing:
-        raise ValueError(f"{name} is missing {missing}; pass a dict saved by PackedIterable.state_dict()")
+        raise ValueError(f"{name} is missing {missing}; pass a dict saved by state_dict()")
 
 
-class BucketedIterable(_ShardedStream):
+class _PackedSub(_Substream):
+    """A substream of :class:`PackedIterable`: its packer and the examples in its open bins."""
+
+    def __init__(self, stream: "PackedIterable", index: int, skip: int, rng: np.random.Generator):
+        super().__init__(index, skip, rng)
+        self.packer = WindowPacker(stream.max_tokens, window=stream.window, max_age=stream.max_age)
+        self.held: dict[int, Any] = {}
+        self.next_id = 0
+        self.rows: list[list] = []  # closed bins waiting to fill a batch of rows_per_batch
+
+
+class PackedIterable(_CanonicalStream):
+    """Pack a stream into bins of ``max_tokens`` with windowed best fit; yields lists of examples.
+
+    The source is split by position into ``canonical`` substreams (row ``i`` goes to substream
+    ``i % canonical``), each packed on its own with :class:`packwise.packing.WindowPacker` in
+    windows of ``window`` of its examples, its closed bins shuffled with ``(seed, epoch,
+    substream)``: the batches are a pure function of (source, seed, epoch, ``canonical``,
+    settings), whatever the world size and DataLoader workers.  Physical shard ``p`` (rank x
+    worker, of ``num_replicas * num_workers <= canonical``) plays substreams ``p, p + shards,
+    ...``, taking their batches in turn.  ``canonical`` defaults to ``8 * num_replicas`` and is
+    fixed for the run (a loaded state brings its own); memory per shard is about
+    ``canonical / shards * (max_age + 2) * window`` examples.  Every shard reads the whole
+    source.  Use with ``DataLoader(stream, batch_size=None, collate_fn=...)``.  The stream does
+    not promise equal batch counts per rank (each rank packs its own substreams).
+
+    Resume, also under another ``num_replicas`` or ``num_workers``: ``state_dict(loader=it)``
+    (``it`` the DataLoader iterator the loop draws from; not needed when the stream is read in
+    this process) turns the batches the loop received into per-substream counts.  Under DDP
+    gather every rank's state and combine them with :meth:`merge_states`; give the merged state
+    to ``load_state_dict`` on every new rank.  A resumed substream re-reads and re-packs its
+    examples up to where it stopped (packing is deterministic) without yielding them, then goes
+    on, so restoring costs about what reaching that point cost, never more than one pass: over
+    the epoch every example (every piece under ``oversize="split"``) comes once, and under the
+    same topology the rest is exactly what an uninterrupted run would have yielded.
+
+    An HF ``IterableDataset`` (``load_dataset(..., streaming=True)``) is not sharded by position:
+    it shards itself by worker, and by rank through ``split_dataset_by_node`` (applied here unless
+    the source already was split, which is then checked against ``rank``/``num_replicas``); each
+    shard then packs what it reads with one packer, and the stream has no state.
+
+    ``oversize``: ``"error"`` (default), ``"truncate"`` (keep the first ``max_tokens`` tokens),
+    ``"split"`` (cut into ``max_tokens``-token pieces, each packed on its own) or ``"drop"``, as in
+    ``packwise pack``; cutting needs ``length`` to be a field name and dict examples (every sequence
+    field as long as that field is cut, other fields are copied).  ``truncated_tokens`` and
+    ``dropped`` count what the last pass packed (in this process: workers keep their own).
+
+    Under DDP with DataLoader workers (any world size and ``num_workers`` on the resumed run)::
+
+        loader = DataLoader(stream, batch_size=None, collate_fn=collate, num_workers=2)
+        it = iter(loader)
+        for step, batch in enumerate(it, 1):
+            ...
+            if step % 1000 == 0:
+                states = [None] * dist.get_world_size()
+                dist.all_gather_object(states, stream.state_dict(loader=it))
+                save_state(path, PackedIterable.merge_states(states))  # every rank may write it
+        # later, on every rank of the new run, before iter(loader):
+        stream.load_state_dict(load_state(path))
+
+    Example:
+        >>> from packwise.samplers import PackedIterable
+        >>> docs = [{"ids": [0] * n} for n in (5, 3, 4, 2, 6, 5, 5)]
+        >>> def stream():
+        ...     return PackedIterable(docs, max_tokens=10, length="ids", window=5, canonical=2, num_replicas=1, rank=0)
+        >>> first = stream()
+        >>> batches = iter(first)
+        >>> taken = [next(batches)]
+        >>> state = first.state_dict()  # read in this process: no loader to name
+        >>> state["consumed"], len(state["consumed"])
+        ([1, 0], 2)
+        >>> resumed = stream()
+        >>> resumed.load_state_dict(state)
+        >>> rest = list(resumed)
+        >>> taken + rest == list(stream())
+        True
+    """
+
+    _SHARD_SEEDS = 100
+    _SUBSTREAM_SEEDS = 100_000
+    _SETTINGS = "max_tokens, window, max_age, rows_per_batch, oversize, shuffle or length"
+
+    def __init__(
+        self,
+        source: Iterable,
+        max_tokens: int,
+        length: str | Callable[[Any], int] = "input_ids",
+        *,
+        window: int = 256,
+        max_age: int = 4,
+        rows_per_batch: int = 1,
+        oversize: Literal["error", "truncate", "split", "drop"] = "error",
+        shuffle: bool = True,
+        seed: int = 0,
+        canonical: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
+        super().__init__(source, length, window, seed, num_replicas, rank)
+        self.max_tokens = validate_capacity(max_tokens, "max_tokens")
+        self.max_age = validate_capacity(max_age, "max_age")
+        self.rows_per_batch = validate_capacity(rows_per_batch, "rows_per_batch")
+        if oversize not in ("error", "truncate", "split", "drop"):
+            raise ValueError(f"oversize must be 'error', 'truncate', 'split' or 'drop', got {oversize!r}")
+        if oversize in ("truncate", "split") and not isinstance(length, str):
+            raise ValueError(
+                f"oversize={oversize!r} cuts the token field: pass length=<field name> (e.g. 'input_ids'), not a function"
+            )
+        self.oversize = oversize
+        self.shuffle = bool(shuffle)
+        self._init_canonical(length, canonical)
+        self.truncated_tokens = 0
+        self.dropped = 0
+
+    def _settings(self) -> tuple:
+        return (self.max_tokens, self.window, self.max_age, self.rows_per_batch, self.oversize, self.shuffle, self._length_name)
+
+    def _new_pass(self) -> None:
+        self.truncated_tokens = self.dropped = 0
+
+    def _open(self, index: int, skip: int, rng: np.random.Generator) -> _PackedSub:
+        return _PackedSub(self, index, skip, rng)
+
+    def _feed(self, sub: _PackedSub, window: tuple | None) -> None:
+        """Pack one window of ``sub`` (``None``: the end of the source) into ready batches."""
+        if window is None:
+            done, final = sub.packer.flush(), True
+        else:
+            examples, lengths, rows = window
+            if int(lengths.max()) > self.max_tokens:
+                examples, lengths = self._fit(examples, lengths, rows)
+                if not examples:
+                    return
+            sub.held.update(zip(range(sub.next_id, sub.next_id + len(examples)), examples))
+            done, final = sub.packer.add(lengths, start=sub.next_id), False
+            sub.next_id += len(examples)
+        sub.offer(self._emit(done, sub.held, sub.rows, sub.rng, final))
+
+    def _fit(self, examples: list, lengths: np.ndarray, rows: np.ndarray) -> tuple[list, np.ndarray]:
+        """Apply ``oversize`` to a window holding examples longer than ``max_tokens``."""
+        cap = self.max_tokens
+        if self.oversize == "error":
+            _too_long(lengths, rows, cap, "pass oversize='truncate' or 'split', or cut long examples before streaming")
+        out, sizes = [], []
+        for example, n in zip(examples, lengths.tolist()):
+            if n <= cap:
+                out.append(example)
+                sizes.append(n)
+            elif self.oversize == "drop":
+                self.dropped += 1
+            else:
+                stops = range(cap, n + cap, cap) if self.oversize == "split" else (cap,)
+                for stop in stops:
+                    out.append(_cut(example, n, stop - cap, min(stop, n)))
+                    sizes.append(min(stop, n) - stop + cap)
+                self.truncated_tokens += n - cap if self.oversize == "truncate" else 0
+        return out, np.asarray(sizes, np.int64)
+
+    def _emit(self, done, held: dict, rows: list, rng, final: bool) -> Iterator[list]:
+        bins = np.arange(done.num_bins)
+        if self.shuffle:
+            bins = rng.permutation(bins)
+        offsets, ids = done.offsets.tolist(), done.ids.tolist()
+        for b in bins.tolist():
+            rows.append([held.pop(i) for i in ids[offsets[b] : offsets[b + 1]]])
+            if len(rows) == self.rows_per_batch:
+                yield [e for row in rows for e in row]
+                rows.clear()
+        if final and rows:
+            yield [e for row in rows for e in row]
+            rows.clear()
+
+
+class _BucketSub(_Substream):
+    """A substream of :class:`BucketedIterable`: its bucket edges and each bucket's waiting batch."""
+
+    def __init__(self, stream: "BucketedIterable", index: int, skip: int, rng: np.random.Generator):
+        super().__init__(index, skip, rng)
+        self.edges = None if isinstance(stream.buckets, (int, np.integer)) else stream.buckets
+        self.carry: list = []
+        self.carry_len = np.zeros(0, np.int64)
+
+
+class BucketedIterable(_CanonicalStream):
     """Bucket a stream by length into padded batches of cost ``len * max length <= max_tokens``.
 
-    Every window of ``window`` examples (per shard) is shuffled and cut bucket by bucket with the
-    same kernel as :class:`BucketBatchSampler`; each bucket's unfinished last batch waits for the
-    next window, so the buffer stays under ``window`` plus one batch per bucket.  ``buckets`` is a
-    sequence of upper edges, or a number of buckets estimated (equal token share) from the first
-    window.  Yields lists of examples.
+    The source is split into ``canonical`` substreams by position and played, saved, merged and
+    resumed under any topology as in :class:`PackedIterable` (``state_dict(loader=it)``,
+    ``merge_states``, ``load_state_dict``).  Every window of ``window`` examples of a substream
+    is shuffled and cut bucket by bucket with the same kernel as :class:`BucketBatchSampler`; each
+    bucket's unfinished last batch waits for the substream's next window, so a substream holds
+    under ``window`` plus one batch per bucket (and ends with at most one short batch per
+    bucket).  ``buckets`` is a sequence of upper edges, or a number of buckets estimated (equal
+    token share) from each substream's first window.  Yields lists of examples.
 
     Example:
         >>> from packwise.samplers import BucketedIterable
         >>> docs = [{"ids": [0] * n} for n in (3, 90, 5, 88, 4, 91)]
-        >>> stream = BucketedIterable(docs, max_tokens=200, length="ids", buckets=[10], num_replicas=1, rank=0)
+        >>> stream = BucketedIterable(docs, max_tokens=200, length="ids", buckets=[10], canonical=1, num_replicas=1, rank=0)
         >>> sorted(len(batch) for batch in stream)
         [1, 2, 3]
     """
+
+    _SHARD_SEEDS = 200
+    _SUBSTREAM_SEEDS = 200_000
+    _SETTINGS = "max_tokens, batch_size, buckets, window, oversize, shuffle or length"
 
     def __init__(
         self,
@@ -620,10 +690,11 @@ class BucketedIterable(_ShardedStream):
         *,
         batch_size: int | None = None,
         buckets: int | Sequence[int] = 16,
-        window: int = 1000,
+        window: int = 256,
         oversize: str = "error",
         shuffle: bool = True,
         seed: int = 0,
+        canonical: int | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
     ):
@@ -637,34 +708,42 @@ class BucketedIterable(_ShardedStream):
         self.oversize = oversize
         self.buckets = buckets if isinstance(buckets, (int, np.integer)) else _edges(buckets, np.zeros(1), "buckets")
         self.shuffle = bool(shuffle)
+        self._init_canonical(length, canonical)
         self.dropped = 0
 
-    def __iter__(self) -> Iterator[list]:
-        shard, _ = self._shard()
-        rng = epoch_rng(self.seed, self.epoch, 200 + shard)
-        edges = None if isinstance(self.buckets, (int, np.integer)) else self.buckets
-        carry: list = []
-        carry_len = np.zeros(0, np.int64)
-        for examples, lengths, rows in self._windows():
-            if self.max_tokens is not None:
-                over = lengths > self.max_tokens
-                if over.any():
-                    if self.oversize == "error":
-                        _too_long(lengths, rows, self.max_tokens, "raise max_tokens, truncate upstream, or pass oversize='drop'")
-                    self.dropped += int(over.sum())
-                    examples = [e for e, o in zip(examples, over.tolist()) if not o]
-                    lengths = lengths[~over]
-            if edges is None:
-                edges = _edges(int(self.buckets), lengths, "buckets") if lengths.shape[0] else None
-            carry, carry_len = carry + examples, np.concatenate((carry_len, lengths))
-            if edges is not None:
-                carry, carry_len = yield from self._cut(carry, carry_len, edges, rng, final=False)
-        if carry:
-            if edges is None:
-                edges = np.zeros(0, np.int64)
-            yield from self._cut(carry, carry_len, edges, rng, final=True)
+    def _settings(self) -> tuple:
+        buckets = int(self.buckets) if isinstance(self.buckets, (int, np.integer)) else tuple(self.buckets.tolist())
+        return (self.max_tokens, self.batch_size, buckets, self.window, self.oversize, self.shuffle, self._length_name)
 
-    def _cut(self, examples: list, lengths: np.ndarray, edges: np.ndarray, rng, final: bool):
+    def _open(self, index: int, skip: int, rng: np.random.Generator) -> _BucketSub:
+        return _BucketSub(self, index, skip, rng)
+
+    def _feed(self, sub: _BucketSub, window: tuple | None) -> None:
+        """Cut one window of ``sub`` into full batches (``None``: the end, every batch goes)."""
+        if window is None:
+            if sub.carry:
+                edges = sub.edges if sub.edges is not None else np.zeros(0, np.int64)
+                batches, sub.carry, sub.carry_len = self._cut(sub.carry, sub.carry_len, edges, sub.rng, final=True)
+                sub.offer(batches)
+            return
+        examples, lengths, rows = window
+        if self.max_tokens is not None:
+            over = lengths > self.max_tokens
+            if over.any():
+                if self.oversize == "error":
+                    _too_long(lengths, rows, self.max_tokens, "raise max_tokens, truncate upstream, or pass oversize='drop'")
+                self.dropped += int(over.sum())
+                examples = [e for e, o in zip(examples, over.tolist()) if not o]
+                lengths = lengths[~over]
+        if sub.edges is None and lengths.shape[0]:
+            sub.edges = _edges(int(self.buckets), lengths, "buckets")
+        sub.carry, sub.carry_len = sub.carry + examples, np.concatenate((sub.carry_len, lengths))
+        if sub.edges is not None:
+            batches, sub.carry, sub.carry_len = self._cut(sub.carry, sub.carry_len, sub.edges, sub.rng, final=False)
+            sub.offer(batches)
+
+    def _cut(self, examples: list, lengths: np.ndarray, edges: np.ndarray, rng, final: bool) -> tuple[list, list, np.ndarray]:
+        """``(batches ready to go, examples waiting, their lengths)``."""
         n = lengths.shape[0]
         num_buckets = edges.shape[0] + 1
         items = rng.permutation(n) if self.shuffle else np.arange(n, dtype=np.int64)
@@ -682,7 +761,6 @@ class BucketedIterable(_ShardedStream):
         if self.shuffle:
             emit = emit[rng.permutation(emit.shape[0])]
         order_list, off = order.tolist(), offsets.tolist()
-        for b in emit.tolist():
-            yield [examples[i] for i in order_list[off[b] : off[b + 1]]]
+        batches = [[examples[i] for i in order_list[off[b] : off[b + 1]]] for b in emit.tolist()]
         waiting = np.concatenate([order[offsets[b] : offsets[b + 1]] for b in np.flatnonzero(~ready)] or [np.zeros(0, np.int64)])
-        return [examples[i] for i in waiting.tolist()], lengths[waiting]
+        return batches, [examples[i] for i in waiting.tolist()], lengths[waiting]

@@ -82,35 +82,37 @@ def test_packed_stream_rows_per_batch(docs):
     assert lengths.sum() / (3 * 1024 * len(batches)) > 0.9
 
 
-@pytest.mark.parametrize("cls,canonical", [(PackedIterable, 1), (PackedIterable, 8), (BucketedIterable, None)])
+@pytest.mark.parametrize("cls,canonical", [(PackedIterable, 1), (PackedIterable, 8), (BucketedIterable, 1), (BucketedIterable, 8)])
 def test_buffer_stays_bounded(cls, canonical, docs):
     source = Docs(docs)
     window = 200
-    kw = {"buckets": [64, 128, 256]} if cls is BucketedIterable else {"canonical": canonical}
-    stream = cls(source, max_tokens=2048, window=window, num_replicas=1, rank=0, **kw)
+    kw = {"buckets": [64, 128, 256]} if cls is BucketedIterable else {}
+    stream = cls(source, max_tokens=2048, window=window, canonical=canonical, num_replicas=1, rank=0, **kw)
     emitted, worst = 0, 0
     for batch in stream:
         emitted += len(batch)
         worst = max(worst, source.read - emitted)
     assert emitted == len(docs)
-    # packed: open bins live at most max_age=4 windows of each canonical substream, and a substream's
-    # ready batches at most one more window; bucketed: one window plus one batch per bucket
+    # per canonical substream: packed, open bins live at most max_age=4 windows (and its ready batches
+    # at most one more window); bucketed, one window plus one batch per bucket
     if cls is PackedIterable:
         bound = 5 * window if canonical == 1 else canonical * 6 * window
     else:
-        bound = window + 4 * 2048 // 16
+        bound = canonical * (window + 4 * 2048 // 16)
     assert worst <= bound
 
 
-def test_bucketed_stream_batches_share_a_bucket_and_fixed_sizes(docs):
+@pytest.mark.parametrize("canonical", [1, 8])
+def test_bucketed_stream_batches_share_a_bucket_and_fixed_sizes(canonical, docs):
     lengths = np.array([len(x) for x in docs])
     edges = np.array([64, 128, 256])
-    batches = _indices(BucketedIterable(Docs(docs), batch_size=8, buckets=edges, window=300, num_replicas=1, rank=0))
+    stream = BucketedIterable(Docs(docs), batch_size=8, buckets=edges, window=300, canonical=canonical, num_replicas=1, rank=0)
+    batches = _indices(stream)
     assert sorted(i for b in batches for i in b) == list(range(len(docs)))
     keys = [np.searchsorted(edges, lengths[b], side="left") for b in batches]
     assert all((k == k[0]).all() for k in keys)
     sizes = [len(b) for b in batches]
-    assert max(sizes) == 8 and sum(1 for s in sizes if s < 8) <= 4  # one short batch per bucket at most
+    assert max(sizes) == 8 and sum(1 for s in sizes if s < 8) <= 4 * canonical  # one short batch per bucket at most
 
 
 def test_stream_errors(docs):
