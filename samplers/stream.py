@@ -5,6 +5,7 @@ shards itself by worker, and by rank through ``split_dataset_by_node``)."""
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
@@ -311,11 +312,12 @@ class _CanonicalStream(_ShardedStream):
         if local:  # read in this process: count the batches here, for this pass
             self._yielded, self._local_pass = 0, int(ledger[self.canonical])
         by_index = {sub.index: sub for sub in live}
-        order = {s: i for i, s in enumerate(by_index)}
         windows = self._canonical_windows(self.canonical, set(by_index))
+        turns = [(sub.next, i, sub) for i, sub in enumerate(live)]  # batch k of every substream, in turn
+        heapq.heapify(turns)
         source_done = False
-        while live:
-            sub = min(live, key=lambda u: (u.next, order[u.index]))  # batch k of every substream, in turn
+        while turns:
+            _, i, sub = turns[0]
             while not sub.ready and not source_done:
                 window = next(windows, None)
                 if window is None:
@@ -326,9 +328,10 @@ class _CanonicalStream(_ShardedStream):
                     self._feed(by_index[window[0]], window[1:])
             if not sub.ready:
                 ledger[sub.index] = sub.next  # tell the main process: this substream has ended
-                live.remove(sub)
+                heapq.heappop(turns)
                 continue
             sub.next += 1
+            heapq.heapreplace(turns, (sub.next, i, sub))
             if local:
                 self._yielded += 1
             yield sub.ready.popleft()
