@@ -1,6 +1,7 @@
 """Streaming batching for ``IterableDataset`` sources: windowed packing and bucketing with a
-bounded buffer, sharded by DataLoader worker and by DDP rank (once: an HF ``IterableDataset``
-shards itself by worker, and by rank through ``split_dataset_by_node``)."""
+bounded buffer.  A source read by position is split into canonical substreams batched on their
+own, dealt to (rank, DataLoader worker) shards and resumable under any topology; an HF
+``IterableDataset`` shards itself by worker, and by rank through ``split_dataset_by_node``."""
 
 from __future__ import annotations
 
@@ -313,11 +314,11 @@ class _CanonicalStream(_ShardedStream):
             self._yielded, self._local_pass = 0, int(ledger[self.canonical])
         by_index = {sub.index: sub for sub in live}
         windows = self._canonical_windows(self.canonical, set(by_index))
-        turns = [(sub.next, i, sub) for i, sub in enumerate(live)]  # batch k of every substream, in turn
-        heapq.heapify(turns)
+        queue = [(sub.next, i, sub) for i, sub in enumerate(live)]  # batch k of every substream, in turn
+        heapq.heapify(queue)
         source_done = False
-        while turns:
-            _, i, sub = turns[0]
+        while queue:
+            _, i, sub = queue[0]
             while not sub.ready and not source_done:
                 window = next(windows, None)
                 if window is None:
@@ -328,10 +329,10 @@ class _CanonicalStream(_ShardedStream):
                     self._feed(by_index[window[0]], window[1:])
             if not sub.ready:
                 ledger[sub.index] = sub.next  # tell the main process: this substream has ended
-                heapq.heappop(turns)
+                heapq.heappop(queue)
                 continue
             sub.next += 1
-            heapq.heapreplace(turns, (sub.next, i, sub))
+            heapq.heapreplace(queue, (sub.next, i, sub))
             if local:
                 self._yielded += 1
             yield sub.ready.popleft()

@@ -181,6 +181,8 @@ def test_hf_streaming_dataset_is_sharded_once_by_its_own_workers(docs, tmp_path)
     stream = PackedIterable(source, max_tokens=2048, window=64, num_replicas=1, rank=0)
     loader = DataLoader(stream, batch_size=None, collate_fn=identity, num_workers=2)
     assert sorted(i for b in _indices(loader) for i in b) == list(range(300))
+    with pytest.raises(ValueError, match=r"an HF IterableDataset shards itself by worker and rank, so this stream cannot say"):
+        stream.state_dict()
     split = split_dataset_by_node(source, rank=1, world_size=2)
     with pytest.raises(ValueError, match=r"split_dataset_by_node\(rank=1, world_size=2\) but this stream is rank 0 of num_replicas=2"):
         list(PackedIterable(split, max_tokens=2048, num_replicas=2, rank=0))
