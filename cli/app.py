@@ -85,11 +85,21 @@ _INPUT_HELP = "Parquet/JSONL/JSON-array/CSV/TXT/Arrow file, folder, glob, or sav
 _OVERSIZE_HELP = "Sequences longer than --max-tokens: error, truncate, split or drop."
 
 
+_PATHS_HELP = (
+    "INPUT... OUTPUT: one input or several (each " + _INPUT_HELP[0].lower() + _INPUT_HELP[1:-1] + ", named by its file stem "
+    "or as NAME=PATH), then the folder for the Parquet shards and manifest.json. Several inputs are packed as one mixture (--mix)."
+)
+_MIX_HELP = "Several inputs: target proportions per source, NAME=WEIGHT comma-separated (normalised), e.g. c4_demo=0.7,wiki_demo=0.3. Default: natural proportions."
+_TEMPERATURE_HELP = "Several inputs: weights proportional to size**T (0.3 up-samples small sources; 0: uniform). Not with --mix."
+_MIX_BY_HELP = "tokens (proportions of tokens, default) or examples (of sequences)."
+_MIX_TOKENS_HELP = "Tokens in the mixed output (default: the inputs' total); sources are repeated or subsampled (seeded) to their share."
+_MAX_REPETITION_HELP = "The most passes over one source a mixture may take (default 4); a source needing more is an error."
+
+
 @app.command("pack")
 @exit_on_bad_input
 def pack(
-    input: str = typer.Argument(..., help=_INPUT_HELP),
-    output: Path = typer.Argument(..., help="Folder for the Parquet shards and manifest.json."),
+    paths: list[str] = typer.Argument(..., metavar="INPUT... OUTPUT", help=_PATHS_HELP, show_default=False),
     max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
     tokenizer_backend: str = typer.Option("auto", "--tokenizer-backend", help=_BACKEND_HELP),
@@ -129,9 +139,29 @@ def pack(
         False, "--allow-unlabeled", help="Keep sequences whose labels are all -100 (they train on nothing; counted in the summary)."
     ),
     share_prompt: bool = typer.Option(False, "--share-prompt", help=_SHARE_HELP),
+    mix: Optional[str] = typer.Option(None, "--mix", help=_MIX_HELP),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=_TEMPERATURE_HELP),
+    mix_by: str = typer.Option("tokens", "--mix-by", help=_MIX_BY_HELP),
+    mix_tokens: Optional[int] = typer.Option(None, "--mix-tokens", help=_MIX_TOKENS_HELP),
+    max_repetition: Optional[float] = typer.Option(None, "--max-repetition", help=_MAX_REPETITION_HELP),
 ) -> None:
-    """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
+    """Pack a dataset, or a mixture of several, into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
     batch_job(kernels_only=True, user_code=template is not None)
+    if len(paths) < 2:
+        raise ValueError("pass INPUT... OUTPUT: at least one input, then the output folder")
+    inputs, output = paths[:-1], Path(paths[-1])
+    if len(inputs) > 1 or mix is not None or temperature is not None or mix_tokens is not None or max_repetition is not None or mix_by != "tokens":
+        from .pack_cmd import pack_mix
+
+        return pack_mix(inputs, output, dict(mix=mix, temperature=temperature, by=mix_by, tokens=mix_tokens, max_repetition=max_repetition),
+                        dict(max_tokens=max_tokens, tokenizer=tokenizer, tokens_column=tokens_column, labels_column=labels_column,
+                             text_column=text_column, template=template, chat_template=chat_template, train_on=train_on,
+                             add_eos=add_eos, add_bos=add_bos, algorithm=algorithm, window=window, oversize=oversize,
+                             shard_rows=shard_rows, seed=seed, overwrite=overwrite, format=input_format,
+                             tokenizer_backend=tokenizer_backend, allow_unlabeled=allow_unlabeled),
+                        dict(train_tokenizer=train_tokenizer, engine=engine, share_prompt=share_prompt, csv_columns=csv_columns,
+                             no_header=no_header, csv=(csv_delimiter, csv_quote, csv_escape)))  # fmt: skip
+    input = inputs[0]
     from ..pipeline import open_input, pack_to_parquet
     from ..pipeline._paths import refuse_overlap, run_reads
     from ._progress import progress_bar

@@ -18,7 +18,8 @@ from ._arrow import numpy_view
 from ._paths import inside, shown
 from .writer import MANIFEST
 
-_LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start", "label")  # label: KTO, per sequence
+# label: KTO, per sequence; source: a mixed pack's source id per sequence (names: ``PackedDataset.sources``)
+_LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start", "label", "source")
 
 
 def _read_manifest(path) -> tuple[Path, dict]:
@@ -69,6 +70,12 @@ def _rows_of(table) -> list[dict]:
     return [{k: v[o[i] : o[i + 1]] for k, (o, v) in cols.items()} for i in range(n)]
 
 
+def source_names(manifest: dict) -> list[str] | None:
+    """The names of a mixed pack's sources, indexed by the shards' ``source`` ids (``None``: one input)."""
+    sources = manifest.get("sources")
+    return None if not isinstance(sources, list) else [str(s.get("name")) for s in sources]
+
+
 class _Collate:
     """Rows -> ``PackedCollator`` examples: each sequence of row ``j`` is an example with ``bin=j``.
 
@@ -80,6 +87,7 @@ class _Collate:
 
     def __call__(self, rows: list[dict]) -> dict:
         examples, kto = [], [row["label"] for row in rows if "label" in row]
+        sources = [row["source"] for row in rows if "source" in row]
         for j, row in enumerate(rows):
             ends = np.cumsum(row["seq_lens"])
             for k, (a, b) in enumerate(zip(np.concatenate(([0], ends[:-1])), ends)):
@@ -91,6 +99,8 @@ class _Collate:
         batch = self.collator(examples)
         if kto:  # KTO: desirable (True) / undesirable per example, in example order (batch["example_index"] maps them)
             batch["label"] = torch.from_numpy(np.concatenate(kto).astype(np.bool_))
+        if sources:  # a mixed pack: each example's source id, in example order (per-source loss)
+            batch["source"] = torch.from_numpy(np.concatenate(sources).astype(np.int64))
         return batch
 
     def _check(self, labels: np.ndarray, i: int, source: int) -> None:
@@ -126,7 +136,8 @@ class PackedDataset(torch.utils.data.Dataset):
     """Map-style view of a ``packwise pack`` output folder: ``ds[i]`` is packed row ``i``.
 
     Rows are dicts of NumPy arrays (``input_ids``, ``labels`` when packed with labels, ``seq_lens``,
-    ``source_index``, ``source_start``).  Reads one Parquet row group at a time and keeps the last
+    ``source_index``, ``source_start``; a mixed pack adds ``source``, each sequence's source id, whose
+    names are ``sources``, and ``collate`` puts them per example in ``batch["source"]``).  Reads one Parquet row group at a time and keeps the last
     one, so sequential access reads each group once.  ``collate`` builds training batches.
 
     Example:
@@ -150,6 +161,7 @@ class PackedDataset(torch.utils.data.Dataset):
         self.capacity = int(self.manifest["settings"]["max_tokens"])
         self.files = _shard_files(self.root, self.manifest)
         self._ends = np.cumsum([s["rows"] for s in self.manifest["shards"]]).astype(np.int64)
+        self.sources = source_names(self.manifest)
         self.collate = _collate_of(self.manifest, self.capacity, collator, allow_unlabeled)
         self._group_ends: dict[int, np.ndarray] = {}
         self._cached: tuple | None = None

@@ -41,6 +41,7 @@ class PackedRows:
     source_index: np.ndarray
     source_start: np.ndarray
     sequence_label: np.ndarray | None = None  # KTO: the boolean label of each sequence
+    source: np.ndarray | None = None  # a mixed pack (``--mix``): the source id (int32) of each sequence
 
     @property
     def num_rows(self) -> int:
