@@ -231,8 +231,8 @@ and --window); padded strategies always cut at --max-tokens."""
 @app.command("report", help=_REPORT_HELP)
 @exit_on_bad_input
 def report(
-    input: str = typer.Argument(..., help=_INPUT_HELP),
-    max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
+    input: str = typer.Argument(..., help=_INPUT_HELP + " Or a packwise pack output folder: its per-source table (tokens, padding, realised against target proportion)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Row capacity in tokens (required for an input)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per step for the padded strategies."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
     tokenizer_backend: str = typer.Option("auto", "--tokenizer-backend", help=_BACKEND_HELP),
@@ -267,6 +267,12 @@ def report(
 
     from ..pipeline.atomic import check_writable
 
+    if (Path(input) / "manifest.json").is_file():  # a pack output: what each source became
+        from .report_cmd import report_output
+
+        return report_output(input, json_path)
+    if max_tokens is None:
+        raise ValueError("--max-tokens is required to report on an input (a packwise pack output folder needs none: its manifest has it)")
     validate_capacity(max_tokens, "--max-tokens")
     validate_capacity(batch_size, "--batch-size")
     if seed < 0:

@@ -162,3 +162,32 @@ def _console():
 
     console = Console()
     return console if console.is_terminal else Console(width=140)
+
+
+def report_output(output: str, json_path: Path | None) -> None:
+    """``packwise report OUT`` on a pack output: the per-source table (and ``--json``)."""
+    from ..pipeline._paths import refuse_overlap
+    from ..pipeline.atomic import check_writable
+    from ..pipeline.source_report import source_report
+
+    if json_path is not None:
+        refuse_overlap([("--json", json_path)], [("the pack output", output)])
+        check_writable(json_path, "--json")
+    report = source_report(output)
+    render_sources_report(report)
+    if json_path is not None:
+        write_json(report, json_path)
+
+
+def render_sources_report(report: dict) -> None:
+    """Tokens, sequences, padding share and realised against target proportion, per source."""
+    from rich.table import Table
+
+    table = Table(title=f"{report['output']}: {report['rows']:,} rows of {report['max_tokens']} tokens, "
+                        f"{report['tokens']:,} tokens, padding {100 * report['padding']:.2f}%")  # fmt: skip
+    for name in ("source", "tokens", "sequences", "padding", "target", "realised", "realised - target"):
+        table.add_column(name, justify="left" if name == "source" else "right", no_wrap=True)
+    for s in report["sources"]:
+        table.add_row(s["name"], f"{s['tokens']:,}", f"{s['sequences']:,}", f"{100 * s['padding']:.2f}%", f"{100 * s['target']:.2f}%",
+                      f"{100 * s['realised']:.2f}%", f"{100 * (s['realised'] - s['target']):+.3f} pts")  # fmt: skip
+    _console().print(table)

@@ -152,8 +152,8 @@ class MixSpec:
 
     def describe(self) -> dict:
         """The settings recorded in the manifest (a change means another output)."""
-        return {"weights": self.weights, "temperature": self.temperature, "by": self.by, "tokens": self.tokens,
-                "max_repetition": float(self.max_repetition), "seed": int(self.seed)}  # fmt: skip
+        return {"mix_weights": self.weights, "mix_temperature": self.temperature, "mix_by": self.by, "mix_tokens": self.tokens,
+                "max_repetition": float(self.max_repetition), "mix_seed": int(self.seed)}  # fmt: skip
 
     def targets(self, names: Sequence[str], sizes: np.ndarray) -> np.ndarray:
         """Target proportions (summing to 1) of sources of ``sizes`` (tokens or sequences, all > 0)."""
@@ -551,7 +551,7 @@ def _settings(sources, opened, mix: MixSpec, tokenizer, common: dict, allow_unla
     tok = first.tokenizer
     return {
         "inputs": inputs,
-        "mix": mix.describe(),
+        **mix.describe(),
         **common,
         "add_bos": None if tokens_column else first.text.add_bos,
         "add_eos": None if tokens_column else first.text.add_eos,
