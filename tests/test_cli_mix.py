@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import load_texts
+from conftest import kill_after_shards, load_texts
 from packwise.pipeline.mix import interleave, parse_sources
 from packwise.pipeline.tokens import encode
 
@@ -196,6 +196,36 @@ def test_a_changed_mix_or_input_is_refused_then_rerun_with_overwrite(two, tmp_pa
     assert edited.returncode == 2 and "(the input files changed); pass --overwrite" in edited.stderr
     assert mix_pack(two, out, tok_file, "--mix", "c4=3,wiki=1", "--overwrite").returncode == 0
     assert manifest(out)["sources"][1]["rows_in"] == 31
+
+
+def test_sigkilled_mix_resumes_to_the_same_bytes_and_leaves_no_staging(two, tmp_path, tok_file):
+    import signal
+
+    args = ["--max-tokens", CAP, "--tokenizer", tok_file, "--oversize", "split", "--mix", "c4=1,wiki=2", "--shard-rows", 4, "--window", 50]
+    cmd = [sys.executable, "-m", "packwise.cli.app", "pack", *map(str, [*two, tmp_path / "killed", *args])]
+    killed_at, proc = kill_after_shards(cmd, tmp_path / "killed", 3)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    resumed = cli("pack", *two, tmp_path / "killed", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed after " in resumed.stdout
+    assert cli("pack", *two, tmp_path / "clean", *args).returncode == 0
+    names = sorted(p.name for p in (tmp_path / "clean").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "killed").iterdir()) and ".packwise-stage" not in names
+    for name in names:
+        assert (tmp_path / "clean" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
+
+
+def test_report_on_a_single_input_pack_has_one_source(two, tmp_path, tok_file):
+    one = cli("pack", two[0], tmp_path / "one", "--max-tokens", CAP, "--tokenizer", tok_file, "--oversize", "split")
+    assert one.returncode == 0, one.stderr
+    assert not pq.read_table(tmp_path / "one" / "shard-00000.parquet").schema.names.count("source")
+    report = cli("report", tmp_path / "one", "--json", tmp_path / "r.json")
+    assert report.returncode == 0, report.stderr
+    got, m = json.loads((tmp_path / "r.json").read_text()), manifest(tmp_path / "one")
+    assert [(s["name"], s["tokens"], s["sequences"], s["target"], s["realised"]) for s in got["sources"]] == [
+        ("c4", m["stats"]["tokens_out"], m["stats"]["pieces_out"], 1.0, 1.0)
+    ]
 
 
 def test_examples_and_temperature_and_mix_tokens(two, tmp_path, tok_file):
