@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import kill_after_shards, load_texts
-from packwise.pipeline.mix import interleave, parse_sources
 from packwise.pipeline.tokens import encode
 
 FILES = ("c4_demo.jsonl", "alpaca_en_demo.json", "glaive_toolcall_en_demo.json", "wiki_demo.txt", "ag_news_test.csv")
@@ -270,12 +269,16 @@ def test_bad_mixes_exit_2_naming_the_field(two, tmp_path, tok_file, shared_data)
 
 
 def test_name_equals_path_names_a_source():
+    from packwise.pipeline.mix import parse_sources
+
     assert [(s.name, s.path) for s in parse_sources(["a/x.jsonl", "web=a/x.jsonl", "b/y.csv"])] == [
         ("x", "a/x.jsonl"), ("web", "a/x.jsonl"), ("y", "b/y.csv")
     ]  # fmt: skip
 
 
 def test_interleave_keeps_every_prefix_within_half_a_unit_of_its_share():
+    from packwise.pipeline.mix import interleave
+
     rng = np.random.default_rng(0)
     weights = [rng.integers(1, 50, n).astype(np.float64) for n in (400, 37, 150)]
     src, at = interleave(weights)
