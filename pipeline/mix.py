@@ -396,6 +396,18 @@ class MixedStream:
                 _gather(ids if lab is None else lab, start, lengths[m], labels, offsets[m])
         return TokenBatch(offsets, values, np.arange(a, b, dtype=np.int64), labels, rows_read=b - a, source="mixture")
 
+    def row_order(self, slots: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, order: np.ndarray) -> np.ndarray:
+        """An order of a window's rows that spreads every source evenly, so each shard holds about
+        the target mix however large the window: rows grouped by the source holding most of their
+        tokens (each group in ``order``), then taken greedily by deficit (``deficit_order``)."""
+        n_rows, sources = offsets.shape[0] - 1, len(self.staged)
+        row = np.repeat(np.arange(n_rows), np.diff(offsets))
+        tokens = np.bincount(row * sources + self.source[slots], weights=lengths, minlength=n_rows * sources).reshape(n_rows, sources)
+        dominant = tokens.argmax(axis=1)[order]
+        group = np.argsort(dominant, kind="stable")
+        starts = np.searchsorted(dominant[group], np.arange(sources + 1))
+        return _kernels.deficit_order(order[group].astype(np.int64), starts.astype(np.int64), tokens)
+
     def restore(self, rows: PackedRows) -> PackedRows:
         """Packed rows with each sequence's source id, input row (``source_index``) and first token."""
         slot = rows.source_index
@@ -588,7 +600,7 @@ def _run(sources, opened, output, settings: dict, fingerprint: str, fingerprints
             takes = plan(staged, targets, mix)
             stream = MixedStream(staged, takes, mix.by)
             packer = StreamPacker(cap, settings["algorithm"], settings["oversize"], window=settings["window"], seed=settings["seed"],
-                                  part_rows=_ROW_GROUP)  # fmt: skip
+                                  part_rows=_ROW_GROUP, row_order=stream.row_order)  # fmt: skip
             tokens, sequences = np.zeros(len(staged), np.int64), np.zeros(len(staged), np.int64)
             for rows in _packed(packer, stream):
                 tokens += np.bincount(rows.source, weights=rows.seq_lens, minlength=len(staged)).astype(np.int64)

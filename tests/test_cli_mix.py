@@ -47,7 +47,7 @@ def mix_pack(five, out, tok_file, *extra) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def natural(tmp_path_factory, five, tok_file):
     out = tmp_path_factory.mktemp("natural") / "out"
-    run = mix_pack(five, out, tok_file)
+    run = mix_pack(five, out, tok_file, "--shard-rows", 100)
     assert run.returncode == 0, run.stderr
     return out, run
 
@@ -116,6 +116,19 @@ def test_natural_mix_of_all_five_layouts_keeps_every_token_with_its_source(natur
                     rows[i] += n
                 at += n
     assert rows == {i: len(x) for i, x in enumerate(c4)} and int(is_c4.sum()) == m["sources"][0]["sequences"]
+
+
+def test_every_shard_holds_about_the_target_mix(natural):
+    """One window holds the whole stream here, yet rows are ordered by deficit: each 100-row shard is within a point."""
+    out, _ = natural
+    m = manifest(out)
+    target = np.array([s["target"] for s in m["sources"]])
+    assert len(m["shards"]) == 8
+    for s in m["shards"]:
+        t = pq.read_table(out / s["file"], columns=["source", "seq_lens"])
+        src, lens = (t.column(c).combine_chunks().flatten().to_numpy() for c in ("source", "seq_lens"))
+        share = np.bincount(src, weights=lens, minlength=len(NAMES)) / lens.sum()
+        assert np.abs(share - target).max() <= 0.01, (s["file"], share - target)
 
 
 def test_weighted_mix_repeats_in_whole_passes_and_subsamples(weighted):
