@@ -15,8 +15,11 @@ import numpy as np
 import torch.utils.data
 
 from ._arrow import numpy_view
-from ._paths import inside, shown
+from ._paths import shown
 from .writer import MANIFEST
+from .writer import read_shard as _read_shard
+from .writer import shard_files as _shard_files
+from .writer import source_names
 
 # label: KTO, per sequence; source: a mixed pack's source id per sequence (names: ``PackedDataset.sources``)
 _LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start", "label", "source")
@@ -30,26 +33,6 @@ def _read_manifest(path) -> tuple[Path, dict]:
             f"packed dataset: no {MANIFEST} in {shown(root)}; the pack run is missing or unfinished: run packwise pack to the end"
         )
     return root, json.loads(manifest.read_text())
-
-
-def _read_shard(path: Path, read):
-    """``read(path)``, with a missing or corrupt shard reported by name and with the fix."""
-    import pyarrow as pa
-
-    try:
-        return read(path)
-    except (OSError, pa.ArrowException) as err:
-        what = "is missing" if not path.is_file() else f"is corrupt ({' '.join(str(err).split())})"
-        raise ValueError(
-            f"packed dataset: shard {shown(path)} {what}; run packwise verify {shown(path.parent)} to list every bad shard, "
-            "then delete them and rerun packwise pack with the same arguments"
-        ) from None
-
-
-def _shard_files(root: Path, manifest: dict) -> list[Path]:
-    """The manifest's shard files, each checked to lie inside ``root`` (the manifest is a file anyone may edit)."""
-    listed_in = root / MANIFEST
-    return [inside(root, s.get("file"), listed_in, f"shards[{i}].file") for i, s in enumerate(manifest["shards"])]
 
 
 def _rows_of(table) -> list[dict]:
@@ -68,12 +51,6 @@ def _rows_of(table) -> list[dict]:
             cols[name] = (offsets - offsets[0], values)
     n = table.num_rows
     return [{k: v[o[i] : o[i + 1]] for k, (o, v) in cols.items()} for i in range(n)]
-
-
-def source_names(manifest: dict) -> list[str] | None:
-    """The names of a mixed pack's sources, indexed by the shards' ``source`` ids (``None``: one input)."""
-    sources = manifest.get("sources")
-    return None if not isinstance(sources, list) else [str(s.get("name")) for s in sources]
 
 
 class _Collate:
@@ -213,6 +190,7 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
         self.capacity = int(self.manifest["settings"]["max_tokens"])
         self.files = _shard_files(self.root, self.manifest)
         self.num_rows = int(sum(s["rows"] for s in self.manifest["shards"]))
+        self.sources = source_names(self.manifest)
         self.collate = _collate_of(self.manifest, self.capacity, collator, allow_unlabeled)
         self.shuffle_shards, self.seed, self.epoch = shuffle_shards, seed, 0
 

@@ -40,6 +40,7 @@ DEFAULT_MAX_REPETITION = 4.0  # Muennighoff et al. 2023: up to ~4 epochs of repe
 STAGE = ".packwise-stage"  # staging folder inside the output (tokenized sources; removed at the end)
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _CHUNK = 8192  # units per batch handed to the packer
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -465,8 +466,6 @@ def clean_stage(folder: Path) -> None:
     except OSError:
         pass  # something packwise did not write is there: left alone
 
-
-Progress = Callable[[int, int], None]
 
 
 def pack_mixture(

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ._arrow import numpy_view
-from .dataset import _read_shard, _shard_files, source_names
-from .writer import read_manifest
+from .writer import read_manifest, read_shard, shard_files, source_names
 
 
 def source_report(output) -> dict:
@@ -25,8 +24,8 @@ def source_report(output) -> dict:
     names = source_names(manifest) or [Path(str(manifest["settings"].get("input", "input"))).stem]
     tokens, sequences, padding = (np.zeros(len(names), np.float64) for _ in range(3))
     rows = 0
-    for path in _shard_files(root, manifest):
-        for batch in _read_shard(path, lambda p: list(_batches(p))):
+    for path in shard_files(root, manifest):
+        for batch in read_shard(path, lambda p: list(_batches(p))):
             rows += batch.num_rows
             _count(batch, capacity, tokens, sequences, padding)
     return _entries(root, manifest, names, capacity, rows, tokens, sequences, padding)

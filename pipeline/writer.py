@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ._arrow import list_array
-from ._paths import refuse_stray
+from ._paths import inside, refuse_stray, shown
 from .atomic import atomic_path, os_error_message, publish, temp_beside
 from .pack_stage import PackedRows
 
@@ -528,3 +528,29 @@ def verify_shards(output) -> list[str]:
         elif sha256_of(path) != entry.get("sha256"):
             bad.append(f"{path}: content differs from the sha256 in {MANIFEST}")
     return bad
+
+
+def read_shard(path: Path, read):
+    """``read(path)``, with a missing or corrupt shard reported by name and with the fix."""
+    import pyarrow as pa
+
+    try:
+        return read(path)
+    except (OSError, pa.ArrowException) as err:
+        what = "is missing" if not path.is_file() else f"is corrupt ({' '.join(str(err).split())})"
+        raise ValueError(
+            f"packed dataset: shard {shown(path)} {what}; run packwise verify {shown(path.parent)} to list every bad shard, "
+            "then delete them and rerun packwise pack with the same arguments"
+        ) from None
+
+
+def shard_files(root: Path, manifest: dict) -> list[Path]:
+    """The manifest's shard files, each checked to lie inside ``root`` (the manifest is a file anyone may edit)."""
+    listed_in = root / MANIFEST
+    return [inside(root, s.get("file"), listed_in, f"shards[{i}].file") for i, s in enumerate(manifest["shards"])]
+
+
+def source_names(manifest: dict) -> list[str] | None:
+    """The names of a mixed pack's sources, indexed by the shards' ``source`` ids (``None``: one input)."""
+    sources = manifest.get("sources")
+    return None if not isinstance(sources, list) else [str(s.get("name")) for s in sources]
