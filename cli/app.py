@@ -86,12 +86,13 @@ _OVERSIZE_HELP = "Sequences longer than --max-tokens: error, truncate, split or 
 
 
 _PATHS_HELP = (
-    "INPUT... OUTPUT: one input or several (each " + _INPUT_HELP[0].lower() + _INPUT_HELP[1:-1] + ", named by its file stem "
-    "or as NAME=PATH), then the folder for the Parquet shards and manifest.json. Several inputs are packed as one mixture (--mix)."
+    "INPUT... OUTPUT: one input or several (each a Parquet/JSONL/JSON-array/CSV/TXT/Arrow file, folder, glob, or save_to_disk "
+    "folder, named by its file stem or as NAME=PATH), then the folder for the Parquet shards and manifest.json. Several inputs "
+    "are packed as one mixture (--mix)."
 )
 _MIX_HELP = "Several inputs: target proportions per source, NAME=WEIGHT comma-separated (normalised), e.g. c4_demo=0.7,wiki_demo=0.3. Default: natural proportions."
 _TEMPERATURE_HELP = "Several inputs: weights proportional to size**T (0.3 up-samples small sources; 0: uniform). Not with --mix."
-_MIX_BY_HELP = "tokens (proportions of tokens, default) or examples (of sequences)."
+_MIX_BY_HELP = "tokens (proportions of tokens, default) or examples (of sequences; the pieces of a split sequence count apart)."
 _MIX_TOKENS_HELP = "Tokens in the mixed output (default: the inputs' total); sources are repeated or subsampled (seeded) to their share."
 _MAX_REPETITION_HELP = "The most passes over one source a mixture may take (default 4); a source needing more is an error."
 
@@ -99,7 +100,7 @@ _MAX_REPETITION_HELP = "The most passes over one source a mixture may take (defa
 @app.command("pack")
 @exit_on_bad_input
 def pack(
-    paths: list[str] = typer.Argument(..., metavar="INPUT... OUTPUT", help=_PATHS_HELP, show_default=False),
+    paths: list[str] = typer.Argument(..., metavar="PATHS", help=_PATHS_HELP, show_default=False),
     max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
     tokenizer_backend: str = typer.Option("auto", "--tokenizer-backend", help=_BACKEND_HELP),
