@@ -232,7 +232,9 @@ and --window); padded strategies always cut at --max-tokens."""
 @app.command("report", help=_REPORT_HELP)
 @exit_on_bad_input
 def report(
-    input: str = typer.Argument(..., help=_INPUT_HELP + " Or a packwise pack output folder: its per-source table (tokens, padding, realised against target proportion)."),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", show_default=False, help=_INPUT_HELP + (
+        " Or a packwise pack output folder: its per-source table (tokens, padding, realised against target proportion)."
+        " Several inputs (or --mix / --temperature): that table for the mixture packwise pack would make.")),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Row capacity in tokens (required for an input)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per step for the padded strategies."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
@@ -254,10 +256,26 @@ def report(
     window: int = typer.Option(10_000, "--window", help="Sequences per packing window (as packwise pack --window)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the report: PATH.png or PATH.html."),
-    seed: int = typer.Option(0, help="Seed of the random-batches baseline."),
+    seed: int = typer.Option(0, help="Seed of the random-batches baseline (a mixture: of its draws, as packwise pack --seed)."),
     share_prompt: bool = typer.Option(False, "--share-prompt", help=_SHARE_HELP),
+    mix: Optional[str] = typer.Option(None, "--mix", help=_MIX_HELP),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=_TEMPERATURE_HELP),
+    mix_by: str = typer.Option("tokens", "--mix-by", help=_MIX_BY_HELP),
+    mix_tokens: Optional[int] = typer.Option(None, "--mix-tokens", help=_MIX_TOKENS_HELP),
+    max_repetition: Optional[float] = typer.Option(None, "--max-repetition", help=_MAX_REPETITION_HELP),
 ) -> None:
     batch_job(kernels_only=True, user_code=template is not None)
+    mixing = dict(mix=mix, temperature=temperature, tokens=mix_tokens, max_repetition=max_repetition)
+    if len(inputs) > 1 or any(v is not None for v in mixing.values()) or mix_by != "tokens":
+        from .report_cmd import report_mix
+
+        return report_mix(inputs, {**mixing, "by": mix_by, "seed": seed},
+                          dict(max_tokens=max_tokens, oversize=oversize, window=window, tokenizer=tokenizer, tokens_column=tokens_column,
+                               text_column=text_column, template=template, chat_template=chat_template, add_eos=add_eos,
+                               add_bos=add_bos, format=input_format, tokenizer_backend=tokenizer_backend),
+                          dict(json=json_path, plot=plot, train_tokenizer=train_tokenizer, share_prompt=share_prompt,
+                               csv_columns=csv_columns, no_header=no_header, csv=(csv_delimiter, csv_quote, csv_escape)))  # fmt: skip
+    input = inputs[0]
     from ..packing import waste_report
     from ..packing.core import OVERSIZE_POLICIES, validate_capacity
     from ..pipeline import dataset_lengths, open_input

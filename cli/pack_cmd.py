@@ -139,14 +139,32 @@ def _console():
 
 
 def pack_mix(inputs: list[str], output: Path, mix: dict, options: dict, refused: dict) -> None:
-    """``packwise pack A B ... OUT [--mix ...]``: check the options a mixture cannot take, print each
-    source's layout, pack the mixture and print the summary with its per-source table."""
-    from ..pipeline.mix import MixSpec, pack_mixture, parse_mix, parse_sources
+    """``packwise pack A B ... OUT [--mix ...]``: set the mixture up (``mixture_setup``), pack it and
+    print the summary with its per-source table."""
+    from ..pipeline.mix import pack_mixture
     from ._interrupt import complete_shards, stop_on_signals
     from ._progress import progress_bar
 
-    if refused["engine"] != "local":
-        raise ValueError(f"--engine {refused['engine']}: several inputs and --mix run on the local engine; drop --engine {refused['engine']}")
+    sources, spec, text = mixture_setup(inputs, {**mix, "seed": options["seed"] or 0}, refused, options)
+    resume = "rerun the same command to resume after them"
+    with stop_on_signals(lambda: complete_shards(output), resume), progress_bar("staging", None) as update:
+        result = pack_mixture(sources, output, mix=spec, **{**options, **text}, progress=update)
+    if result.state == "complete":
+        print(f"{output} is up to date (manifest.json with the same settings, inputs and mix); nothing to do")
+    elif result.state == "resume":
+        print(f"resumed after {result.resumed_shards} complete shards")
+    render_summary(result)
+    render_sources(result.manifest)
+
+
+def mixture_setup(inputs: list[str], mix: dict, refused: dict, options: dict):
+    """``(sources, MixSpec, text options)`` of a mixture command (``pack``/``report`` with several
+    inputs), after refusing the options a mixture cannot take, and each source's layout printed."""
+    from ..pipeline.mix import MixSpec, parse_mix, parse_sources
+
+    engine = refused.get("engine", "local")
+    if engine != "local":
+        raise ValueError(f"--engine {engine}: several inputs and --mix run on the local engine; drop --engine {engine}")
     if refused["train_tokenizer"]:
         raise ValueError("--train-tokenizer trains on one input; with several inputs pass --tokenizer PATH (e.g. one trained by packing a single input)")
     if refused["share_prompt"]:
@@ -154,23 +172,14 @@ def pack_mix(inputs: list[str], output: Path, mix: dict, options: dict, refused:
     sources = parse_sources(inputs)
     weights = None if mix["mix"] is None else parse_mix(mix["mix"])
     repetition = {} if mix["max_repetition"] is None else {"max_repetition": mix["max_repetition"]}
-    spec = MixSpec(weights, mix["temperature"], mix["by"], mix["tokens"], seed=options["seed"] or 0, **repetition)
+    spec = MixSpec(weights, mix["temperature"], mix["by"], mix["tokens"], seed=mix["seed"], **repetition)
     spec.check_names([s.name for s in sources])
-    header = csv_header(refused["csv_columns"], refused["no_header"])
-    dialect = csv_dialect(*refused["csv"])
-    fn = load_template(options["template"])
-    columns = dict(t=options["text_column"], k=options["tokens_column"], f=fn, c=options["chat_template"])
+    text = dict(csv_header=csv_header(refused["csv_columns"], refused["no_header"]), csv_dialect=csv_dialect(*refused["csv"]),
+                template=load_template(options["template"]))  # fmt: skip
+    columns = dict(t=options["text_column"], k=options["tokens_column"], f=text["template"], c=options["chat_template"])
     for s in sources:
-        announce_layout(s.path, columns, options["format"], header, options["tokenizer"], dialect, prefix=f"source {s.name}: ")
-    resume = "rerun the same command to resume after them"
-    with stop_on_signals(lambda: complete_shards(output), resume), progress_bar("staging", None) as update:
-        result = pack_mixture(sources, output, mix=spec, **{**options, "template": fn}, csv_header=header, csv_dialect=dialect, progress=update)
-    if result.state == "complete":
-        print(f"{output} is up to date (manifest.json with the same settings, inputs and mix); nothing to do")
-    elif result.state == "resume":
-        print(f"resumed after {result.resumed_shards} complete shards")
-    render_summary(result)
-    render_sources(result.manifest)
+        announce_layout(s.path, columns, options["format"], text["csv_header"], options["tokenizer"], text["csv_dialect"], prefix=f"source {s.name}: ")
+    return sources, spec, text
 
 
 def render_sources(manifest: dict) -> None:

@@ -191,3 +191,28 @@ def render_sources_report(report: dict) -> None:
         table.add_row(s["name"], f"{s['tokens']:,}", f"{s['sequences']:,}", f"{100 * s['padding']:.2f}%", f"{100 * s['target']:.2f}%",
                       f"{100 * s['realised']:.2f}%", f"{100 * (s['realised'] - s['target']):+.3f} pts")  # fmt: skip
     _console().print(table)
+
+
+def report_mix(inputs: list[str], mix: dict, options: dict, rest: dict) -> None:
+    """``packwise report A B ... --mix``: the per-source table of the mixture pack would make (``report_mixture``)."""
+    from ..pipeline._paths import refuse_overlap, run_reads
+    from ..pipeline.atomic import check_writable
+    from ..pipeline.mix import report_mixture
+    from ._progress import progress_bar
+    from .pack_cmd import mixture_setup
+
+    if options["max_tokens"] is None:
+        raise ValueError("--max-tokens is required to report on inputs")
+    if rest["plot"] is not None:
+        raise ValueError("--plot draws one input's report; a mixture's report is its table and --json")
+    sources, spec, text = mixture_setup(inputs, mix, rest, options)
+    json_path = rest["json"]
+    if json_path is not None:
+        for s in sources:
+            refuse_overlap([("--json", json_path)], run_reads(s.path, tokenizer=options["tokenizer"]))
+        check_writable(json_path, "--json")
+    with progress_bar("reading", None) as update:
+        report = report_mixture(sources, mix=spec, **{**options, **text}, progress=update)
+    render_sources_report(report)
+    if json_path is not None:
+        write_json(report, json_path)

@@ -501,25 +501,60 @@ def pack_mixture(
     ``packwise pack --mix``); the text options are those of ``pack_to_parquet``, applied to every
     source, each with its own layout detection. Every sequence keeps its source id (the shards'
     ``source`` column; the manifest's ``sources`` lists them with target and realised proportions)."""
-    from .run import PackResult, check_token_source
+    from .run import PackResult
 
     check_pack_settings(max_tokens, algorithm, oversize, window, seed)
     names = [s.name for s in sources]
     mix.check_names(names)
-    check_token_source(tokenizer, False, tokens_column, labels_column, tokenizer_backend)
     for s in sources:
         refuse_overlap([("output", output)], run_reads(s.path, tokenizer=tokenizer), folders=True)
     warm_up(algorithm, oversize, True)
-    opened = [_open_source(s, tokenizer, dict(text_column=text_column, tokens_column=tokens_column, template=template,
-                           chat_template=chat_template), (train_on, add_bos, add_eos, algorithm, tokens_column is None),
-                           dict(labels_column=labels_column, batch_size=batch_size, format=format, csv_header=csv_header,
-                                csv_dialect=csv_dialect, tokenizer_backend=tokenizer_backend))
-              for s in sources]  # fmt: skip
+    opened = _open_all(sources, algorithm, tokenizer=tokenizer, tokens_column=tokens_column, labels_column=labels_column,
+                       text_column=text_column, template=template, chat_template=chat_template, train_on=train_on,
+                       add_bos=add_bos, add_eos=add_eos, csv_header=csv_header, csv_dialect=csv_dialect, batch_size=batch_size,
+                       format=format, tokenizer_backend=tokenizer_backend)  # fmt: skip
     settings = _settings(sources, opened, mix, tokenizer, dict(max_tokens=int(max_tokens), algorithm=algorithm, window=int(window),
                          oversize=oversize, seed=seed, tokens_column=tokens_column, labels_column=labels_column), allow_unlabeled)  # fmt: skip
     fingerprints = [o.inp.fingerprint() for o in opened]
     return _run(sources, opened, output, settings, mixture_fingerprint(names, fingerprints), fingerprints, mix,
                 dict(shard_rows=shard_rows, overwrite=overwrite, progress=progress, allow_unlabeled=allow_unlabeled), PackResult)  # fmt: skip
+
+
+def report_mixture(sources: Sequence[Source], *, mix: MixSpec, max_tokens: int, oversize: str = "truncate", window: int = 10_000,
+                   progress: Progress | None = None, **text) -> dict:  # fmt: skip
+    """What ``pack_mixture`` with ``window_bfd`` would make of ``sources``, without writing it
+    (``packwise report A B ... --mix``): per source its tokens, sequences, padding share and realised
+    against target proportion, as ``source_report`` gives for a pack output. ``text``: the text
+    options of ``pack_mixture``. Sources are staged in a temporary folder, removed at the end."""
+    import tempfile
+
+    from .source_report import SourceCounts
+
+    check_pack_settings(max_tokens, "window_bfd", oversize, window, None)
+    mix.check_names([s.name for s in sources])
+    opened = _open_all(sources, "window_bfd", **text)
+    settings = dict(max_tokens=int(max_tokens), algorithm="window_bfd", oversize=oversize, window=int(window), seed=None,
+                    tokens_column=text.get("tokens_column"), labels_column=text.get("labels_column"))  # fmt: skip
+    counts = SourceCounts(len(sources), int(max_tokens))
+    with tempfile.TemporaryDirectory(prefix="packwise-mix-") as folder:
+        m = _mix(sources, opened, Path(folder), settings, mix, progress, True)
+        for rows in m.rows():
+            counts.add(rows.seq_offsets, rows.seq_lens, rows.source)
+    return counts.report("mixture of " + ", ".join(s.name for s in sources), [s.name for s in sources],
+                         [{"target": float(t)} for t in m.targets])  # fmt: skip
+
+
+def _open_all(sources: Sequence[Source], algorithm: str, *, tokenizer=None, tokens_column=None, labels_column=None, text_column=None,
+              template=None, chat_template=None, train_on=None, add_bos=False, add_eos=None, csv_header=True, csv_dialect=None,
+              batch_size=8192, format=None, tokenizer_backend="auto") -> list:  # fmt: skip
+    """Every source opened for tokenizing with the same text options (``_open_source``)."""
+    from .run import check_token_source
+
+    check_token_source(tokenizer, False, tokens_column, labels_column, tokenizer_backend)
+    options = dict(text_column=text_column, tokens_column=tokens_column, template=template, chat_template=chat_template)
+    read = dict(labels_column=labels_column, batch_size=batch_size, format=format, csv_header=csv_header, csv_dialect=csv_dialect,
+                tokenizer_backend=tokenizer_backend)  # fmt: skip
+    return [_open_source(s, tokenizer, options, (train_on, add_bos, add_eos, algorithm, tokens_column is None), read) for s in sources]
 
 
 @dataclass
@@ -572,10 +607,51 @@ def _settings(sources, opened, mix: MixSpec, tokenizer, common: dict, allow_unla
     }
 
 
+@dataclass
+class _Mixture:
+    """A staged and planned mixture: its packer, and the tokens and sequences per source of the rows so far."""
+
+    staged: list
+    targets: np.ndarray
+    takes: list
+    stream: MixedStream
+    packer: StreamPacker
+    unlabeled: object
+    tokens: np.ndarray
+    sequences: np.ndarray
+
+    def rows(self) -> Iterator[PackedRows]:
+        """The packed rows (with source ids), counted per source as they go."""
+        for rows in _packed(self.packer, self.stream):
+            self.tokens += np.bincount(rows.source, weights=rows.seq_lens, minlength=len(self.staged)).astype(np.int64)
+            self.sequences += np.bincount(rows.source, minlength=len(self.staged))
+            yield rows
+
+
+def _mix(sources, opened, folder: Path, settings: dict, mix: MixSpec, progress, allow_unlabeled: bool, part_rows=None) -> _Mixture:
+    """Stage every source under ``folder``, refuse one with no tokens, plan the takes and set up the packer."""
+    from .run import Unlabeled, _stage
+
+    unlabeled = Unlabeled(allow_unlabeled)
+    cap = settings["max_tokens"]
+    staged = [stage_source(s, _stage(o.inp, o.rows, settings["tokens_column"], settings["labels_column"], progress, unlabeled),
+                           folder, k, cap, settings["algorithm"], settings["oversize"])
+              for k, (s, o) in enumerate(zip(sources, opened))]  # fmt: skip
+    for s in staged:
+        _refuse_empty(s)
+    sizes = np.array([s.tokens if mix.by == "tokens" else s.lengths.shape[0] for s in staged], np.float64)
+    targets = mix.targets([s.source.name for s in staged], sizes)
+    takes = plan(staged, targets, mix)
+    stream = MixedStream(staged, takes, mix.by)
+    packer = StreamPacker(cap, settings["algorithm"], settings["oversize"], window=settings["window"], seed=settings["seed"],
+                          part_rows=part_rows, row_order=stream.row_order)  # fmt: skip
+    n = len(staged)
+    return _Mixture(staged, targets, takes, stream, packer, unlabeled, np.zeros(n, np.int64), np.zeros(n, np.int64))
+
+
 def _run(sources, opened, output, settings: dict, fingerprint: str, fingerprints: list, mix: MixSpec, opts: dict, result_class):
     """Under the output lock: stage, plan, pack and write, or return the complete output as it is."""
     from .lock import output_lock
-    from .run import Unlabeled, _stage
     from .writer import _ROW_GROUP, ShardWriter
 
     with output_lock(output):
@@ -587,33 +663,19 @@ def _run(sources, opened, output, settings: dict, fingerprint: str, fingerprints
         clean_stage(folder)
         folder.mkdir(exist_ok=True)
         try:
-            unlabeled = Unlabeled(opts["allow_unlabeled"])
-            cap = settings["max_tokens"]
-            staged = [stage_source(s, _stage(o.inp, o.rows, settings["tokens_column"], settings["labels_column"], opts["progress"], unlabeled),
-                                   folder, k, cap, settings["algorithm"], settings["oversize"])
-                      for k, (s, o) in enumerate(zip(sources, opened))]  # fmt: skip
-            for s in staged:
-                _refuse_empty(s)
-            sizes = np.array([s.tokens if mix.by == "tokens" else s.lengths.shape[0] for s in staged], np.float64)
-            targets = mix.targets([s.source.name for s in staged], sizes)
-            takes = plan(staged, targets, mix)
-            stream = MixedStream(staged, takes, mix.by)
-            packer = StreamPacker(cap, settings["algorithm"], settings["oversize"], window=settings["window"], seed=settings["seed"],
-                                  part_rows=_ROW_GROUP, row_order=stream.row_order)  # fmt: skip
-            tokens, sequences = np.zeros(len(staged), np.int64), np.zeros(len(staged), np.int64)
-            for rows in _packed(packer, stream):
-                tokens += np.bincount(rows.source, weights=rows.seq_lens, minlength=len(staged)).astype(np.int64)
-                sequences += np.bincount(rows.source, minlength=len(staged))
+            m = _mix(sources, opened, folder, settings, mix, opts["progress"], opts["allow_unlabeled"], _ROW_GROUP)
+            for rows in m.rows():
                 writer.write(rows)
         except BaseException:
             writer.abort()
             raise
         finally:
             clean_stage(folder)
-        entries = source_entries(staged, takes, targets, tokens, sequences, fingerprints,
+        entries = source_entries(m.staged, m.takes, m.targets, m.tokens, m.sequences, fingerprints,
                                  [None if o.layout is None else o.layout.name for o in opened])  # fmt: skip
-        stats = _stats(packer, staged, opened, unlabeled)
-        stats["proportion_tolerance"] = proportion_tolerance(cap, int(tokens.sum()), targets) if mix.by == "tokens" else None
+        stats = _stats(m.packer, m.staged, opened, m.unlabeled)
+        tolerance = proportion_tolerance(settings["max_tokens"], int(m.tokens.sum()), m.targets)
+        stats["proportion_tolerance"] = tolerance if mix.by == "tokens" else None
         manifest = writer.close(stats, {"sources": entries})
         return result_class(Path(output), state, resumed, manifest)
 

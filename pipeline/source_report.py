@@ -22,13 +22,13 @@ def source_report(output) -> dict:
     manifest = read_manifest(root)
     capacity = int(manifest["settings"]["max_tokens"])
     names = source_names(manifest) or [Path(str(manifest["settings"].get("input", "input"))).stem]
-    tokens, sequences, padding = (np.zeros(len(names), np.float64) for _ in range(3))
-    rows = 0
+    counts = SourceCounts(len(names), capacity)
     for path in shard_files(root, manifest):
         for batch in read_shard(path, lambda p: list(_batches(p))):
-            rows += batch.num_rows
-            _count(batch, capacity, tokens, sequences, padding)
-    return _entries(root, manifest, names, capacity, rows, tokens, sequences, padding)
+            offsets, lens = _list(batch, "seq_lens")
+            src = _list(batch, "source")[1] if "source" in batch.schema.names else np.zeros(lens.shape[0], np.int32)
+            counts.add(offsets, lens, src)
+    return counts.report(str(root), names, manifest.get("sources") or [{}])
 
 
 def _batches(path: Path):
@@ -47,30 +47,34 @@ def _list(batch, name: str) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], values
 
 
-def _count(batch, capacity: int, tokens: np.ndarray, sequences: np.ndarray, padding: np.ndarray) -> None:
-    """Add one record batch's tokens, sequences and charged padding per source."""
-    offsets, lens = _list(batch, "seq_lens")
-    src = _list(batch, "source")[1] if "source" in batch.schema.names else np.zeros(lens.shape[0], np.int32)
-    row = np.repeat(np.arange(batch.num_rows), np.diff(offsets))
-    row_tokens = np.bincount(row, weights=lens, minlength=batch.num_rows)
-    charged = lens / row_tokens[row] * (capacity - row_tokens[row])
-    n = tokens.shape[0]
-    tokens += np.bincount(src, weights=lens, minlength=n)
-    sequences += np.bincount(src, minlength=n)
-    padding += np.bincount(src, weights=charged, minlength=n)
+class SourceCounts:
+    """Tokens, sequences and charged padding per source, added row batch by row batch."""
 
+    def __init__(self, sources: int, capacity: int):
+        self.capacity, self.rows = int(capacity), 0
+        self.tokens, self.sequences, self.padding = (np.zeros(sources, np.float64) for _ in range(3))
 
-def _entries(root: Path, manifest: dict, names, capacity, rows, tokens, sequences, padding) -> dict:
-    listed = manifest.get("sources") or [{}]
-    total = int(tokens.sum())
-    sources = []
-    for k, name in enumerate(names):
-        t = int(round(tokens[k]))
-        sources.append({
-            "name": name, "tokens": t, "sequences": int(sequences[k]),
-            "padding": float(padding[k] / (t + padding[k])) if t else 0.0,
-            "target": listed[k].get("target", 1.0), "realised": t / total if total else 0.0,
-        })  # fmt: skip
-    slots = rows * capacity
-    return {"output": str(root), "max_tokens": capacity, "rows": rows, "tokens": total,
-            "padding": 1.0 - total / slots if slots else 0.0, "sources": sources}  # fmt: skip
+    def add(self, seq_offsets: np.ndarray, lens: np.ndarray, src: np.ndarray) -> None:
+        """Rows given as CSR sequences: ``lens[seq_offsets[r]:seq_offsets[r + 1]]`` of sources ``src``."""
+        n_rows, n = seq_offsets.shape[0] - 1, self.tokens.shape[0]
+        row = np.repeat(np.arange(n_rows), np.diff(seq_offsets))
+        row_tokens = np.bincount(row, weights=lens, minlength=n_rows)
+        charged = lens / row_tokens[row] * (self.capacity - row_tokens[row])
+        self.rows += n_rows
+        self.tokens += np.bincount(src, weights=lens, minlength=n)
+        self.sequences += np.bincount(src, minlength=n)
+        self.padding += np.bincount(src, weights=charged, minlength=n)
+
+    def report(self, what: str, names, listed: list) -> dict:
+        """The report: totals, and per source tokens, sequences, padding share, target (from ``listed``) and realised."""
+        total = int(self.tokens.sum())
+        sources = []
+        for k, name in enumerate(names):
+            t, pad = int(round(self.tokens[k])), float(self.padding[k])
+            sources.append({
+                "name": name, "tokens": t, "sequences": int(self.sequences[k]), "padding": pad / (t + pad) if t else 0.0,
+                "target": listed[k].get("target", 1.0), "realised": t / total if total else 0.0,
+            })  # fmt: skip
+        slots = self.rows * self.capacity
+        return {"output": what, "max_tokens": self.capacity, "rows": self.rows, "tokens": total,
+                "padding": 1.0 - total / slots if slots else 0.0, "sources": sources}  # fmt: skip

@@ -169,6 +169,22 @@ def test_same_seed_same_bytes_rerun_up_to_date_and_report_matches_manifest(weigh
     assert "wiki_demo" in report.stdout and "50.00%" in report.stdout
 
 
+def test_report_on_the_inputs_predicts_the_mixed_pack(weighted, five, tok_file, tmp_path):
+    """``report A B ... --mix`` gives the numbers of ``report OUT`` for the pack with the same options, without writing it."""
+    assert cli("report", weighted, "--json", tmp_path / "out.json").returncode == 0
+    run = cli("report", *five, "--max-tokens", CAP, "--tokenizer", tok_file, "--oversize", "split", "--mix", WEIGHTED, "--seed", 3,
+              "--json", tmp_path / "in.json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "source wiki_demo: layout: text (text) -> plain text" in run.stdout
+    packed, predicted = (json.loads((tmp_path / f).read_text()) for f in ("out.json", "in.json"))
+    assert (predicted["rows"], predicted["tokens"]) == (packed["rows"], packed["tokens"])
+    for p, q in zip(packed["sources"], predicted["sources"]):
+        assert {k: v for k, v in p.items() if k != "padding"} == {k: v for k, v in q.items() if k != "padding"}
+        assert abs(p["padding"] - q["padding"]) < 1e-12
+    bad = cli("report", *five, "--max-tokens", CAP, "--tokenizer", tok_file, "--mix", "c4_demo=1", "--json", tmp_path / "x.json")
+    assert bad.returncode == 2 and "error: --mix: no weight for source 'alpaca_en_demo'" in bad.stderr
+
+
 def test_packed_dataset_exposes_each_sequence_source(weighted):
     from torch.utils.data import DataLoader
 
