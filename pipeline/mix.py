@@ -550,11 +550,15 @@ def _open_all(sources: Sequence[Source], algorithm: str, *, tokenizer=None, toke
     """Every source opened for tokenizing with the same text options (``_open_source``)."""
     from .run import check_token_source
 
+    from .tokens import resolve_tokenizer
+
     check_token_source(tokenizer, False, tokens_column, labels_column, tokenizer_backend)
+    loaded = resolve_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer  # once, for every source
     options = dict(text_column=text_column, tokens_column=tokens_column, template=template, chat_template=chat_template)
     read = dict(labels_column=labels_column, batch_size=batch_size, format=format, csv_header=csv_header, csv_dialect=csv_dialect,
                 tokenizer_backend=tokenizer_backend)  # fmt: skip
-    return [_open_source(s, tokenizer, options, (train_on, add_bos, add_eos, algorithm, tokens_column is None), read) for s in sources]
+    rest = (train_on, add_bos, add_eos, algorithm, tokens_column is None)
+    return [_open_source(s, tokenizer, loaded, options, rest, read) for s in sources]
 
 
 @dataclass
@@ -566,10 +570,18 @@ class _Opened:
     text: object
     rows: object
     tokenizer: object
+    backend: dict | None = None
+
+    def release(self) -> None:
+        """Drop the tokenizing rows once the source is staged (a fastokens encoder holds ~40 MB), keeping
+        which backend encoded it."""
+        if self.rows is not None:
+            self.backend, self.rows = self.rows.encoder.describe(), None
 
 
-def _open_source(source: Source, tokenizer, options: dict, rest: tuple, read: dict) -> _Opened:
-    """Detect ``source``'s layout (unless a column option is given) and open it for tokenizing."""
+def _open_source(source: Source, tokenizer, loaded, options: dict, rest: tuple, read: dict) -> _Opened:
+    """Detect ``source``'s layout (unless a column option is given) and open it for tokenizing with
+    ``loaded`` (the ``tokenizer`` option, a path or an object, loaded)."""
     from .run import _prepare, rows_of_layout, run_text
 
     layout, text, header = run_text(source.path, options, read["format"], read["csv_header"], tokenizer, rest, read["csv_dialect"])
@@ -579,7 +591,7 @@ def _open_source(source: Source, tokenizer, options: dict, rest: tuple, read: di
             f"a mixture packs sequences of text, chat or prompt/response layouts: pack it on its own"
         )
     rows_class = rows_of_layout(layout, False, rest[3], "error", "local")
-    inp, rows, tok, _ = _prepare(source.path, tokenizer=tokenizer, train_tokenizer=False, text=text, tokens_column=options["tokens_column"],
+    inp, rows, tok, _ = _prepare(source.path, tokenizer=loaded, train_tokenizer=False, text=text, tokens_column=options["tokens_column"],
                                  labels_column=read["labels_column"], batch_size=read["batch_size"], format=read["format"],
                                  csv_header=header, tokenizer_backend=read["tokenizer_backend"], rows_class=rows_class,
                                  also_read=() if layout is None else layout.also_read, csv_dialect=read["csv_dialect"])  # fmt: skip
@@ -634,9 +646,11 @@ def _mix(sources, opened, folder: Path, settings: dict, mix: MixSpec, progress, 
 
     unlabeled = Unlabeled(allow_unlabeled)
     cap = settings["max_tokens"]
-    staged = [stage_source(s, _stage(o.inp, o.rows, settings["tokens_column"], settings["labels_column"], progress, unlabeled),
-                           folder, k, cap, settings["algorithm"], settings["oversize"])
-              for k, (s, o) in enumerate(zip(sources, opened))]  # fmt: skip
+    staged = []
+    for k, (s, o) in enumerate(zip(sources, opened)):
+        batches = _stage(o.inp, o.rows, settings["tokens_column"], settings["labels_column"], progress, unlabeled)
+        staged.append(stage_source(s, batches, folder, k, cap, settings["algorithm"], settings["oversize"]))
+        o.release()
     for s in staged:
         _refuse_empty(s)
     sizes = np.array([s.tokens if mix.by == "tokens" else s.lengths.shape[0] for s in staged], np.float64)
@@ -710,6 +724,6 @@ def _stats(packer: StreamPacker, staged: Sequence[Staged], opened, unlabeled) ->
     breaks = [o.inp.notes[QUOTED_LINE_BREAKS] for o in opened if QUOTED_LINE_BREAKS in o.inp.notes]
     if breaks:
         stats[QUOTED_LINE_BREAKS] = sum(breaks)
-    backends = [o.rows.encoder.describe() for o in opened if o.rows is not None]
+    backends = [o.backend for o in opened if o.backend is not None]
     stats["tokenizer_backend"] = backends[0] if backends else None
     return stats
