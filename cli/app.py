@@ -289,7 +289,7 @@ def report(
     if (Path(input) / "manifest.json").is_file():  # a pack output: what each source became
         from .report_cmd import report_output
 
-        return report_output(input, json_path)
+        return report_output(input, json_path, plot)
     if max_tokens is None:
         raise ValueError("--max-tokens is required to report on an input (a packwise pack output folder needs none: its manifest has it)")
     validate_capacity(max_tokens, "--max-tokens")

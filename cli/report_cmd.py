@@ -164,12 +164,14 @@ def _console():
     return console if console.is_terminal else Console(width=140)
 
 
-def report_output(output: str, json_path: Path | None) -> None:
+def report_output(output: str, json_path: Path | None, plot: Path | None = None) -> None:
     """``packwise report OUT`` on a pack output: the per-source table (and ``--json``)."""
     from ..pipeline._paths import refuse_overlap
     from ..pipeline.atomic import check_writable
     from ..pipeline.source_report import source_report
 
+    if plot is not None:
+        raise ValueError(f"--plot draws the report of an input; {output} is a pack output, whose report is its table and --json")
     if json_path is not None:
         refuse_overlap([("--json", json_path)], [("the pack output", output)])
         check_writable(json_path, "--json")

@@ -167,6 +167,8 @@ def test_same_seed_same_bytes_rerun_up_to_date_and_report_matches_manifest(weigh
     charged = sum(s["padding"] / (1 - s["padding"]) * s["tokens"] for s in got["sources"])
     assert abs(charged / (got["rows"] * CAP) - m["stats"]["padding_after"]) < 1e-9
     assert "wiki_demo" in report.stdout and "50.00%" in report.stdout
+    plot = cli("report", weighted, "--plot", tmp_path / "r.png")
+    assert plot.returncode == 2 and "--plot draws the report of an input; " in plot.stderr and not (tmp_path / "r.png").exists()
 
 
 def test_report_on_the_inputs_predicts_the_mixed_pack(weighted, five, tok_file, tmp_path):
