@@ -141,7 +141,7 @@ def _console():
 def pack_mix(inputs: list[str], output: Path, mix: dict, options: dict, refused: dict) -> None:
     """``packwise pack A B ... OUT [--mix ...]``: set the mixture up (``mixture_setup``), pack it and
     print the summary with its per-source table."""
-    from ..pipeline.mix import pack_mixture
+    from ..pipeline.mix_run import pack_mixture
     from ._interrupt import complete_shards, stop_on_signals
     from ._progress import progress_bar
 

@@ -199,7 +199,7 @@ def report_mix(inputs: list[str], mix: dict, options: dict, rest: dict) -> None:
     """``packwise report A B ... --mix``: the per-source table of the mixture pack would make (``report_mixture``)."""
     from ..pipeline._paths import refuse_overlap, run_reads
     from ..pipeline.atomic import check_writable
-    from ..pipeline.mix import report_mixture
+    from ..pipeline.mix_run import report_mixture
     from ._progress import progress_bar
     from .pack_cmd import mixture_setup
 

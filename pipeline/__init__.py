@@ -17,7 +17,8 @@ from .pack_stage import ALGORITHMS, PackedRows, PackStats, StreamPacker
 from .ray_engine import ENGINES
 from .readers import FORMATS, CsvDialect, open_input, read
 from .run import PackResult, dataset_lengths, pack_to_parquet
-from .mix import MixSpec, Source, pack_mixture, parse_sources
+from .mix import MixSpec, Source, parse_sources
+from .mix_run import pack_mixture
 from .chat import CHAT_TEMPLATES, TRAIN_ON
 from .tokens import TEXT_SEPARATOR, TextRows, TextSpec, TokenBatch, resolve_tokenizer, token_batches
 from .tokenizer_backend import BACKENDS as TOKENIZER_BACKENDS
