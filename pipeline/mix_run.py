@@ -20,53 +20,26 @@ from .mix import (STAGE, MixedStream, MixSpec, Progress, Source, Staged, clean_s
 from .pack_stage import PackedRows, StreamPacker, check_pack_settings, warm_up
 
 
-def pack_mixture(
-    sources: Sequence[Source],
-    output,
-    *,
-    mix: MixSpec,
-    max_tokens: int,
-    tokenizer=None,
-    tokens_column: str | None = None,
-    labels_column: str | None = None,
-    text_column=None,
-    template=None,
-    chat_template: str | None = None,
-    train_on: str | None = None,
-    add_bos: bool = False,
-    add_eos: bool | None = None,
-    csv_header=True,
-    csv_dialect=None,
-    algorithm: str = "window_bfd",
-    window: int = 10_000,
-    oversize: str = "error",
-    shard_rows: int = 8192,
-    seed: int | None = None,
-    overwrite: bool = False,
-    batch_size: int = 8192,
-    format: str | None = None,
-    progress: Progress | None = None,
-    tokenizer_backend: str = "auto",
-    allow_unlabeled: bool = False,
-):
-    """Pack ``sources`` into one output whose tokens follow ``mix`` (see the module docstring and
-    ``packwise pack --mix``); the text options are those of ``pack_to_parquet``, applied to every
-    source, each with its own layout detection. Every sequence keeps its source id (the shards'
-    ``source`` column; the manifest's ``sources`` lists them with target and realised proportions)."""
+def pack_mixture(sources: Sequence[Source], output, *, mix: MixSpec, max_tokens: int, algorithm: str = "window_bfd", window: int = 10_000,
+                 oversize: str = "error", shard_rows: int = 8192, seed: int | None = None, overwrite: bool = False,
+                 progress: Progress | None = None, allow_unlabeled: bool = False, **text):  # fmt: skip
+    """Pack ``sources`` into one output whose tokens follow ``mix`` (see ``mix`` and ``packwise
+    pack --mix``). ``text``: the text options of ``pack_to_parquet`` (``tokenizer``,
+    ``text_column``, ``chat_template``, ``csv_header``, ... as ``_open_all`` takes them), applied
+    to every source, each with its own layout detection. Every sequence keeps its source id (the
+    shards' ``source`` column; the manifest's ``sources`` lists them with target and realised
+    proportions). Returns a ``PackResult``."""
     from .run import PackResult
 
     check_pack_settings(max_tokens, algorithm, oversize, window, seed)
     names = [s.name for s in sources]
     mix.check_names(names)
     for s in sources:
-        refuse_overlap([("output", output)], run_reads(s.path, tokenizer=tokenizer), folders=True)
+        refuse_overlap([("output", output)], run_reads(s.path, tokenizer=text.get("tokenizer")), folders=True)
     warm_up(algorithm, oversize, True)
-    opened = _open_all(sources, algorithm, tokenizer=tokenizer, tokens_column=tokens_column, labels_column=labels_column,
-                       text_column=text_column, template=template, chat_template=chat_template, train_on=train_on,
-                       add_bos=add_bos, add_eos=add_eos, csv_header=csv_header, csv_dialect=csv_dialect, batch_size=batch_size,
-                       format=format, tokenizer_backend=tokenizer_backend)  # fmt: skip
-    settings = _settings(sources, opened, mix, tokenizer, dict(max_tokens=int(max_tokens), algorithm=algorithm, window=int(window),
-                         oversize=oversize, seed=seed, tokens_column=tokens_column, labels_column=labels_column), allow_unlabeled)  # fmt: skip
+    opened = _open_all(sources, algorithm, **text)
+    common = _packing(max_tokens, algorithm, window, oversize, seed, text)
+    settings = _settings(sources, opened, mix, text.get("tokenizer"), common, allow_unlabeled)
     fingerprints = [o.inp.fingerprint() for o in opened]
     return _run(sources, opened, output, settings, mixture_fingerprint(names, fingerprints), fingerprints, mix,
                 dict(shard_rows=shard_rows, overwrite=overwrite, progress=progress, allow_unlabeled=allow_unlabeled), PackResult)  # fmt: skip
@@ -85,8 +58,7 @@ def report_mixture(sources: Sequence[Source], *, mix: MixSpec, max_tokens: int, 
     check_pack_settings(max_tokens, "window_bfd", oversize, window, None)
     mix.check_names([s.name for s in sources])
     opened = _open_all(sources, "window_bfd", **text)
-    settings = dict(max_tokens=int(max_tokens), algorithm="window_bfd", oversize=oversize, window=int(window), seed=None,
-                    tokens_column=text.get("tokens_column"), labels_column=text.get("labels_column"))  # fmt: skip
+    settings = _packing(max_tokens, "window_bfd", window, oversize, None, text)
     counts = SourceCounts(len(sources), int(max_tokens))
     with tempfile.TemporaryDirectory(prefix="packwise-mix-") as folder:
         m = _mix(sources, opened, Path(folder), settings, mix, progress, True)
@@ -94,6 +66,12 @@ def report_mixture(sources: Sequence[Source], *, mix: MixSpec, max_tokens: int, 
             counts.add(rows.seq_offsets, rows.seq_lens, rows.source)
     return counts.report("mixture of " + ", ".join(s.name for s in sources), [s.name for s in sources],
                          [{"target": float(t)} for t in m.targets])  # fmt: skip
+
+
+def _packing(max_tokens: int, algorithm: str, window: int, oversize: str, seed: int | None, text: dict) -> dict:
+    """The packing settings of a mixture run (and the token columns its staging reads)."""
+    return dict(max_tokens=int(max_tokens), algorithm=algorithm, window=int(window), oversize=oversize, seed=seed,
+                tokens_column=text.get("tokens_column"), labels_column=text.get("labels_column"))  # fmt: skip
 
 
 def _open_all(sources: Sequence[Source], algorithm: str, *, tokenizer=None, tokens_column=None, labels_column=None, text_column=None,
