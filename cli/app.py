@@ -85,11 +85,22 @@ _INPUT_HELP = "Parquet/JSONL/JSON-array/CSV/TXT/Arrow file, folder, glob, or sav
 _OVERSIZE_HELP = "Sequences longer than --max-tokens: error, truncate, split or drop."
 
 
+_PATHS_HELP = (
+    "INPUT... OUTPUT: one input or several (each a Parquet/JSONL/JSON-array/CSV/TXT/Arrow file, folder, glob, or save_to_disk "
+    "folder, named by its file stem or as NAME=PATH), then the folder for the Parquet shards and manifest.json. Several inputs "
+    "are packed as one mixture (--mix)."
+)
+_MIX_HELP = "Several inputs: target proportions per source, NAME=WEIGHT comma-separated (normalised), e.g. c4_demo=0.7,wiki_demo=0.3. Default: natural proportions."
+_TEMPERATURE_HELP = "Several inputs: weights proportional to size**T (0.3 up-samples small sources; 0: uniform). Not with --mix."
+_MIX_BY_HELP = "tokens (proportions of tokens, default) or examples (of sequences; the pieces of a split sequence count apart)."
+_MIX_TOKENS_HELP = "Tokens in the mixed output (default: the inputs' total); sources are repeated or subsampled (seeded) to their share."
+_MAX_REPETITION_HELP = "The most passes over one source a mixture may take (default 4); a source needing more is an error."
+
+
 @app.command("pack")
 @exit_on_bad_input
 def pack(
-    input: str = typer.Argument(..., help=_INPUT_HELP),
-    output: Path = typer.Argument(..., help="Folder for the Parquet shards and manifest.json."),
+    paths: list[str] = typer.Argument(..., metavar="PATHS", help=_PATHS_HELP, show_default=False),
     max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
     tokenizer_backend: str = typer.Option("auto", "--tokenizer-backend", help=_BACKEND_HELP),
@@ -129,9 +140,29 @@ def pack(
         False, "--allow-unlabeled", help="Keep sequences whose labels are all -100 (they train on nothing; counted in the summary)."
     ),
     share_prompt: bool = typer.Option(False, "--share-prompt", help=_SHARE_HELP),
+    mix: Optional[str] = typer.Option(None, "--mix", help=_MIX_HELP),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=_TEMPERATURE_HELP),
+    mix_by: str = typer.Option("tokens", "--mix-by", help=_MIX_BY_HELP),
+    mix_tokens: Optional[int] = typer.Option(None, "--mix-tokens", help=_MIX_TOKENS_HELP),
+    max_repetition: Optional[float] = typer.Option(None, "--max-repetition", help=_MAX_REPETITION_HELP),
 ) -> None:
-    """Pack a dataset into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
+    """Pack a dataset, or a mixture of several, into Parquet shards of rows of at most --max-tokens tokens (resumable)."""
     batch_job(kernels_only=True, user_code=template is not None)
+    if len(paths) < 2:
+        raise ValueError("pass INPUT... OUTPUT: at least one input, then the output folder")
+    inputs, output = paths[:-1], Path(paths[-1])
+    if len(inputs) > 1 or mix is not None or temperature is not None or mix_tokens is not None or max_repetition is not None or mix_by != "tokens":
+        from .pack_cmd import pack_mix
+
+        return pack_mix(inputs, output, dict(mix=mix, temperature=temperature, by=mix_by, tokens=mix_tokens, max_repetition=max_repetition),
+                        dict(max_tokens=max_tokens, tokenizer=tokenizer, tokens_column=tokens_column, labels_column=labels_column,
+                             text_column=text_column, template=template, chat_template=chat_template, train_on=train_on,
+                             add_eos=add_eos, add_bos=add_bos, algorithm=algorithm, window=window, oversize=oversize,
+                             shard_rows=shard_rows, seed=seed, overwrite=overwrite, format=input_format,
+                             tokenizer_backend=tokenizer_backend, allow_unlabeled=allow_unlabeled),
+                        dict(train_tokenizer=train_tokenizer, engine=engine, share_prompt=share_prompt, csv_columns=csv_columns,
+                             no_header=no_header, csv=(csv_delimiter, csv_quote, csv_escape)))  # fmt: skip
+    input = inputs[0]
     from ..pipeline import open_input, pack_to_parquet
     from ..pipeline._paths import refuse_overlap, run_reads
     from ._progress import progress_bar
@@ -201,8 +232,10 @@ and --window); padded strategies always cut at --max-tokens."""
 @app.command("report", help=_REPORT_HELP)
 @exit_on_bad_input
 def report(
-    input: str = typer.Argument(..., help=_INPUT_HELP),
-    max_tokens: int = typer.Option(..., "--max-tokens", help="Row capacity in tokens."),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", show_default=False, help=_INPUT_HELP + (
+        " Or a packwise pack output folder: its per-source table (tokens, padding, realised against target proportion)."
+        " Several inputs (or --mix / --temperature): that table for the mixture packwise pack would make.")),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Row capacity in tokens (required for an input)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per step for the padded strategies."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=_TOKENIZER_HELP),
     tokenizer_backend: str = typer.Option("auto", "--tokenizer-backend", help=_BACKEND_HELP),
@@ -223,10 +256,26 @@ def report(
     window: int = typer.Option(10_000, "--window", help="Sequences per packing window (as packwise pack --window)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the report: PATH.png or PATH.html."),
-    seed: int = typer.Option(0, help="Seed of the random-batches baseline."),
+    seed: int = typer.Option(0, help="Seed of the random-batches baseline (a mixture: of its draws, as packwise pack --seed)."),
     share_prompt: bool = typer.Option(False, "--share-prompt", help=_SHARE_HELP),
+    mix: Optional[str] = typer.Option(None, "--mix", help=_MIX_HELP),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=_TEMPERATURE_HELP),
+    mix_by: str = typer.Option("tokens", "--mix-by", help=_MIX_BY_HELP),
+    mix_tokens: Optional[int] = typer.Option(None, "--mix-tokens", help=_MIX_TOKENS_HELP),
+    max_repetition: Optional[float] = typer.Option(None, "--max-repetition", help=_MAX_REPETITION_HELP),
 ) -> None:
     batch_job(kernels_only=True, user_code=template is not None)
+    mixing = dict(mix=mix, temperature=temperature, tokens=mix_tokens, max_repetition=max_repetition)
+    if len(inputs) > 1 or any(v is not None for v in mixing.values()) or mix_by != "tokens":
+        from .report_cmd import report_mix
+
+        return report_mix(inputs, {**mixing, "by": mix_by, "seed": seed},
+                          dict(max_tokens=max_tokens, oversize=oversize, window=window, tokenizer=tokenizer, tokens_column=tokens_column,
+                               text_column=text_column, template=template, chat_template=chat_template, add_eos=add_eos,
+                               add_bos=add_bos, format=input_format, tokenizer_backend=tokenizer_backend),
+                          dict(json=json_path, plot=plot, train_tokenizer=train_tokenizer, share_prompt=share_prompt,
+                               csv_columns=csv_columns, no_header=no_header, csv=(csv_delimiter, csv_quote, csv_escape)))  # fmt: skip
+    input = inputs[0]
     from ..packing import waste_report
     from ..packing.core import OVERSIZE_POLICIES, validate_capacity
     from ..pipeline import dataset_lengths, open_input
@@ -237,6 +286,12 @@ def report(
 
     from ..pipeline.atomic import check_writable
 
+    if (Path(input) / "manifest.json").is_file():  # a pack output: what each source became
+        from .report_cmd import report_output
+
+        return report_output(input, json_path, plot)
+    if max_tokens is None:
+        raise ValueError("--max-tokens is required to report on an input (a packwise pack output folder needs none: its manifest has it)")
     validate_capacity(max_tokens, "--max-tokens")
     validate_capacity(batch_size, "--batch-size")
     if seed < 0:

@@ -47,13 +47,13 @@ def _load_file(path: str, spec: str):
     return module
 
 
-def announce_layout(source, options: dict, format, header, tokenizer, dialect=None) -> None:
-    """Print, as the first line, the layout detected when ``options`` name no column option."""
+def announce_layout(source, options: dict, format, header, tokenizer, dialect=None, prefix: str = "") -> None:
+    """Print, as the first line (after ``prefix``), the layout detected when ``options`` name no column option."""
     from ..pipeline.layouts import default_chat_template, input_layout, needs_detection
 
     if needs_detection(*options.values()):
         layout = input_layout(source, format=format, csv_header=header, csv_dialect=dialect)
-        print(layout.line(default_chat_template(tokenizer) if layout.chat else None), flush=True)
+        print(prefix + layout.line(default_chat_template(tokenizer) if layout.chat else None), flush=True)
 
 
 def csv_header(csv_columns: str | None, no_header: bool):
@@ -136,3 +136,60 @@ def _console():
 
     console = Console()
     return console if console.is_terminal else Console(width=140)
+
+
+def pack_mix(inputs: list[str], output: Path, mix: dict, options: dict, refused: dict) -> None:
+    """``packwise pack A B ... OUT [--mix ...]``: set the mixture up (``mixture_setup``), pack it and
+    print the summary with its per-source table."""
+    from ..pipeline.mix_run import pack_mixture
+    from ._interrupt import complete_shards, stop_on_signals
+    from ._progress import progress_bar
+
+    sources, spec, text = mixture_setup(inputs, {**mix, "seed": options["seed"] or 0}, refused, options)
+    resume = "rerun the same command to resume after them"
+    with stop_on_signals(lambda: complete_shards(output), resume), progress_bar("staging", None) as update:
+        result = pack_mixture(sources, output, mix=spec, **{**options, **text}, progress=update)
+    if result.state == "complete":
+        print(f"{output} is up to date (manifest.json with the same settings, inputs and mix); nothing to do")
+    elif result.state == "resume":
+        print(f"resumed after {result.resumed_shards} complete shards")
+    render_summary(result)
+    render_sources(result.manifest)
+
+
+def mixture_setup(inputs: list[str], mix: dict, refused: dict, options: dict):
+    """``(sources, MixSpec, text options)`` of a mixture command (``pack``/``report`` with several
+    inputs), after refusing the options a mixture cannot take, and each source's layout printed."""
+    from ..pipeline.mix import MixSpec, parse_mix, parse_sources
+
+    engine = refused.get("engine", "local")
+    if engine != "local":
+        raise ValueError(f"--engine {engine}: several inputs and --mix run on the local engine; drop --engine {engine}")
+    if refused["train_tokenizer"]:
+        raise ValueError("--train-tokenizer trains on one input; with several inputs pass --tokenizer PATH (e.g. one trained by packing a single input)")
+    if refused["share_prompt"]:
+        raise ValueError("--share-prompt applies to preference pairs, which a mixture does not pack; drop it")
+    sources = parse_sources(inputs)
+    weights = None if mix["mix"] is None else parse_mix(mix["mix"])
+    repetition = {} if mix["max_repetition"] is None else {"max_repetition": mix["max_repetition"]}
+    spec = MixSpec(weights, mix["temperature"], mix["by"], mix["tokens"], seed=mix["seed"], **repetition)
+    spec.check_names([s.name for s in sources])
+    text = dict(csv_header=csv_header(refused["csv_columns"], refused["no_header"]), csv_dialect=csv_dialect(*refused["csv"]),
+                template=load_template(options["template"]))  # fmt: skip
+    columns = dict(t=options["text_column"], k=options["tokens_column"], f=text["template"], c=options["chat_template"])
+    for s in sources:
+        announce_layout(s.path, columns, options["format"], text["csv_header"], options["tokenizer"], text["csv_dialect"], prefix=f"source {s.name}: ")
+    return sources, spec, text
+
+
+def render_sources(manifest: dict) -> None:
+    """The per-source table of a mixed pack: tokens in and out, target and realised proportion, repetition."""
+    from rich.table import Table
+
+    table = Table(title="sources (proportions of tokens out)")
+    for name in ("source", "layout", "tokens in", "tokens out", "sequences", "target", "realised", "repetition"):
+        table.add_column(name, justify="left" if name in ("source", "layout") else "right", no_wrap=True)
+    for s in manifest["sources"]:
+        table.add_row(s["name"], str(s["layout"]), f"{s['tokens_in']:,}", f"{s['tokens']:,}", f"{s['sequences']:,}",
+                      f"{100 * s['target']:.2f}%", f"{100 * s['realised']:.2f}%", f"{s['repetition']:.3f}x")  # fmt: skip
+    _console().print(table)

@@ -162,3 +162,59 @@ def _console():
 
     console = Console()
     return console if console.is_terminal else Console(width=140)
+
+
+def report_output(output: str, json_path: Path | None, plot: Path | None = None) -> None:
+    """``packwise report OUT`` on a pack output: the per-source table (and ``--json``)."""
+    from ..pipeline._paths import refuse_overlap
+    from ..pipeline.atomic import check_writable
+    from ..pipeline.source_report import source_report
+
+    if plot is not None:
+        raise ValueError(f"--plot draws the report of an input; {output} is a pack output, whose report is its table and --json")
+    if json_path is not None:
+        refuse_overlap([("--json", json_path)], [("the pack output", output)])
+        check_writable(json_path, "--json")
+    report = source_report(output)
+    render_sources_report(report)
+    if json_path is not None:
+        write_json(report, json_path)
+
+
+def render_sources_report(report: dict) -> None:
+    """Tokens, sequences, padding share and realised against target proportion, per source."""
+    from rich.table import Table
+
+    table = Table(title=f"{report['output']}: {report['rows']:,} rows of {report['max_tokens']} tokens, "
+                        f"{report['tokens']:,} tokens, padding {100 * report['padding']:.2f}%")  # fmt: skip
+    for name in ("source", "tokens", "sequences", "padding", "target", "realised", "realised - target"):
+        table.add_column(name, justify="left" if name == "source" else "right", no_wrap=True)
+    for s in report["sources"]:
+        table.add_row(s["name"], f"{s['tokens']:,}", f"{s['sequences']:,}", f"{100 * s['padding']:.2f}%", f"{100 * s['target']:.2f}%",
+                      f"{100 * s['realised']:.2f}%", f"{100 * (s['realised'] - s['target']):+.3f} pts")  # fmt: skip
+    _console().print(table)
+
+
+def report_mix(inputs: list[str], mix: dict, options: dict, rest: dict) -> None:
+    """``packwise report A B ... --mix``: the per-source table of the mixture pack would make (``report_mixture``)."""
+    from ..pipeline._paths import refuse_overlap, run_reads
+    from ..pipeline.atomic import check_writable
+    from ..pipeline.mix_run import report_mixture
+    from ._progress import progress_bar
+    from .pack_cmd import mixture_setup
+
+    if options["max_tokens"] is None:
+        raise ValueError("--max-tokens is required to report on inputs")
+    if rest["plot"] is not None:
+        raise ValueError("--plot draws one input's report; a mixture's report is its table and --json")
+    sources, spec, text = mixture_setup(inputs, mix, rest, options)
+    json_path = rest["json"]
+    if json_path is not None:
+        for s in sources:
+            refuse_overlap([("--json", json_path)], run_reads(s.path, tokenizer=options["tokenizer"]))
+        check_writable(json_path, "--json")
+    with progress_bar("reading", None) as update:
+        report = report_mixture(sources, mix=spec, **{**options, **text}, progress=update)
+    render_sources_report(report)
+    if json_path is not None:
+        write_json(report, json_path)

@@ -205,3 +205,34 @@ def csv_quoted_breaks(buf, state, delimiter, quote, escape):  # pragma: no cover
             where = 2
     state[0], state[1], state[2] = where, marked, count
 
+
+
+@njit(cache=True)
+def deficit_order(members, starts, tokens):  # pragma: no cover - compiled
+    """Greedy deficit order of rows: ``members[starts[g]:starts[g + 1]]`` are group ``g``'s rows in
+    order, ``tokens[r, s]`` row ``r``'s tokens of source ``s``. Each step takes the head row of the
+    group that leaves the running per-source totals closest (squared error) to the window's own
+    shares, so every prefix of the rows holds about the window's mix."""
+    n_rows, n_src = tokens.shape
+    share = tokens.sum(axis=0) / max(tokens.sum(), 1.0)
+    emitted = np.zeros(n_src)
+    pos = starts[:-1].copy()
+    out = np.empty(n_rows, np.int64)
+    for i in range(n_rows):
+        best, best_score = -1, np.inf
+        for g in range(pos.shape[0]):
+            if pos[g] == starts[g + 1]:
+                continue
+            r = members[pos[g]]
+            total = emitted.sum() + tokens[r].sum()
+            score = 0.0
+            for s in range(n_src):
+                d = emitted[s] + tokens[r, s] - share[s] * total
+                score += d * d
+            if score < best_score:
+                best, best_score = g, score
+        r = members[pos[best]]
+        pos[best] += 1
+        emitted += tokens[r]
+        out[i] = r
+    return out

@@ -15,10 +15,14 @@ import numpy as np
 import torch.utils.data
 
 from ._arrow import numpy_view
-from ._paths import inside, shown
+from ._paths import shown
 from .writer import MANIFEST
+from .writer import read_shard as _read_shard
+from .writer import shard_files as _shard_files
+from .writer import source_names
 
-_LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start", "label")  # label: KTO, per sequence
+# label: KTO, per sequence; source: a mixed pack's source id per sequence (names: ``PackedDataset.sources``)
+_LIST_COLUMNS = ("input_ids", "labels", "seq_lens", "source_index", "source_start", "label", "source")
 
 
 def _read_manifest(path) -> tuple[Path, dict]:
@@ -29,26 +33,6 @@ def _read_manifest(path) -> tuple[Path, dict]:
             f"packed dataset: no {MANIFEST} in {shown(root)}; the pack run is missing or unfinished: run packwise pack to the end"
         )
     return root, json.loads(manifest.read_text())
-
-
-def _read_shard(path: Path, read):
-    """``read(path)``, with a missing or corrupt shard reported by name and with the fix."""
-    import pyarrow as pa
-
-    try:
-        return read(path)
-    except (OSError, pa.ArrowException) as err:
-        what = "is missing" if not path.is_file() else f"is corrupt ({' '.join(str(err).split())})"
-        raise ValueError(
-            f"packed dataset: shard {shown(path)} {what}; run packwise verify {shown(path.parent)} to list every bad shard, "
-            "then delete them and rerun packwise pack with the same arguments"
-        ) from None
-
-
-def _shard_files(root: Path, manifest: dict) -> list[Path]:
-    """The manifest's shard files, each checked to lie inside ``root`` (the manifest is a file anyone may edit)."""
-    listed_in = root / MANIFEST
-    return [inside(root, s.get("file"), listed_in, f"shards[{i}].file") for i, s in enumerate(manifest["shards"])]
 
 
 def _rows_of(table) -> list[dict]:
@@ -80,6 +64,7 @@ class _Collate:
 
     def __call__(self, rows: list[dict]) -> dict:
         examples, kto = [], [row["label"] for row in rows if "label" in row]
+        sources = [row["source"] for row in rows if "source" in row]
         for j, row in enumerate(rows):
             ends = np.cumsum(row["seq_lens"])
             for k, (a, b) in enumerate(zip(np.concatenate(([0], ends[:-1])), ends)):
@@ -91,6 +76,8 @@ class _Collate:
         batch = self.collator(examples)
         if kto:  # KTO: desirable (True) / undesirable per example, in example order (batch["example_index"] maps them)
             batch["label"] = torch.from_numpy(np.concatenate(kto).astype(np.bool_))
+        if sources:  # a mixed pack: each example's source id, in example order (per-source loss)
+            batch["source"] = torch.from_numpy(np.concatenate(sources).astype(np.int64))
         return batch
 
     def _check(self, labels: np.ndarray, i: int, source: int) -> None:
@@ -126,7 +113,8 @@ class PackedDataset(torch.utils.data.Dataset):
     """Map-style view of a ``packwise pack`` output folder: ``ds[i]`` is packed row ``i``.
 
     Rows are dicts of NumPy arrays (``input_ids``, ``labels`` when packed with labels, ``seq_lens``,
-    ``source_index``, ``source_start``).  Reads one Parquet row group at a time and keeps the last
+    ``source_index``, ``source_start``; a mixed pack adds ``source``, each sequence's source id, whose
+    names are ``sources``, and ``collate`` puts them per example in ``batch["source"]``).  Reads one Parquet row group at a time and keeps the last
     one, so sequential access reads each group once.  ``collate`` builds training batches.
 
     Example:
@@ -150,6 +138,7 @@ class PackedDataset(torch.utils.data.Dataset):
         self.capacity = int(self.manifest["settings"]["max_tokens"])
         self.files = _shard_files(self.root, self.manifest)
         self._ends = np.cumsum([s["rows"] for s in self.manifest["shards"]]).astype(np.int64)
+        self.sources = source_names(self.manifest)
         self.collate = _collate_of(self.manifest, self.capacity, collator, allow_unlabeled)
         self._group_ends: dict[int, np.ndarray] = {}
         self._cached: tuple | None = None
@@ -201,6 +190,7 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
         self.capacity = int(self.manifest["settings"]["max_tokens"])
         self.files = _shard_files(self.root, self.manifest)
         self.num_rows = int(sum(s["rows"] for s in self.manifest["shards"]))
+        self.sources = source_names(self.manifest)
         self.collate = _collate_of(self.manifest, self.capacity, collator, allow_unlabeled)
         self.shuffle_shards, self.seed, self.epoch = shuffle_shards, seed, 0
 

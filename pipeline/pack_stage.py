@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -41,6 +41,7 @@ class PackedRows:
     source_index: np.ndarray
     source_start: np.ndarray
     sequence_label: np.ndarray | None = None  # KTO: the boolean label of each sequence
+    source: np.ndarray | None = None  # a mixed pack (``--mix``): the source id (int32) of each sequence
 
     @property
     def num_rows(self) -> int:
@@ -182,7 +183,8 @@ _WARMED: dict[tuple, threading.Thread] = {}
 class StreamPacker:
     """Pack a stream of ``TokenBatch`` objects into rows of at most ``capacity`` tokens.
 
-    ``part_rows`` caps the rows of each ``PackedRows`` yielded (``None``: one per window): the
+    ``row_order`` (a mixture's) decides the order of each window's rows from their sequences, after
+    the ``seed`` shuffle. ``part_rows`` caps the rows of each ``PackedRows`` yielded (``None``: one per window): the
     local writer takes its row-group size, so it compresses one group while the next is gathered
     and a window's output is never whole in memory. The rows and their order do not change.
 
@@ -209,8 +211,10 @@ class StreamPacker:
         max_age: int = 4,
         seed: int | None = None,
         part_rows: int | None = None,
+        row_order: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
     ):
         self.capacity, self.window = check_pack_settings(capacity, algorithm, oversize, window, seed)
+        self.row_order = row_order  # (item rows, lengths, offsets, seeded order) -> the order to write a window's rows
         self.algorithm, self.oversize, self.seed = algorithm, oversize, seed
         self.part_rows = None if part_rows is None else validate_capacity(part_rows, "part_rows")
         self.stats = PackStats(self.capacity, algorithm)
@@ -347,8 +351,10 @@ class StreamPacker:
     def _rows(self, item_rows, starts, lens, offsets, window_no: int) -> Iterator[PackedRows]:
         """The window's rows (shuffled with ``seed``), gathered ``part_rows`` at a time."""
         n_rows = offsets.shape[0] - 1
-        if self.seed is not None:
-            perm = np.random.default_rng([self.seed, window_no]).permutation(n_rows)
+        perm = None if self.seed is None else np.random.default_rng([self.seed, window_no]).permutation(n_rows)
+        if self.row_order is not None:
+            perm = self.row_order(item_rows, lens, offsets, np.arange(n_rows) if perm is None else perm)
+        if perm is not None:
             idx, offsets = _kernels.csr_take(offsets, perm)
             item_rows, starts, lens = item_rows[idx], starts[idx], lens[idx]
         step = self.part_rows or n_rows

@@ -2,7 +2,7 @@
 
 Layout of an output folder::
 
-    shard-00000.parquet ...   packed rows: input_ids, [labels], seq_lens, source_index, source_start
+    shard-00000.parquet ...   packed rows: input_ids, [labels], seq_lens, source_index, source_start, [source]
     .packwise-run.json        settings + input fingerprint of the run in progress (removed at the end)
     manifest.json             written last: fingerprint, settings, shards, statistics
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ._arrow import list_array
-from ._paths import refuse_stray
+from ._paths import inside, refuse_stray, shown
 from .atomic import atomic_path, os_error_message, publish, temp_beside
 from .pack_stage import PackedRows
 
@@ -318,15 +318,16 @@ class ShardWriter:
             shard.discard()
         self._opened, self._shard = [], None
 
-    def close(self, stats: dict) -> dict:
-        """Write the last shard, then ``manifest.json``; return the manifest."""
+    def close(self, stats: dict, extra: dict | None = None) -> dict:
+        """Write the last shard, then ``manifest.json`` (with ``extra``'s keys, e.g. a mix's
+        ``sources``); return the manifest."""
         if self.state == "complete":
             return self.manifest
         self._send(final=True)
         if self._shard is not None:
             self._end_shard()
         self.wait()
-        manifest = {**self.run, "shard_rows": self.shard_rows, "shards": self.shards, "stats": stats}
+        manifest = {**self.run, "shard_rows": self.shard_rows, "shards": self.shards, "stats": stats, **(extra or {})}
         try:
             with atomic_path(self.output / MANIFEST) as tmp:
                 tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -481,6 +482,8 @@ def _table(rows: PackedRows, has_labels: bool):
     columns["source_start"] = list_array(rows.seq_offsets, rows.source_start.astype(np.int32), pa.int32())
     if rows.sequence_label is not None:  # KTO: one boolean per sequence, parallel to seq_lens
         columns["label"] = pa.ListArray.from_arrays(pa.array(rows.seq_offsets.astype(np.int32)), pa.array(rows.sequence_label, pa.bool_()))
+    if rows.source is not None:  # a mixed pack: each sequence's source id (names in the manifest's "sources")
+        columns["source"] = list_array(rows.seq_offsets, rows.source.astype(np.int32, copy=False), pa.int32())
     return pa.table(columns)
 
 
@@ -496,6 +499,7 @@ def _slice(rows: PackedRows, a: int, b: int) -> PackedRows:
         rows.source_index[s0:s1],
         rows.source_start[s0:s1],
         None if rows.sequence_label is None else rows.sequence_label[s0:s1],
+        None if rows.source is None else rows.source[s0:s1],
     )
 
 
@@ -524,3 +528,29 @@ def verify_shards(output) -> list[str]:
         elif sha256_of(path) != entry.get("sha256"):
             bad.append(f"{path}: content differs from the sha256 in {MANIFEST}")
     return bad
+
+
+def read_shard(path: Path, read):
+    """``read(path)``, with a missing or corrupt shard reported by name and with the fix."""
+    import pyarrow as pa
+
+    try:
+        return read(path)
+    except (OSError, pa.ArrowException) as err:
+        what = "is missing" if not path.is_file() else f"is corrupt ({' '.join(str(err).split())})"
+        raise ValueError(
+            f"packed dataset: shard {shown(path)} {what}; run packwise verify {shown(path.parent)} to list every bad shard, "
+            "then delete them and rerun packwise pack with the same arguments"
+        ) from None
+
+
+def shard_files(root: Path, manifest: dict) -> list[Path]:
+    """The manifest's shard files, each checked to lie inside ``root`` (the manifest is a file anyone may edit)."""
+    listed_in = root / MANIFEST
+    return [inside(root, s.get("file"), listed_in, f"shards[{i}].file") for i, s in enumerate(manifest["shards"])]
+
+
+def source_names(manifest: dict) -> list[str] | None:
+    """The names of a mixed pack's sources, indexed by the shards' ``source`` ids (``None``: one input)."""
+    sources = manifest.get("sources")
+    return None if not isinstance(sources, list) else [str(s.get("name")) for s in sources]
