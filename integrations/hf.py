@@ -260,9 +260,13 @@ class PackwiseTrainerMixin:
         world = self.accelerator.num_processes
         sampler.load_state_dict(saved["sampler"])  # validates lengths, settings and seed
         epoch, consumed = int(saved["epoch"]), int(saved["batches_consumed"])
-        if saved["sampler"].get("num_replicas") != world:
+        if saved["sampler"].get("num_replicas", world) != world:
             return self._packwise_elastic(epoch, num_train_epochs, num_update_steps_per_epoch)
-        sampler._rewind()  # the Trainer skips the consumed batches itself
+        if hasattr(sampler, "_rewind"):  # the Trainer skips the consumed batches itself
+            sampler._rewind()
+        else:
+            sampler.set_epoch(epoch + 1)
+            sampler.set_epoch(epoch)
         if consumed >= len(self.get_train_dataloader()):
             return epoch + 1, 0
         return epoch, (0 if self.args.ignore_data_skip else consumed)
