@@ -17,6 +17,7 @@ from ._lengths import resolve_lengths
 from .audit import AuditReport, audit
 from .bucket import BucketBatchSampler, estimate_boundaries
 from .cluster import ClusterBatchSampler
+from .mixture import MixtureDataset, MixturePolicy, MixtureSampler, MixtureStats, mixture_inputs
 from .packed import PackedBatchSampler
 from .stats import EpochStats
 from .stream import BucketedIterable, PackedIterable
@@ -33,6 +34,11 @@ __all__ = [
     "ClusterBatchSampler",
     "BucketedIterable",
     "EpochStats",
+    "MixtureDataset",
+    "MixturePolicy",
+    "MixtureSampler",
+    "MixtureStats",
+    "mixture_inputs",
     "PackedBatchSampler",
     "PackedIterable",
     "estimate_boundaries",
