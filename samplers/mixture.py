@@ -488,12 +488,13 @@ class MixtureSampler(_PlannedBatchSampler):
         for item in batches:
             group.append(item)
             if len(group) == r:
-                yield self._deal_group(group, load)
+                dealt = self._deal_group(group, load)
                 step += 1
-                if loads is not None:
+                if loads is not None:  # before the yield: a caller may stop right after this step
                     loads[step] = load.copy()
                     loads.pop(step - _KEEP * self.window, None)
                 group = []
+                yield dealt
         if group and not self.drop_last:
             yield self._deal_group(group + [([], -1.0)] * (r - len(group)), load)
 
