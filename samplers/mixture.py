@@ -59,7 +59,8 @@ class MixtureStats:
     ``target`` is the mean target proportion (static, scheduled or the policy's) weighted by what
     each window emitted, ``realised`` the emitted share, both in tokens (``by="tokens"``) or in
     examples.  ``passes`` = emitted examples / source size; ``capped_windows`` counts windows where
-    a source hit ``max_repetition`` and the others were renormalised; ``left_over`` examples were
+    a source hit ``max_repetition``, or drew all its examples (a source smaller than one window's
+    share never puts an example twice in a window), and the others were renormalised; ``left_over`` examples were
     drawn for the epoch's last window but did not fit its batches.
     """
 
@@ -172,14 +173,17 @@ class _Planner:
         self.cycle[source] = cycle
 
     def _draw(self, weights: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
-        """New example ids for this window, and which sources hit their repetition cap."""
+        """New example ids for this window, and which sources hit a cap: ``max_repetition``, or
+        their size within one window (with the carry), so no example is twice in a window's pool."""
         m, cur = self.m, self.cursor
         pos = cur.drawn - self.cycle * m._counts
-        cap_left = m._cap - cur.drawn if m._cap is not None else np.full(m.num_sources, -1, np.int64)
+        left = m._counts - np.bincount(m.groups[cur.carry], minlength=m.num_sources)
+        if m._cap is not None:
+            left = np.minimum(left, m._cap - cur.drawn)
         got = []
         while budget > 0:
             k, tokens, status = _mixture_kernels.deficit_draws(
-                weights, cur.deficit, pos, self.seq, m._offsets, cap_left, budget, m.by == "tokens",
+                weights, cur.deficit, pos, self.seq, m._offsets, left, budget, m.by == "tokens",
                 self.out_source, self.out_pos,
             )
             got.append(self.ids[m._offsets[self.out_source[:k]] + self.out_pos[:k]])
@@ -190,8 +194,16 @@ class _Planner:
             elif status == -2:
                 break
         cur.drawn = self.cycle * m._counts + pos
-        capped = (weights > 0) & (cap_left == 0)
-        return (np.concatenate(got) if got else np.zeros(0, np.int64)), capped
+        return (np.concatenate(got) if got else np.zeros(0, np.int64)), (weights > 0) & (left == 0)
+
+    @staticmethod
+    def _distinct(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(pool without repeated ids, the repeats)``: a source that wrapped into its next cycle
+        while an example of the last one waits in the carry must not put it twice in one batch."""
+        _, first = np.unique(pool, return_index=True)
+        keep = np.zeros(pool.shape[0], np.bool_)
+        keep[first] = True
+        return pool[keep], pool[~keep]
 
     def next_window(self) -> _Window:
         """Plan the cursor's window and move the cursor to the next one."""
@@ -204,8 +216,9 @@ class _Planner:
         budget = min(bins * m.max_tokens - int(m._len[cur.carry].sum()), m.tokens_per_epoch - cur.tokens)
         new, capped = self._draw(np.where(m._counts > 0, weights, 0.0), budget)
         cur.tokens += int(m._len[new].sum())
-        pool = np.concatenate([cur.carry, new])
+        pool, repeats = self._distinct(np.concatenate([cur.carry, new]))
         order, offsets, carry = self._pack(pool, bins, j)
+        carry = np.concatenate([carry, repeats])
         last = j == m.num_windows - 1
         cur.window, cur.carry = j + 1, (np.zeros(0, np.int64) if last else carry)
         if self.marks is not None:
