@@ -400,3 +400,53 @@ def test_rows_per_batch_and_dataloader_workers(mix):
     ids = torch.utils.data.TensorDataset(torch.arange(lengths.shape[0]))
     loader = DataLoader(ids, batch_sampler=s, num_workers=2, collate_fn=lambda rows: [int(r[0]) for r in rows])
     assert [b for b in loader] == batches
+
+
+def test_accelerate_batch_sampler_shard_hands_each_rank_its_planned_batches(mix):
+    from accelerate.data_loader import BatchSamplerShard
+
+    kw = {"tokens_per_epoch": 300_000, "num_replicas": 2}
+    for rank in (0, 1):
+        sampler = _sampler(mix, rank=rank, **kw)
+        shard = BatchSamplerShard(sampler, num_processes=2, process_index=rank)
+        assert list(shard) == sampler.rank_batches() and len(shard) == len(sampler.rank_batches())
+    with pytest.raises(ValueError, match=r"^MixtureSampler plans for num_replicas=1, rank=0 but accelerate deals"):
+        list(BatchSamplerShard(_sampler(mix, tokens_per_epoch=300_000), num_processes=2, process_index=1))
+
+
+def test_stateful_dataloader_with_workers_resumes_the_rest(mix):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    lengths, _ = mix
+    kw = {"tokens_per_epoch": 400_000, "num_replicas": 2, "rank": 0, "seed": 2}
+    ids = torch.utils.data.TensorDataset(torch.arange(lengths.shape[0]))
+
+    def loader(sampler):
+        return StatefulDataLoader(ids, batch_sampler=sampler, num_workers=2, collate_fn=lambda rows: [int(r[0]) for r in rows])
+
+    expected = _sampler(mix, **kw).rank_batches()
+    first = loader(_sampler(mix, **kw))
+    head = []
+    for batch in first:
+        head.append(batch)
+        if len(head) == 6:
+            state = first.state_dict()
+            break
+    second = loader(_sampler(mix, **kw))
+    second.load_state_dict(state)
+    assert head + list(second) == expected
+
+
+def test_a_trainer_counting_more_consumed_steps_resumes_after_them(mix):
+    kw = {"tokens_per_epoch": 400_000, "num_replicas": 2, "rank": 1}
+    expected = _sampler(mix, **kw).rank_batches()
+    first = _sampler(mix, **kw)
+    _run(first, 10)
+    state = first.state_dict()
+    state["batches_yielded"] = 13  # what PackwiseTrainer writes: the steps it trained on
+    second = _sampler(mix, **kw)
+    second.load_state_dict(state)
+    assert _run(second) == expected[13:]
+    state["batches_yielded"] = 9
+    with pytest.raises(ValueError, match=r"^state_dict batches_yielded=9 is below the 10 steps its cursor was saved at"):
+        _sampler(mix, **kw).load_state_dict(state)
