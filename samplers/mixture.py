@@ -20,6 +20,7 @@ from . import _kernels, _mixture_kernels, _wrapped
 from . import _mixture_weights as mw
 from ._lengths import resolve_lengths
 from ._planned import _PlannedBatchSampler
+from .bucket import _edges
 
 _DRAWS = 4096  # draws per kernel call (the kernel is re-entered until the window's budget is drawn)
 _KEEP = 256  # window starts and per-step loads kept behind the newest (prefetch never runs further)
@@ -217,49 +218,64 @@ class _Planner:
         new, capped = self._draw(np.where(m._counts > 0, weights, 0.0), budget)
         cur.tokens += int(m._len[new].sum())
         pool, repeats = self._distinct(np.concatenate([cur.carry, new]))
-        order, offsets, carry = self._pack(pool, bins, j)
+        order, offsets, slots, carry = self._batches(pool, bins, j)
         carry = np.concatenate([carry, repeats])
         last = j == m.num_windows - 1
         cur.window, cur.carry = j + 1, (np.zeros(0, np.int64) if last else carry)
         if self.marks is not None:
             self.marks[cur.window] = cur
-        batch_offsets = offsets[:: m.rows_per_batch].copy()
+        rows = m.rows_per_batch
+        batch_offsets = offsets[::rows].copy()
         tokens, squares = _kernels.csr_sums(batch_offsets, m._len[order])
+        work = tokens if m.batching == "pack" else slots.reshape(-1, rows).sum(axis=1)
         src = m.groups[order]
         return _Window(
             index=j,
             order=order,
             offsets=batch_offsets,
-            costs=tokens + m.attention_weight * squares,
+            costs=work + m.attention_weight * squares,
             weights=weights,
             source_tokens=np.bincount(src, weights=m._len[order], minlength=m.num_sources).astype(np.int64),
             source_examples=np.bincount(src, minlength=m.num_sources),
             capped=capped,
-            slots=int((np.diff(offsets) > 0).sum()) * m.max_tokens,
+            slots=int(slots.sum()),
             empty=int((np.diff(batch_offsets) == 0).sum()),
             left_over=int(carry.shape[0]) if last else 0,
         )
 
-    def _pack(self, pool: np.ndarray, bins: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pack the pool; keep the ``bins`` fullest bins in a seeded order (empty bins last) and
-        return ``(order, bin offsets, carried example ids in pool order)``."""
+    def _bins(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(order, offsets, slots)`` of the pool's bins: packed rows of ``max_tokens``, or
+        padded batches of one length bucket each (``len * max length <= max_tokens``)."""
+        m = self.m
+        if m.batching == "pack":
+            p = pack(lengths, m.max_tokens, m.algorithm, "error")
+            return p.order, p.offsets, np.full(p.num_bins, m.max_tokens, np.int64)
+        keys = np.searchsorted(m.boundaries, lengths, side="left")
+        order, groups = _kernels.group_by_key(np.arange(lengths.shape[0], dtype=np.int64), keys, m.boundaries.shape[0] + 1)
+        caps = np.zeros(m.boundaries.shape[0] + 1, np.int64)
+        offsets, _, _, slots, _ = _kernels.cut_padded(order, lengths[:, None], groups, caps, m.max_tokens)
+        return order, offsets, slots
+
+    def _batches(self, pool: np.ndarray, bins: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Cut the pool into bins; keep the ``bins`` fullest in a seeded order (empty bins last).
+        Returns ``(order, bin offsets, slots per bin, carried example ids in pool order)``."""
         m = self.m
         if pool.shape[0] == 0:
-            return pool, np.zeros(bins + 1, np.int64), pool
-        p = pack(m._len[pool], m.max_tokens, m.algorithm, "error")
-        fill, _ = _kernels.csr_sums(p.offsets, p.lengths)
-        keep = np.sort(np.argsort(-fill, kind="stable")[:bins])
-        entry_bin = np.repeat(np.arange(p.num_bins), np.diff(p.offsets))
-        kept = np.zeros(p.num_bins, np.bool_)
+            return pool, np.zeros(bins + 1, np.int64), np.zeros(bins, np.int64), pool
+        order, bin_offsets, slots = self._bins(m._len[pool])
+        sizes = np.diff(bin_offsets)
+        fill, _ = _kernels.csr_sums(bin_offsets, m._len[pool[order]])
+        keep = np.sort(np.argsort(-(fill if m.batching == "pack" else slots), kind="stable")[:bins])
+        kept = np.zeros(sizes.shape[0], np.bool_)
         kept[keep] = True
-        carry = pool[np.sort(p.order[~kept[entry_bin]])]
+        carry = pool[np.sort(order[~np.repeat(kept, sizes)])]
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([m.seed, self.epoch, 31, j])))
         keep = keep[rng.permutation(keep.shape[0])]
-        sizes = np.diff(p.offsets)[keep]
-        starts = p.offsets[:-1][keep]
+        starts, sizes = bin_offsets[:-1][keep], sizes[keep]
         take = np.repeat(starts - np.concatenate(([0], np.cumsum(sizes)[:-1])), sizes) + np.arange(int(sizes.sum()))
         offsets = np.concatenate(([0], np.cumsum(sizes), np.full(bins - keep.shape[0], sizes.sum()))).astype(np.int64)
-        return pool[p.order[take]], offsets, carry
+        padded = np.concatenate([slots[keep], np.zeros(bins - keep.shape[0], np.int64)])
+        return pool[order[take]], offsets, padded, carry
 
 
 class MixtureSampler(_PlannedBatchSampler):
@@ -281,7 +297,11 @@ class MixtureSampler(_PlannedBatchSampler):
     examples one by one from the source furthest below its target (deficits carry across
     windows), each source in its own seeded permutation (no example repeats within its source
     before the source is exhausted), packs them with :func:`packwise.packing.pack` and keeps the
-    fullest bins; what does not fit waits for the next window.  Weights are evaluated once per
+    fullest bins; what does not fit waits for the next window.  ``batching="bucket"`` cuts the
+    window into padded batches of similar lengths instead (``buckets``: a number of equal-token
+    buckets or their upper edges; ``len * max length <= max_tokens``), keeping the fullest; the
+    epoch's batch count then allows for padding estimated from the buckets (what still does not
+    fit is counted in ``stats().left_over``).  Weights are evaluated once per
     window, at its first global step ``(epoch * canonical batches per epoch + first batch) //
     batches_per_step`` (``batches_per_step`` defaults to ``num_replicas``: one global batch per
     rank per step; pass it explicitly to resume a schedule or policy under another world size).
@@ -325,6 +345,8 @@ class MixtureSampler(_PlannedBatchSampler):
         rows_per_batch: int = 1,
         algorithm: Literal["bfd", "fill", "ffd", "first_fit", "next_fit", "window_bfd"] = "bfd",
         oversize: Literal["error", "truncate", "drop"] = "error",
+        batching: Literal["pack", "bucket"] = "pack",
+        buckets=8,
         policy: MixturePolicy | None = None,
         update_every: int = 100,
         window: int = 8,
@@ -351,6 +373,11 @@ class MixtureSampler(_PlannedBatchSampler):
             raise ValueError(f"by must be 'tokens' or 'examples', got {by!r}")
         if oversize not in ("error", "truncate", "drop"):
             raise ValueError(f"oversize must be 'error', 'truncate' or 'drop', got {oversize!r}")
+        if batching not in ("pack", "bucket"):
+            raise ValueError(f"batching must be 'pack' or 'bucket', got {batching!r}")
+        if batching == "bucket" and rows_per_batch != 1:
+            raise ValueError("rows_per_batch applies to packed rows; a bucketed batch is one padded batch: drop it or use batching='pack'")
+        self.batching = batching
         super().__init__(
             self.lengths.shape[0], seed=seed, shuffle=True, drop_last=drop_last,
             num_replicas=num_replicas, rank=rank, attention_weight=attention_weight,
@@ -364,6 +391,7 @@ class MixtureSampler(_PlannedBatchSampler):
         self._len, kept = self._effective_lengths()
         self._members = kept[np.argsort(self.groups[kept], kind="stable")]
         self._counts = np.bincount(self.groups[kept], minlength=self.num_sources).astype(np.int64)
+        self.boundaries = _edges(buckets, self._len[kept], "buckets") if batching == "bucket" else np.zeros(0, np.int64)
         self._offsets = np.concatenate(([0], np.cumsum(self._counts))).astype(np.int64)
         token_sizes = np.bincount(self.groups[kept], weights=self._len[kept], minlength=self.num_sources)
         sizes = token_sizes if by == "tokens" else self._counts.astype(np.float64)
@@ -371,7 +399,8 @@ class MixtureSampler(_PlannedBatchSampler):
         self.schedule = mw.schedule(weights, temperature, sizes, self.names, levels)
         self._check_sources()
         self.tokens_per_epoch = int(token_sizes.sum()) if tokens_per_epoch is None else _positive("tokens_per_epoch", tokens_per_epoch)
-        self.num_windows = max(1, -(-self.tokens_per_epoch // (self.window * self.rows_per_batch * self.max_tokens)))
+        per_window = self.window * self.rows_per_batch * self.max_tokens * self._fill_estimate(kept)
+        self.num_windows = max(1, int(np.ceil(self.tokens_per_epoch / per_window)))
         self.policy = _check_policy(policy)
         self.batches_per_step = self.num_replicas if batches_per_step is None else int(batches_per_step)
         self.max_repetition = max_repetition
@@ -399,6 +428,17 @@ class MixtureSampler(_PlannedBatchSampler):
             )
         kept = np.flatnonzero(self.lengths <= self.max_tokens) if self.oversize == "drop" else np.arange(self.lengths.shape[0])
         return np.minimum(self.lengths, self.max_tokens), kept.astype(np.int64)
+
+    def _fill_estimate(self, kept: np.ndarray) -> float:
+        """Real tokens per slot to size the epoch: 1 for packing; for buckets, tokens over each
+        example padded to its bucket's longest (a floor: batches rarely hold their bucket's longest)."""
+        if self.batching == "pack":
+            return 1.0
+        lengths = self._len[kept]
+        keys = np.searchsorted(self.boundaries, lengths, side="left")
+        longest = np.zeros(self.boundaries.shape[0] + 1, np.int64)
+        np.maximum.at(longest, keys, lengths)
+        return float(lengths.sum() / longest[keys].sum())
 
     def _check_sources(self) -> None:
         wanted = self.schedule.points.max(axis=0) > 0
@@ -434,6 +474,7 @@ class MixtureSampler(_PlannedBatchSampler):
         timed = not self.schedule.static or self.policy is not None
         return (
             "mixture", self.max_tokens, self.rows_per_batch, self.algorithm, self.oversize, self.by, self.window,
+            self.batching, self.boundaries.tolist(),
             self.tokens_per_epoch, self.max_repetition, self.update_every if self.policy is not None else None,
             type(self.policy).__name__ if self.policy is not None else None,
             self.batches_per_step if timed else None, self.schedule.steps.tolist(),

@@ -450,3 +450,24 @@ def test_a_trainer_counting_more_consumed_steps_resumes_after_them(mix):
     state["batches_yielded"] = 9
     with pytest.raises(ValueError, match=r"^state_dict batches_yielded=9 is below the 10 steps its cursor was saved at"):
         _sampler(mix, **kw).load_state_dict(state)
+
+
+def test_bucketed_mixture_keeps_the_padded_budget_and_the_proportions(mix):
+    lengths, groups = mix
+    s = _sampler(mix, batching="bucket", buckets=[64, 128, 256, 512, 1024], tokens_per_epoch=3_000_000, seed=1)
+    batches = s.global_batches()
+    clipped = np.minimum(lengths, MAX)
+    edges = np.array([0, 64, 128, 256, 512, 1024, MAX])
+    for b in batches:
+        if b:
+            assert len(b) * clipped[b].max() <= MAX
+            assert len(set(np.searchsorted(edges[1:-1], clipped[b], side="left").tolist())) == 1  # one bucket per batch
+    tokens = _source_tokens(batches, lengths, groups)
+    assert _worst_deviation(tokens, np.tile([TARGET[n] for n in NAMES], (len(batches), 1))) <= 0.005
+    st = s.stats()
+    assert st.slots == sum(len(b) * int(clipped[b].max()) for b in batches if b) and 0.8 < st.efficiency < 0.99
+    natural = _sampler(mix, weights=None, batching="bucket", buckets=[64, 128, 256, 512, 1024])
+    assert sorted(i for b in natural.global_batches() for i in b) == list(range(lengths.shape[0]))
+    assert (natural.stats().left_over, natural.stats().empty_batches) == (0, 6)  # the epoch was sized for padding
+    with pytest.raises(ValueError, match=r"^rows_per_batch applies to packed rows"):
+        _sampler(mix, batching="bucket", rows_per_batch=2)
