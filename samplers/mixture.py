@@ -8,7 +8,7 @@ state names a position in that sequence, so a resume is exact under the same or 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Literal, Protocol, runtime_checkable
 
@@ -23,6 +23,7 @@ from ._planned import _PlannedBatchSampler
 from .bucket import _edges
 
 _DRAWS = 4096  # draws per kernel call (the kernel is re-entered until the window's budget is drawn)
+_NONE = np.zeros(0, np.int64)
 _KEEP = 256  # window starts and per-step loads kept behind the newest (prefetch never runs further)
 
 
@@ -527,8 +528,8 @@ class MixtureSampler(_PlannedBatchSampler):
         planner = _Planner(self, epoch, cursor, marks)
         while planner.cursor.window < self.num_windows:
             w = planner.next_window()
-            if log is not None:
-                log.append(w)
+            if log is not None:  # the statistics, not the batches
+                log.append(replace(w, order=_NONE, offsets=_NONE, costs=_NONE))
             order, offsets = w.order, w.offsets
             for b in range(min(skip, self.window), self.window):
                 yield order[offsets[b] : offsets[b + 1]].tolist(), float(w.costs[b])
@@ -542,19 +543,19 @@ class MixtureSampler(_PlannedBatchSampler):
         for item in batches:
             group.append(item)
             if len(group) == r:
-                dealt = self._deal_group(group, load)
                 step += 1
-                if loads is not None:  # before the yield: a caller may stop right after this step
-                    loads[step] = load.copy()
-                    loads.pop(step - _KEEP * self.window, None)
+                yield self._deal_group(group, load, step, loads)
                 group = []
-                yield dealt
         if group and not self.drop_last:
-            yield self._deal_group(group + [([], -1.0)] * (r - len(group)), load)
+            yield self._deal_group(group + [([], -1.0)] * (r - len(group)), load, step + 1, loads)
 
-    def _deal_group(self, group: list, load: np.ndarray) -> list[list[int]]:
+    def _deal_group(self, group: list, load: np.ndarray, step: int, loads: dict | None) -> list[list[int]]:
+        """One step's batches by rank; records the load after it (before the yield: a caller may stop there)."""
         costs = np.array([c for _, c in group], np.float64)
         table = _mixture_kernels.deal_groups(costs, self.num_replicas, load)[0]
+        if loads is not None:
+            loads[step] = load.copy()
+            loads.pop(step - _KEEP, None)
         return [group[b][0] if b >= 0 else [] for b in table.tolist()]
 
     def global_batches(self, epoch: int | None = None) -> list[list[int]]:

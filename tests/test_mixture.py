@@ -471,3 +471,17 @@ def test_bucketed_mixture_keeps_the_padded_budget_and_the_proportions(mix):
     assert (natural.stats().left_over, natural.stats().empty_batches) == (0, 6)  # the epoch was sized for padding
     with pytest.raises(ValueError, match=r"^rows_per_batch applies to packed rows"):
         _sampler(mix, batching="bucket", rows_per_batch=2)
+
+
+def test_a_state_saved_after_the_last_batch_resumes_to_nothing(mix):
+    kw = {"tokens_per_epoch": 300_000, "num_replicas": 3, "rank": 2}
+    first = _sampler(mix, **kw)
+    whole = _run(first)
+    assert len(whole) == len(first) and whole[-1] == []  # the short last step is padded
+    state = first.state_dict()
+    assert state["cursor"] is None and state["global_batches"] == first.batches_per_epoch
+    second = _sampler(mix, **kw)
+    second.load_state_dict(state)
+    assert _run(second) == []
+    second.set_epoch(1)
+    assert _run(second) == _sampler(mix, **kw).rank_batches(epoch=1)
