@@ -81,3 +81,42 @@ def deal_groups(costs, num_replicas, load):
                 table[t, best] = b
                 load[best] += costs[b]
     return table
+
+
+@njit(cache=True)
+def interleave(vectors, start):
+    """Order a window's bins so every prefix holds close to its share of each source.
+
+    ``vectors[b, s]`` = tokens of source ``s`` in bin ``b``; ``start`` is a seeded permutation of
+    the bins that breaks ties.  Greedy: position ``k`` takes the bin that brings the running
+    per-source totals nearest (squared error) to ``(k + 1) / bins`` of the window's totals, so a
+    span of batches that cuts a window in two still sees the window's mixture.  Returns the order.
+    """
+    bins, sources = vectors.shape
+    total = np.zeros(sources, np.float64)
+    for b in range(bins):
+        for s in range(sources):
+            total[s] += vectors[b, s]
+    done = np.zeros(bins, np.bool_)
+    running = np.zeros(sources, np.float64)
+    out = np.empty(bins, np.int64)
+    for k in range(bins):
+        share = (k + 1) / bins
+        best = -1
+        best_cost = np.inf
+        for i in range(bins):
+            b = start[i]
+            if done[b]:
+                continue
+            cost = 0.0
+            for s in range(sources):
+                d = running[s] + vectors[b, s] - share * total[s]
+                cost += d * d
+            if cost < best_cost:
+                best = b
+                best_cost = cost
+        out[k] = best
+        done[best] = True
+        for s in range(sources):
+            running[s] += vectors[best, s]
+    return out

@@ -215,10 +215,12 @@ class _Planner:
         j = cur.window
         bins = m.window * m.rows_per_batch
         weights = m._weights_at(m._step_of(epoch, j))
-        budget = min(bins * m.max_tokens - int(m._len[cur.carry].sum()), m.tokens_per_epoch - cur.tokens)
+        budget = min(int(bins * m.max_tokens * m._fill) - int(m._len[cur.carry].sum()), m.tokens_per_epoch - cur.tokens)
         new, capped = self._draw(np.where(m._counts > 0, weights, 0.0), budget)
         cur.tokens += int(m._len[new].sum())
-        pool, repeats = self._distinct(np.concatenate([cur.carry, new]))
+        pool, repeats = np.concatenate([cur.carry, new]), _NONE
+        if self.cycle.any():  # a source wrapped: its new cycle may meet a carried example of the last
+            pool, repeats = self._distinct(pool)
         order, offsets, slots, carry = self._batches(pool, bins, j)
         carry = np.concatenate([carry, repeats])
         last = j == m.num_windows - 1
@@ -272,6 +274,12 @@ class _Planner:
         carry = pool[np.sort(order[~np.repeat(kept, sizes)])]
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([m.seed, self.epoch, 31, j])))
         keep = keep[rng.permutation(keep.shape[0])]
+        if m.num_sources > 1 and keep.shape[0] > 1:  # spread each source evenly over the window's batches
+            ids = pool[order]
+            cell = np.repeat(np.arange(sizes.shape[0]), sizes) * m.num_sources + m.groups[ids]
+            vectors = np.bincount(cell, weights=m._len[ids], minlength=sizes.shape[0] * m.num_sources)
+            vectors = vectors.reshape(-1, m.num_sources)[keep]
+            keep = keep[_mixture_kernels.interleave(vectors, np.arange(keep.shape[0]))]
         starts, sizes = bin_offsets[:-1][keep], sizes[keep]
         take = np.repeat(starts - np.concatenate(([0], np.cumsum(sizes)[:-1])), sizes) + np.arange(int(sizes.sum()))
         offsets = np.concatenate(([0], np.cumsum(sizes), np.full(bins - keep.shape[0], sizes.sum()))).astype(np.int64)
@@ -350,7 +358,7 @@ class MixtureSampler(_PlannedBatchSampler):
         buckets=8,
         policy: MixturePolicy | None = None,
         update_every: int = 100,
-        window: int = 8,
+        window: int = 32,
         batches_per_step: int | None = None,
         dataset=None,
         num_replicas: int | None = None,
@@ -400,10 +408,16 @@ class MixtureSampler(_PlannedBatchSampler):
         self.schedule = mw.schedule(weights, temperature, sizes, self.names, levels)
         self._check_sources()
         self.tokens_per_epoch = int(token_sizes.sum()) if tokens_per_epoch is None else _positive("tokens_per_epoch", tokens_per_epoch)
-        per_window = self.window * self.rows_per_batch * self.max_tokens * self._fill_estimate(kept)
-        self.num_windows = max(1, int(np.ceil(self.tokens_per_epoch / per_window)))
+        self._fill = self._fill_estimate(kept)
+        self.num_windows = max(1, int(np.ceil(self.tokens_per_epoch / (self.window * self.rows_per_batch * self.max_tokens * self._fill))))
         self.policy = _check_policy(policy)
         self.batches_per_step = self.num_replicas if batches_per_step is None else int(batches_per_step)
+        if self.policy is not None and self.update_every * self.batches_per_step < self.window:
+            raise ValueError(
+                f"update_every={self.update_every} steps ({self.update_every * self.batches_per_step} global batches at "
+                f"batches_per_step={self.batches_per_step}) is shorter than one window ({self.window} batches), whose "
+                f"weights are fixed; raise update_every or lower window"
+            )
         self.max_repetition = max_repetition
         self._cap = self._repetition_cap(token_sizes)
         pack(self._len[:1], self.max_tokens, algorithm, "error")  # validates ``algorithm`` early
@@ -597,11 +611,12 @@ class MixtureSampler(_PlannedBatchSampler):
         self._caller, self._start, self._yielded = caller, first, first
         self._marks, self._log = {}, []
         self._loads = {step: resume["load"].copy()}
-        batches = self._canonical(self.epoch, cursor, resume["at"] - cursor.window * self.window, self._log, self._marks)
+        log = self._log if self.policy is not None else None  # stats() replans a policy-free epoch itself
+        batches = self._canonical(self.epoch, cursor, resume["at"] - cursor.window * self.window, log, self._marks)
         for t, group in enumerate(self._dealt(batches, resume["load"].copy(), step, self._loads), step):
             if t < first:
                 continue
-            if t - step > _KEEP:
+            if t % _KEEP == 0:
                 self._prune()
             mine = group[self.rank : self.rank + 1] if dealt == 1 else group
             for batch in mine:

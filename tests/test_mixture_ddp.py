@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from packwise.samplers import MixtureDataset, MixtureSampler
 
 NAMES = ["c4", "alpaca", "glaive", "ag_news"]
-POLICY = {"tokens_per_epoch": 500_000, "update_every": 8, "batches_per_step": 2, "seed": 4, "attention_weight": 1 / 2048}
+POLICY = {"tokens_per_epoch": 500_000, "update_every": 8, "batches_per_step": 2, "window": 16, "seed": 4, "attention_weight": 1 / 2048}
 ELASTIC = {"weights": [(0, [0.7, 0.1, 0.1, 0.1]), (20, [0.1, 0.3, 0.3, 0.3])], "tokens_per_epoch": 600_000, "batches_per_step": 6}
 STOP = 9  # steps the 3-rank run trains before it is saved
 
