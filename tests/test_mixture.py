@@ -492,3 +492,16 @@ def test_a_state_saved_after_the_last_batch_resumes_to_nothing(mix):
     assert _run(second) == []
     second.set_epoch(1)
     assert _run(second) == _sampler(mix, **kw).rank_batches(epoch=1)
+
+
+def test_example_proportions_with_by_examples(mix):
+    lengths, groups = mix
+    s = _sampler(mix, by="examples", tokens_per_epoch=4_000_000)
+    batches = s.global_batches()
+    counts = np.zeros((len(batches), len(NAMES)))
+    for k, b in enumerate(batches):
+        np.add.at(counts[k], groups[np.asarray(b, np.int64)], 1)
+    c = np.vstack([np.zeros(4), np.cumsum(counts, axis=0)])
+    span = c[1000:] - c[:-1000]
+    assert len(batches) > 1500 and np.abs(span / span.sum(1, keepdims=True) - list(TARGET.values())).max() <= 0.005
+    assert s.stats().realised == pytest.approx(tuple(TARGET.values()), abs=0.001)
