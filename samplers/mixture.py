@@ -134,6 +134,16 @@ class _Cursor:
 
 
 @dataclass(frozen=True)
+class _Sources:
+    """One epoch's draw pools: example ids grouped by source (CSR) and draws allowed per source."""
+
+    members: np.ndarray
+    counts: np.ndarray
+    offsets: np.ndarray
+    cap: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class _Window:
     """One planned window: ``window`` batches, CSR-shaped, and what they hold per source."""
 
@@ -156,46 +166,47 @@ class _Planner:
 
     def __init__(self, m: "MixtureSampler", epoch: int, cursor: _Cursor, marks: dict | None = None):
         self.m, self.epoch, self.cursor, self.marks = m, epoch, cursor, marks
-        self.ids = np.empty(m._members.shape[0], np.int64)
-        self.seq = np.empty(m._members.shape[0], np.int64)
+        self.src = src = m._sources_for(epoch)
+        self.ids = np.empty(src.members.shape[0], np.int64)
+        self.seq = np.empty(src.members.shape[0], np.int64)
         self.cycle = np.zeros(m.num_sources, np.int64)
         self.out_source = np.empty(_DRAWS, np.int64)
         self.out_pos = np.empty(_DRAWS, np.int64)
-        for s in np.flatnonzero(m._counts).tolist():
-            self._load_cycle(s, int(cursor.drawn[s] // m._counts[s]))
+        for s in np.flatnonzero(src.counts).tolist():
+            self._load_cycle(s, int(cursor.drawn[s] // src.counts[s]))
         if marks is not None:
             marks[cursor.window] = cursor
 
     def _load_cycle(self, source: int, cycle: int) -> None:
-        m = self.m
-        lo, hi = int(m._offsets[source]), int(m._offsets[source + 1])
+        m, src = self.m, self.src
+        lo, hi = int(src.offsets[source]), int(src.offsets[source + 1])
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([m.seed, self.epoch, 29, source, cycle])))
-        self.ids[lo:hi] = m._members[lo:hi][rng.permutation(hi - lo)]
+        self.ids[lo:hi] = src.members[lo:hi][rng.permutation(hi - lo)]
         self.seq[lo:hi] = m._len[self.ids[lo:hi]]
         self.cycle[source] = cycle
 
     def _draw(self, weights: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
         """New example ids for this window, and which sources hit a cap: ``max_repetition``, or
         their size within one window (with the carry), so no example is twice in a window's pool."""
-        m, cur = self.m, self.cursor
-        pos = cur.drawn - self.cycle * m._counts
-        left = m._counts - np.bincount(m.groups[cur.carry], minlength=m.num_sources)
-        if m._cap is not None:
-            left = np.minimum(left, m._cap - cur.drawn)
+        m, cur, src = self.m, self.cursor, self.src
+        pos = cur.drawn - self.cycle * src.counts
+        left = src.counts - np.bincount(m.groups[cur.carry], minlength=m.num_sources)
+        if src.cap is not None:
+            left = np.minimum(left, src.cap - cur.drawn)
         got = []
         while budget > 0:
             k, tokens, status = _mixture_kernels.deficit_draws(
-                weights, cur.deficit, pos, self.seq, m._offsets, left, budget, m.by == "tokens",
+                weights, cur.deficit, pos, self.seq, src.offsets, left, budget, m.by == "tokens",
                 self.out_source, self.out_pos,
             )
-            got.append(self.ids[m._offsets[self.out_source[:k]] + self.out_pos[:k]])
+            got.append(self.ids[src.offsets[self.out_source[:k]] + self.out_pos[:k]])
             budget -= tokens
             if status >= 0:
                 self._load_cycle(status, int(self.cycle[status]) + 1)
                 pos[status] = 0
             elif status == -2:
                 break
-        cur.drawn = self.cycle * m._counts + pos
+        cur.drawn = self.cycle * src.counts + pos
         return (np.concatenate(got) if got else np.zeros(0, np.int64)), (weights > 0) & (left == 0)
 
     @staticmethod
@@ -216,7 +227,7 @@ class _Planner:
         bins = m.window * m.rows_per_batch
         weights = m._weights_at(m._step_of(epoch, j))
         budget = min(int(bins * m.max_tokens * m._fill) - int(m._len[cur.carry].sum()), m.tokens_per_epoch - cur.tokens)
-        new, capped = self._draw(np.where(m._counts > 0, weights, 0.0), budget)
+        new, capped = self._draw(np.where(self.src.counts > 0, weights, 0.0), budget)
         cur.tokens += int(m._len[new].sum())
         pool, repeats = np.concatenate([cur.carry, new]), _NONE
         if self.cycle.any():  # a source wrapped: its new cycle may meet a carried example of the last
@@ -316,6 +327,10 @@ class MixtureSampler(_PlannedBatchSampler):
     rank per step; pass it explicitly to resume a schedule or policy under another world size).
     ``max_repetition`` caps the passes over a source per epoch: a static mixture that needs more
     is refused; under a schedule or policy a capped source is left out and the others renormalised.
+    ``pruning`` (a selection policy such as :class:`packwise.selection.InfoBatch` over all the
+    mixture's examples) prunes inside the sources: each epoch a source draws only from the
+    examples ``pruning.indices_for_epoch(epoch)`` keeps, at the same target proportions (save
+    ``pruning.state_dict()`` beside the sampler's and load it first on resume).
 
     Ranks get groups of ``num_replicas`` consecutive batches, the costliest (tokens +
     ``attention_weight * sum(length^2)``) to the least-loaded rank; a short last group is padded
@@ -358,6 +373,7 @@ class MixtureSampler(_PlannedBatchSampler):
         buckets=8,
         policy: MixturePolicy | None = None,
         update_every: int = 100,
+        pruning=None,
         window: int = 32,
         batches_per_step: int | None = None,
         dataset=None,
@@ -398,10 +414,8 @@ class MixtureSampler(_PlannedBatchSampler):
         if int(self.groups.max()) >= self.num_sources:
             raise ValueError(f"groups holds id {int(self.groups.max())} but names has {self.num_sources} entries; name every source")
         self._len, kept = self._effective_lengths()
-        self._members = kept[np.argsort(self.groups[kept], kind="stable")]
         self._counts = np.bincount(self.groups[kept], minlength=self.num_sources).astype(np.int64)
         self.boundaries = _edges(buckets, self._len[kept], "buckets") if batching == "bucket" else np.zeros(0, np.int64)
-        self._offsets = np.concatenate(([0], np.cumsum(self._counts))).astype(np.int64)
         token_sizes = np.bincount(self.groups[kept], weights=self._len[kept], minlength=self.num_sources)
         sizes = token_sizes if by == "tokens" else self._counts.astype(np.float64)
         levels = mw.parent_level(parents, parent_weights, parent_temperature, sizes, self.names)
@@ -419,7 +433,10 @@ class MixtureSampler(_PlannedBatchSampler):
                 f"weights are fixed; raise update_every or lower window"
             )
         self.max_repetition = max_repetition
-        self._cap = self._repetition_cap(token_sizes)
+        self._check_repetition(token_sizes)
+        self._all = self._sources(kept, max_repetition)
+        self.pruning = _check_pruning(pruning, self.lengths.shape[0])
+        self._pruned: tuple[int, _Sources] | None = None
         pack(self._len[:1], self.max_tokens, algorithm, "error")  # validates ``algorithm`` early
         self._asked: dict[int, np.ndarray] = {}
         self._origin = 0
@@ -463,11 +480,28 @@ class MixtureSampler(_PlannedBatchSampler):
                 f"but a weight > 0; give it weight 0"
             )
 
-    def _repetition_cap(self, token_sizes: np.ndarray) -> np.ndarray | None:
-        """Draws allowed per source per epoch; refuses a static mixture that needs more passes."""
+    def _sources(self, kept: np.ndarray, max_repetition: float | None) -> "_Sources":
+        """The examples each source draws from (CSR by source) and its draws allowed per epoch."""
+        members = kept[np.argsort(self.groups[kept], kind="stable")]
+        counts = np.bincount(self.groups[kept], minlength=self.num_sources).astype(np.int64)
+        cap = None if max_repetition is None else np.floor(counts * float(max_repetition)).astype(np.int64)
+        return _Sources(members, counts, np.concatenate(([0], np.cumsum(counts))).astype(np.int64), cap)
+
+    def _sources_for(self, epoch: int) -> "_Sources":
+        """This epoch's sources: all examples, or those the ``pruning`` policy keeps this epoch."""
+        if self.pruning is None:
+            return self._all
+        if self._pruned is None or self._pruned[0] != epoch:
+            kept = np.asarray(self.pruning.indices_for_epoch(epoch), np.int64)
+            kept = kept[np.isin(kept, self._all.members)]  # oversize examples stay dropped
+            self._pruned = (epoch, self._sources(np.sort(kept), self.max_repetition))
+        return self._pruned[1]
+
+    def _check_repetition(self, token_sizes: np.ndarray) -> None:
+        """Refuse a static mixture that needs more passes over a source than ``max_repetition``."""
         m = self.max_repetition
         if m is None:
-            return None
+            return
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not np.isfinite(m) or m <= 0:
             raise ValueError(f"max_repetition must be a number > 0 (passes over a source per epoch), got {m!r}")
         if self.schedule.static and self.policy is None:
@@ -483,7 +517,6 @@ class MixtureSampler(_PlannedBatchSampler):
                     f"(tokens_per_epoch={self.tokens_per_epoch}) but max_repetition={m}; lower its weight, "
                     f"lower tokens_per_epoch or raise max_repetition"
                 )
-        return np.floor(self._counts * float(m)).astype(np.int64)
 
     def _settings(self) -> tuple:
         timed = not self.schedule.static or self.policy is not None
@@ -492,6 +525,7 @@ class MixtureSampler(_PlannedBatchSampler):
             self.batching, self.boundaries.tolist(),
             self.tokens_per_epoch, self.max_repetition, self.update_every if self.policy is not None else None,
             type(self.policy).__name__ if self.policy is not None else None,
+            type(self.pruning).__name__ if self.pruning is not None else None,
             self.batches_per_step if timed else None, self.schedule.steps.tolist(),
             self.schedule.points.tobytes().hex(), self.drop_last, self.attention_weight, tuple(self.names),
         )
@@ -746,7 +780,7 @@ class MixtureSampler(_PlannedBatchSampler):
             realised=tuple(round(float(x), 12) for x in realised),
             source_tokens=tuple(int(x) for x in src_tokens),
             source_examples=tuple(int(x) for x in src_examples),
-            passes=tuple(float(e / n) if n else 0.0 for e, n in zip(src_examples, self._counts)),
+            passes=tuple(float(e / n) if n else 0.0 for e, n in zip(src_examples, self._sources_for(epoch).counts)),
             capped_windows=tuple(int(x) for x in np.sum([w.capped for w in log], axis=0)) if log else (0,) * s,
             left_over=int(sum(w.left_over for w in log)),
             dropped_oversize=self.dropped_oversize,
@@ -767,6 +801,19 @@ def _source_names(names, groups: np.ndarray) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"names must be unique, got {names}")
     return names
+
+
+def _check_pruning(pruning, num_examples: int):
+    if pruning is None:
+        return None
+    if not callable(getattr(pruning, "indices_for_epoch", None)):
+        raise ValueError(
+            f"pruning must implement indices_for_epoch(epoch) (InfoBatch, RS2, ScoreSelector), got {type(pruning).__name__}"
+        )
+    covered = getattr(pruning, "num_examples", num_examples)
+    if covered != num_examples:
+        raise ValueError(f"pruning covers {covered} examples but lengths has {num_examples}; build it over the whole mixture")
+    return pruning
 
 
 def _check_policy(policy):

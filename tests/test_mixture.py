@@ -505,3 +505,22 @@ def test_example_proportions_with_by_examples(mix):
     span = c[1000:] - c[:-1000]
     assert len(batches) > 1500 and np.abs(span / span.sum(1, keepdims=True) - list(TARGET.values())).max() <= 0.005
     assert s.stats().realised == pytest.approx(tuple(TARGET.values()), abs=0.001)
+
+
+def test_pruning_inside_the_sources_keeps_the_mixture(mix):
+    from packwise.selection import InfoBatch
+
+    lengths, groups = mix
+    ib = InfoBatch(lengths.shape[0], num_epochs=4, prune_ratio=0.5, seed=0)
+    ib.update(np.arange(lengths.shape[0]), torch.tensor(fake_loss(lengths) / lengths, dtype=torch.float32))
+    s = _sampler(mix, pruning=ib, tokens_per_epoch=300_000)
+    kept = ib.indices_for_epoch(1)
+    assert 0.5 * lengths.shape[0] < kept.shape[0] < lengths.shape[0]
+    s.set_epoch(1)
+    seen = np.concatenate([np.asarray(b, np.int64) for b in s])
+    assert np.isin(seen, kept).all() and np.bincount(seen).max() == 1  # only kept examples, none twice
+    tokens = _source_tokens(s.global_batches(epoch=1), lengths, groups).sum(0)
+    assert np.abs(tokens / tokens.sum() - list(TARGET.values())).max() < 0.002
+    assert s.stats(epoch=1).passes[3] == pytest.approx(s.stats(epoch=1).source_examples[3] / np.isin(kept, np.flatnonzero(groups == 3)).sum())
+    with pytest.raises(ValueError, match=r"^pruning covers 10 examples but lengths has 9199; build it over the whole mixture$"):
+        _sampler(mix, pruning=InfoBatch(10, num_epochs=2))
