@@ -546,6 +546,12 @@ class MixtureSampler(_PlannedBatchSampler):
         """The policy update interval that global ``step`` belongs to."""
         return int(step) // self.update_every
 
+    def global_step(self, steps: int) -> int:
+        """The global step (in ``batches_per_step`` units, counted from this epoch's start) reached
+        after ``steps`` steps of this rank in this epoch; ``interval_of(global_step(steps))`` tells a
+        trainer when an interval ends, also after a resume under another world size."""
+        return (self.epoch * self.batches_per_epoch + self._origin + int(steps) * self.num_replicas) // self.batches_per_step
+
     def _weights_at(self, step: int) -> np.ndarray:
         """The target for a window starting at global ``step``: scheduled, then the policy's."""
         base = self.schedule.at(step)

@@ -252,7 +252,7 @@ def train_with_policy(samplers, lengths, steps=None, tracker=None):
     s0 = samplers[0]
     tracker = tracker or [0, np.zeros(s0.num_sources), np.zeros(s0.num_sources)]
     out = [[] for _ in samplers]
-    step = s0._resume_at  # global steps already trained this epoch (one batch per rank per step)
+    step = s0._resume_at  # steps already trained this epoch (one batch per rank per step)
     for group in zip(*samplers):
         for r, batch in enumerate(group):
             out[r].append(batch)
@@ -260,10 +260,11 @@ def train_with_policy(samplers, lengths, steps=None, tracker=None):
             np.add.at(tracker[1], s0.sources_of(b), fake_loss(lengths[b]))
             np.add.at(tracker[2], s0.sources_of(b), lengths[b])
         step += 1
-        if s0.interval_of(step) != tracker[0]:  # the interval is over: one all-reduce, then every rank observes
+        interval = s0.interval_of(s0.global_step(step))
+        if interval != tracker[0]:  # the interval is over: one all-reduce, then every rank observes
             for s in samplers:
                 s.policy.observe(tracker[0], tracker[1].copy(), tracker[2].copy())
-            tracker = [s0.interval_of(step), np.zeros(s0.num_sources), np.zeros(s0.num_sources)]
+            tracker = [interval, np.zeros(s0.num_sources), np.zeros(s0.num_sources)]
         if steps is not None and step == steps:
             break
     return out, tracker
@@ -330,6 +331,26 @@ def test_resume_from_three_ranks_on_two_deals_the_rest_of_the_same_stream(mix):
     other = _sampler(mix, num_replicas=2, rank=0, weights=kw["weights"], tokens_per_epoch=1_000_000)
     with pytest.raises(ValueError, match="pass the saved run's batches_per_step explicitly"):
         other.load_state_dict(state)
+
+
+def test_a_policy_run_saved_on_three_ranks_finishes_on_two_exactly(mix):
+    lengths, _ = mix
+    kw = {"tokens_per_epoch": 800_000, "update_every": 4, "batches_per_step": 6, "window": 24}
+    (canonical,), _ = train_with_policy([_sampler(mix, policy=LagPolicy(), **kw)], lengths)  # one rank, same intervals
+    three = [_sampler(mix, num_replicas=3, rank=r, policy=LagPolicy(), **kw) for r in range(3)]
+    stop = 20  # inside interval 2 (intervals are 24 global batches = 8 steps of 3 ranks)
+    head, tracker = train_with_policy(three, lengths, steps=stop)
+    state = json.loads(json.dumps(three[0].state_dict()))
+    two = [_sampler(mix, num_replicas=2, rank=r, policy=LagPolicy(), **kw) for r in range(2)]
+    for s in two:
+        s.load_state_dict(state)
+    tail, _ = train_with_policy(two, lengths, tracker=tracker)
+    assert [sorted(h[t] for h in head) for t in range(stop)] == [sorted(canonical[3 * t : 3 * t + 3]) for t in range(stop)]
+    rest = canonical[3 * stop :]
+    assert [sorted([tail[0][t], tail[1][t]]) for t in range(len(tail[0]))] == [
+        sorted(rest[2 * t : 2 * t + 2] + [[]] * (2 - len(rest[2 * t : 2 * t + 2]))) for t in range(len(tail[0]))
+    ]
+    assert canonical != _sampler(mix, **kw).global_batches()  # the policy moved the mixture
 
 
 def test_state_is_small_and_world_size_free(mix):
