@@ -69,7 +69,7 @@ def _worker(rank: int, world: int, port: int, phase: str, data_path: str, out_di
     loader = _loader(sampler, groups)
     seen, collectives, step = [], 0, sampler._resume_at
     sums = torch.zeros(2, len(NAMES), dtype=torch.float64)
-    interval = sampler.interval_of(step)
+    interval = sampler.interval_of(sampler.global_step(step))
     for batch in loader:
         seen.append(batch)
         step += 1
@@ -80,12 +80,12 @@ def _worker(rank: int, world: int, port: int, phase: str, data_path: str, out_di
             rows = starts[src] + np.array([r for _, r in batch], np.int64) if batch else np.zeros(0, np.int64)
             np.add.at(sums[0].numpy(), src, fake_loss(lengths[rows]))
             np.add.at(sums[1].numpy(), src, lengths[rows])
-            if sampler.interval_of(step) != interval:  # one all-reduce per interval, then every rank observes
+            if sampler.interval_of(sampler.global_step(step)) != interval:  # one all-reduce per interval, then every rank observes
                 dist.all_reduce(sums)
                 collectives += 1
                 sampler.policy.observe(interval, sums[0].numpy().copy(), sums[1].numpy().copy())
                 sums.zero_()
-                interval = sampler.interval_of(step)
+                interval = sampler.interval_of(sampler.global_step(step))
         if phase == "first" and step == STOP:
             if rank == 0:
                 Path(out_dir, "state.json").write_text(json.dumps(sampler.state_dict()))
