@@ -36,9 +36,11 @@ class MixturePolicy(Protocol):
     scheduled ``base`` weights (one per source, summing to 1); the answer (non-negative, any
     scale) is the target for every window of interval ``k``.  It may depend only on observations of
     intervals ``<= k - 2``: the DataLoader prefetches interval ``k``'s first batches while
-    interval ``k - 1`` is still training.  When one of those observations is missing the policy
-    raises ``RuntimeError`` saying which interval to ``observe``.  The training loop calls
-    ``observe(k, loss_sum, tokens)`` after interval ``k`` with per-source summed loss and token
+    interval ``k - 1`` is still training (so ``update_every`` steps must outlast the DataLoader's
+    prefetch).  When one of those observations is missing the policy raises ``RuntimeError``
+    saying which interval to ``observe``.  The training loop calls ``observe(k, loss_sum, tokens)``
+    once its step ``t`` leaves interval ``k = sampler.interval_of(sampler.global_step(t))``, with
+    per-source summed loss and token
     counts, already reduced across ranks (one collective per interval; ``sampler.sources_of``
     maps a batch's indices to sources), so every rank holds the same policy state and plans the
     same batches.  ``state_dict`` / ``load_state_dict`` round-trip that state; the sampler's own
