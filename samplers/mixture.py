@@ -45,6 +45,21 @@ class MixturePolicy(Protocol):
     maps a batch's indices to sources), so every rank holds the same policy state and plans the
     same batches.  ``state_dict`` / ``load_state_dict`` round-trip that state; the sampler's own
     ``state_dict`` embeds it.
+
+    Example:
+        >>> import numpy as np
+        >>> from packwise.samplers import MixturePolicy, MixtureSampler
+        >>> class Flat:  # uniform over the sources, whatever the losses
+        ...     def weights(self, interval, base): return np.ones_like(base)
+        ...     def observe(self, interval, loss_sum, tokens): pass
+        ...     def state_dict(self): return {}
+        ...     def load_state_dict(self, state): pass
+        >>> isinstance(Flat(), MixturePolicy)
+        True
+        >>> s = MixtureSampler(np.array([90, 10, 50, 50]), np.array([0, 0, 1, 1]), None, 100, policy=Flat(),
+        ...                    update_every=1, window=1, num_replicas=1, rank=0)
+        >>> [b for b in s], s.stats().target
+        ([[0, 1], [2, 3]], (0.5, 0.5))
     """
 
     def weights(self, interval: int, base: np.ndarray) -> np.ndarray: ...
@@ -66,6 +81,15 @@ class MixtureStats:
     a source hit ``max_repetition``, or drew all its examples (a source smaller than one window's
     share never puts an example twice in a window), and the others were renormalised; ``left_over`` examples were
     drawn for the epoch's last window but did not fit its batches.
+
+    Example:
+        >>> import numpy as np
+        >>> from packwise.samplers import MixtureSampler
+        >>> s = MixtureSampler(np.array([60, 40, 30, 70]), np.array([0, 0, 1, 1]), [0.5, 0.5], 100,
+        ...                    names=["a", "b"], window=1, num_replicas=1, rank=0)
+        >>> st = s.stats()
+        >>> st.names, st.realised, st.passes, st.batches, st.efficiency
+        (('a', 'b'), (0.5, 0.5), (1.0, 1.0), 2, 1.0)
     """
 
     epoch: int
