@@ -545,3 +545,18 @@ def test_pruning_inside_the_sources_keeps_the_mixture(mix):
     assert s.stats(epoch=1).passes[3] == pytest.approx(s.stats(epoch=1).source_examples[3] / np.isin(kept, np.flatnonzero(groups == 3)).sum())
     with pytest.raises(ValueError, match=r"^pruning covers 10 examples but lengths has 9199; build it over the whole mixture$"):
         _sampler(mix, pruning=InfoBatch(10, num_epochs=2))
+
+
+def test_groups_from_datasets_and_arrow_columns():
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"length": [5, 7, 3, 4], "src": ["web", "chat", "web", "chat"], "sid": [0, 1, 0, 1]})
+    for lengths, groups, kw in (
+        ("length", ds["src"], {"dataset": ds}),
+        (ds.data.column("length"), ds.data.column("src"), {}),
+        (np.array([5, 7, 3, 4]), pa.array(["web", "chat", "web", "chat"]).dictionary_encode(), {}),
+    ):
+        s = MixtureSampler(lengths, groups, None, 8, window=1, num_replicas=1, rank=0, **kw)
+        assert (s.names, s.groups.tolist(), s.lengths.tolist()) == (["chat", "web"], [1, 0, 1, 0], [5, 7, 3, 4])
+    s = MixtureSampler("length", "sid", {"a": 1, "b": 3}, 8, names=["a", "b"], dataset=ds, window=1, num_replicas=1, rank=0)
+    assert s.schedule.points[0].tolist() == [0.25, 0.75]
