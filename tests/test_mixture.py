@@ -198,13 +198,15 @@ def test_resume_after_n_batches_yields_exactly_the_rest(mix, stop):
 
 
 def test_resume_across_a_weight_change_loses_and_repeats_nothing(mix):
-    schedule = [(0, [0.7, 0.1, 0.1, 0.1]), (40, [0.1, 0.3, 0.3, 0.3])]
+    old, new = [0.7, 0.1, 0.1, 0.1], [0.1, 0.3, 0.3, 0.3]
+    schedule = [(0, old), (48, old), (48, new)]  # a jump at step 48, where a window starts (batch 96)
     kw = {"weights": schedule, "tokens_per_epoch": 1_000_000, "num_replicas": 2, "rank": 0, "batches_per_step": 2}
     whole = _sampler(mix, **kw)
     expected = whole.rank_batches()
     plain = _sampler(mix, tokens_per_epoch=1_000_000, num_replicas=2, rank=0).rank_batches()
-    assert expected[:20] != plain[:20] and expected[40:] != plain[40:]
-    for stop in (39, 40, 41):  # just before, at and after the change (steps 40.. use the new weights)
+    assert expected[:20] != plain[:20] and expected[48:] != plain[48:]
+    assert whole._weights_at(47).tolist() == pytest.approx(old) and whole._weights_at(48).tolist() == pytest.approx(new)
+    for stop in (47, 48, 49):  # just before, at and after the change
         first = _sampler(mix, **kw)
         head = _run(first, stop)
         second = _sampler(mix, **kw)
