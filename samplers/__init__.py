@@ -19,7 +19,7 @@ from .bucket import BucketBatchSampler, estimate_boundaries
 from .cluster import ClusterBatchSampler
 from .packed import PackedBatchSampler
 from .stats import EpochStats
-from .stream import BucketedIterable, PackedIterable
+from .stream import BucketedIterable, MixedPackedIterable, PackedIterable
 from .pruning import PackedPruningSampler, PruningSampler
 from .schedule import ProgressSchedule
 from .state_file import load_state, save_state
@@ -35,6 +35,7 @@ __all__ = [
     "EpochStats",
     "PackedBatchSampler",
     "PackedIterable",
+    "MixedPackedIterable",
     "estimate_boundaries",
     "resolve_lengths",
     "PackedPruningSampler",
