@@ -7,7 +7,9 @@ A policy answers two calls (the ``MixturePolicy`` protocol of :mod:`packwise.sam
   ``interval`` (float64, sum 1), given the sampler's static or scheduled ``base`` proportions.  It
   may use only the observations of intervals ``<= interval - 2``: the losses of the interval just
   finished are still being reduced while the sampler plans ahead, and every rank must decide alike.
-  Asked twice for the same interval it answers the same (a resumed sampler re-plans).
+  Asked twice for the same interval it answers the same (a resumed sampler re-plans); asked before
+  the losses of every interval ``<= interval - 2`` were observed, it raises ``RuntimeError`` naming
+  the interval to observe.
 * ``observe(interval, loss_sum, tokens)``: per-source summed loss and supervised-token counts of one
   interval, already reduced across ranks (see :class:`SourceLossTracker`).
 
@@ -111,6 +113,12 @@ class _DelayedPolicy:
                 f"weights for interval {interval} were never issued and the policy has already folded "
                 f"interval {self._folded}; ask for intervals in order (a resumed sampler asks again only "
                 f"for intervals it was given weights for)"
+            )
+        missing = [j for j in range(self._folded + 1, interval - 1) if j not in self._pending]
+        if missing:
+            raise RuntimeError(
+                f"{self.kind}.weights({interval}) needs the losses of interval {missing[0]}: call "
+                f"observe({missing[0]}, loss_sum, tokens) first (a SourceLossTracker stepped once per batch does)"
             )
         for i in sorted(j for j in self._pending if j <= interval - 2):
             loss_sum, tokens = self._pending.pop(i)

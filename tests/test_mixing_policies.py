@@ -151,6 +151,17 @@ def test_bad_input_is_refused_naming_the_field(call, error):
         call()
 
 
+def test_weights_before_the_needed_losses_were_observed_is_an_error():
+    odm = ODM(2)
+    odm.weights(0, HALF)
+    odm.weights(1, HALF)  # needs nothing yet
+    with pytest.raises(RuntimeError, match=r"^ODM.weights\(3\) needs the losses of interval 0: call observe\(0, loss_sum, tokens\) first"):
+        odm.weights(3, HALF)
+    odm.observe(0, [1.0, 1.0], [1, 1])
+    with pytest.raises(RuntimeError, match=r"^ODM.weights\(3\) needs the losses of interval 1"):
+        odm.weights(3, HALF)
+
+
 def test_observing_an_interval_twice_and_mismatched_states_are_refused():
     odm = ODM(2)
     odm.observe(0, [1.0, 1.0], [1, 1])
