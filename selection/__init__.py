@@ -43,7 +43,7 @@ from .jest import JEST, conditional_learnability, pairwise_learnability, sigmoid
 from .reference import ReferenceScores, reference_scores
 from .rho import RhoLoss
 from .mixing import ODM, SoftmaxLoss
-from .source_loss import SourceLossTracker
+from .source_loss import SourceLossTracker, count_all_reduce
 
 __all__ = [
     "EpochPlan",
@@ -78,6 +78,7 @@ __all__ = [
     "ODM",
     "SoftmaxLoss",
     "SourceLossTracker",
+    "count_all_reduce",
     "conditional_learnability",
     "gather_rows",
     "pairwise_learnability",

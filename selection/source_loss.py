@@ -10,7 +10,8 @@ imported inside the methods.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -172,4 +173,32 @@ class SourceLossTracker:
         self._sums = torch.from_numpy(sums) if sums.any() else None
 
 
-__all__ = ["SourceLossTracker"]
+@contextmanager
+def count_all_reduce() -> Iterator[list]:
+    """Count the ``torch.distributed.all_reduce`` calls made inside the block (``len`` of the list
+    yielded): the check that online mixing costs one collective per interval and none per step.
+
+    Example:
+        >>> from packwise.selection import count_all_reduce
+        >>> with count_all_reduce() as calls:
+        ...     pass
+        >>> len(calls)
+        0
+    """
+    import torch.distributed as dist
+
+    calls: list = []
+    real = dist.all_reduce
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    dist.all_reduce = counting
+    try:
+        yield calls
+    finally:
+        dist.all_reduce = real
+
+
+__all__ = ["SourceLossTracker", "count_all_reduce"]

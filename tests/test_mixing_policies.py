@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from conftest import end_ddp_worker
 
 from packwise.samplers import load_state, save_state
-from packwise.selection import ODM, SoftmaxLoss, SourceLossTracker
+from packwise.selection import ODM, SoftmaxLoss, SourceLossTracker, count_all_reduce
 
 HALF = np.array([0.5, 0.5])
 
@@ -212,26 +212,18 @@ def _tracker_worker(rank: int, port: int, out_dir: str) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    calls = []
-    real = dist.all_reduce
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    dist.all_reduce = counting
     odm = ODM(3)
     tracker = SourceLossTracker(odm, num_sources=3, update_every=4)
     rng = np.random.default_rng(rank)  # each rank sees different losses: only the reduction makes them agree
     weights, counts = [], []
-    for step in range(40):
-        if step % 4 == 0:
-            weights.append(odm.weights(step // 4, np.array([0.5, 0.3, 0.2])).tolist())
-        n = int(rng.integers(1, 6))
-        tracker.add(torch.from_numpy(rng.random(n) * (1 + rank)), rng.integers(0, 3, n), torch.from_numpy(rng.integers(1, 9, n)))
-        tracker.step()
-        counts.append(len(calls))
-    dist.all_reduce = real
+    with count_all_reduce() as calls:  # wraps torch.distributed.all_reduce
+        for step in range(40):
+            if step % 4 == 0:
+                weights.append(odm.weights(step // 4, np.array([0.5, 0.3, 0.2])).tolist())
+            n = int(rng.integers(1, 6))
+            tracker.add(torch.from_numpy(rng.random(n) * (1 + rank)), rng.integers(0, 3, n), torch.from_numpy(rng.integers(1, 9, n)))
+            tracker.step()
+            counts.append(len(calls))
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"weights": weights, "calls": counts}))
     end_ddp_worker()
 
