@@ -159,10 +159,14 @@ class PackwiseTrainerMixin:
         self._packwise_plain = torch.zeros(())  # unweighted loss summed since the last log
         self._packwise_plain_step = 0
         super().__init__(*args, data_collator=self.packwise_collator, **kwargs)
+        if self.packwise_mixture is not None:  # NCCL reduces on the GPU, even for a rank with no loss yet
+            self.packwise_mixture.device = self.args.device
         if callable(sampler) and not hasattr(sampler, "__iter__"):
             # a factory: built on the dataset the Trainer prepared (TRL tokenizes text in __init__)
             self.packwise_sampler = sampler(self.train_dataset)
             self.packwise_mixture = _mixture_tracker(self.packwise_sampler, collator)
+            if self.packwise_mixture is not None:
+                self.packwise_mixture.device = self.args.device
             if policy is None and self.packwise_mixture is None:
                 self.packwise_policy = getattr(self.packwise_sampler, "policy", None)
                 _check_layout(self.packwise_policy, collator)

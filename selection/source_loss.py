@@ -75,7 +75,7 @@ class SourceLossTracker:
         self.intervals_observed = 0
         self.last_loss = np.full(self.num_sources, np.nan)
         self._sums = None  # torch float64 [2, num_sources]: loss sum, tokens (this rank, this interval)
-        self._device = device  # where the sums live (the losses' device, or ``device`` before any add)
+        self.device = device  # where the sums live (the losses' device, or ``device`` before any add)
 
     def _buffer(self, device):
         import torch
@@ -84,7 +84,7 @@ class SourceLossTracker:
             self._sums = torch.zeros((2, self.num_sources), dtype=torch.float64, device=device)
         elif self._sums.device != torch.device(device):
             self._sums = self._sums.to(device)
-        self._device = self._sums.device
+        self.device = self._sums.device
         return self._sums
 
     def _source_ids(self, sources, n: int):
@@ -114,8 +114,7 @@ class SourceLossTracker:
             raise ValueError(f"tokens has {count.shape[0]} entries but losses has {losses.shape[0]}; give one count per loss")
         count = count.to(device=losses.device, dtype=torch.float64)
         sums = self._buffer(losses.device)
-        sums[0].index_add_(0, src, losses.double() * count)
-        sums[1].index_add_(0, src, count)
+        sums.index_add_(1, src, torch.stack((losses.double() * count, count)))  # one kernel for both rows
 
     def step(self) -> None:
         """End one step; after the interval's last step, reduce once and call ``policy.observe``."""
@@ -126,7 +125,7 @@ class SourceLossTracker:
     def _end_interval(self, interval: int) -> None:
         import torch
 
-        sums = self._buffer(self._device)
+        sums = self._buffer(self.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             if torch.distributed.get_world_size(self.group) > 1:
                 torch.distributed.all_reduce(sums, group=self.group)
