@@ -46,6 +46,7 @@ except ImportError as err:  # pragma: no cover - the extra is missing
 
 from ..packing import PackedCollator, example_losses, packed_loss, token_losses
 from ..samplers import PruningSampler, load_state, save_state
+from ..selection import SourceLossTracker
 
 STATE_FILE = "packwise_rank{rank}.npz"
 _OLD_STATE_FILE = "packwise_rank{rank}.pt"  # pickles written before 0.x: refused, never loaded
@@ -103,12 +104,25 @@ def _token_weights(policy, ids: torch.Tensor, batch: dict) -> torch.Tensor:
     return seg_w[batch["seq_idx"].cpu().long()].to(batch["labels"].device)
 
 
-def _check_layout(policy, collator) -> None:
+def _check_layout(policy, collator, what: str = "a selection policy") -> None:
     if policy is not None and "seq_idx" not in getattr(collator, "layout", ()):
         raise ValueError(
-            "a selection policy needs per-example losses: give the collator a layout with 'seq_idx' "
+            f"{what} needs per-example losses: give the collator a layout with 'seq_idx' "
             "(e.g. PackedCollator(layout=('flash', 'seq_idx')))"
         )
+
+
+def _is_mixture(sampler) -> bool:
+    """A ``MixtureSampler`` (or a look-alike): it maps batch indices to sources and updates per interval."""
+    return callable(getattr(sampler, "sources_of", None)) and hasattr(sampler, "update_every")
+
+
+def _mixture_tracker(sampler, collator):
+    """The per-source loss tracker of a mixture sampler (feeds its policy, if any), else None."""
+    if not _is_mixture(sampler):
+        return None
+    _check_layout(sampler, collator, "a MixtureSampler (per-source loss)")
+    return SourceLossTracker(sampler.policy, sampler.num_sources, sampler.update_every, names=sampler.names)
 
 
 class PackwiseTrainerMixin:
@@ -122,26 +136,41 @@ class PackwiseTrainerMixin:
             TRL, which tokenizes text itself: ``lambda ds: PackedBatchSampler("input_ids", 4096, dataset=ds)``).
         collator: the packwise collator (default ``PackedCollator()``: padding-free, ``flash`` +
             ``seq_idx`` layout, ``use_cache=False``); also used for evaluation.
-        policy: a selection policy to reweight and update (default: ``sampler.policy`` if any).
+        policy: a selection policy to reweight and update (default: ``sampler.policy`` if any;
+            a ``MixtureSampler``'s ``policy`` is its mixture policy, which the trainer feeds instead).
+
+    With a ``MixtureSampler`` the trainer logs each source's training loss (``loss/<source>``, the
+    token mean over the last update interval, all ranks), feeds the sampler's policy through a
+    :class:`packwise.selection.SourceLossTracker` (one ``all_reduce`` per interval) and saves and
+    restores the tracker with the checkpoint; the sampler's own state (cursors, weights, policy)
+    resumes the epoch exactly, without replaying the consumed batches.
     """
 
     def __init__(self, *args, sampler, collator=None, policy=None, **kwargs):
         collator = PackedCollator() if collator is None else collator
-        policy = getattr(sampler, "policy", None) if policy is None else policy
+        if policy is None and not _is_mixture(sampler):
+            policy = getattr(sampler, "policy", None)
         _check_layout(policy, collator)
         if "data_collator" in kwargs:
             raise ValueError("pass the packwise collator as collator=..., not data_collator=...")
         self.packwise_sampler = sampler
         self.packwise_collator = IdsCollator(collator)
         self.packwise_policy = policy
+        self.packwise_mixture = _mixture_tracker(sampler, collator)
+        self._packwise_resumed_mixture = False  # the mixture sampler was positioned by its saved state
         self._packwise_consumed = 0  # micro-batches of the current epoch handed to training_step
         self._packwise_plain = torch.zeros(())  # unweighted loss summed since the last log
         self._packwise_plain_step = 0
         super().__init__(*args, data_collator=self.packwise_collator, **kwargs)
+        if self.packwise_mixture is not None:  # NCCL reduces on the GPU, even for a rank with no loss yet
+            self.packwise_mixture.device = self.args.device
         if callable(sampler) and not hasattr(sampler, "__iter__"):
             # a factory: built on the dataset the Trainer prepared (TRL tokenizes text in __init__)
             self.packwise_sampler = sampler(self.train_dataset)
-            if policy is None:
+            self.packwise_mixture = _mixture_tracker(self.packwise_sampler, collator)
+            if self.packwise_mixture is not None:
+                self.packwise_mixture.device = self.args.device
+            if policy is None and self.packwise_mixture is None:
                 self.packwise_policy = getattr(self.packwise_sampler, "policy", None)
                 _check_layout(self.packwise_policy, collator)
 
@@ -179,9 +208,19 @@ class PackwiseTrainerMixin:
         self._packwise_consumed = int(kwargs.get("steps_trained_in_current_epoch", 0)) if resumed else 0
         return super()._run_epoch(**kwargs)
 
+    def get_resumed_dataloader(self, dataloader: DataLoader, num_batches: int) -> DataLoader:
+        # a mixture sampler resumed from its saved state yields exactly the rest of the epoch: no
+        # replay (its plan depends on the policy's answers, which only the saved state holds)
+        if self._packwise_resumed_mixture:
+            return dataloader
+        return super().get_resumed_dataloader(dataloader, num_batches)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._packwise_consumed += 1
-        return super().training_step(model, inputs, num_items_in_batch)
+        out = super().training_step(model, inputs, num_items_in_batch)
+        if self.packwise_mixture is not None:  # one sampler batch = one tracker step, on every rank
+            self.packwise_mixture.step()
+        return out
 
     # --- loss ------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -206,9 +245,19 @@ class PackwiseTrainerMixin:
         if training:  # every rank calls update once per micro-batch (it gathers across ranks)
             per_example, _ = example_losses(tok.detach(), inputs)
             policy.update(inputs["example_ids"].cpu(), per_example.cpu()[: inputs["example_ids"].shape[0]])
+        if self.packwise_mixture is not None and model.training and "example_ids" in inputs:
+            self._packwise_track(tok, inputs)
         if denominator is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
         return (loss, outputs) if return_outputs else loss
+
+    def _packwise_track(self, tok, inputs: dict) -> None:
+        """Add this micro-batch's per-example losses to its sources' sums (no collective here)."""
+        ids = inputs["example_ids"]
+        if ids.shape[0]:
+            per_example, tokens = example_losses(tok.detach(), inputs)
+            sources = self.packwise_sampler.sources_of(ids.cpu().numpy())
+            self.packwise_mixture.add(per_example[: ids.shape[0]], sources, tokens[: ids.shape[0]])
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         """Adds ``plain_loss`` beside ``loss`` while a policy reweights: the mean loss without the policy
@@ -220,6 +269,8 @@ class PackwiseTrainerMixin:
                 logs["plain_loss"] = round(float(self._packwise_plain) / steps, 4)
             self._packwise_plain = torch.zeros(())
             self._packwise_plain_step = self.state.global_step
+        if "loss" in logs and self.packwise_mixture is not None:
+            logs.update(self.packwise_mixture.logs("loss/"))
         super().log(logs, *args, **kwargs)
 
     # --- checkpoints -----------------------------------------------------------------------------
@@ -238,6 +289,7 @@ class PackwiseTrainerMixin:
             "batches_consumed": consumed,
             "sampler": state,
             "policy": policy.state_dict() if policy is not None else None,
+            "mixture_loss": self.packwise_mixture.state_dict() if self.packwise_mixture is not None else None,
         }
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -260,6 +312,8 @@ class PackwiseTrainerMixin:
         world = self.accelerator.num_processes
         sampler.load_state_dict(saved["sampler"])  # validates lengths, settings and seed
         epoch, consumed = int(saved["epoch"]), int(saved["batches_consumed"])
+        if self.packwise_mixture is not None:
+            return self._packwise_resume_mixture(saved, epoch, consumed)
         if saved["sampler"].get("num_replicas", world) != world:
             return self._packwise_elastic(epoch, num_train_epochs, num_update_steps_per_epoch)
         if hasattr(sampler, "_rewind"):  # the Trainer skips the consumed batches itself
@@ -302,6 +356,25 @@ class PackwiseTrainerMixin:
             later = max(int(num_train_epochs) - epoch - 1, 0) * updates_per_epoch
             self.state.max_steps = self.state.global_step + math.ceil(rest / self.args.gradient_accumulation_steps) + later
         return epoch, 0
+
+    def _packwise_resume_mixture(self, saved: dict, epoch: int, consumed: int) -> tuple[int, int]:
+        """A mixture sampler stays where its state put it (the rest of the epoch); the tracker
+        gets back this rank's steps and unreduced sums of the interval in progress."""
+        if saved.get("mixture_loss") is None:
+            raise ValueError(
+                "this checkpoint has no per-source loss state (it was not written with a MixtureSampler); "
+                "resume with the sampler the run was started with"
+            )
+        if self.args.ignore_data_skip:
+            raise ValueError(
+                "ignore_data_skip=True restarts the epoch, but a MixtureSampler's plan after a checkpoint depends on "
+                "the policy state it saved; resume without ignore_data_skip (the rest of the epoch, exactly)"
+            )
+        self.packwise_mixture.load_state_dict(saved["mixture_loss"])
+        if consumed >= len(self.get_train_dataloader()):
+            return epoch + 1, 0
+        self._packwise_resumed_mixture = True
+        return epoch, consumed
 
 
 class PackwiseTrainer(PackwiseTrainerMixin, Trainer):

@@ -32,7 +32,7 @@ from .cluster import ClusterBatchSampler
 from .mixture import MixtureDataset, MixturePolicy, MixtureSampler, MixtureStats, mixture_inputs
 from .packed import PackedBatchSampler
 from .stats import EpochStats
-from .stream import BucketedIterable, PackedIterable
+from .stream import BucketedIterable, MixedPackedIterable, PackedIterable
 from .pruning import PackedPruningSampler, PruningSampler
 from .schedule import ProgressSchedule
 from .state_file import load_state, save_state
@@ -53,6 +53,7 @@ __all__ = [
     "mixture_inputs",
     "PackedBatchSampler",
     "PackedIterable",
+    "MixedPackedIterable",
     "estimate_boundaries",
     "resolve_lengths",
     "PackedPruningSampler",

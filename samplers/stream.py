@@ -9,6 +9,7 @@ import hashlib
 import heapq
 from collections import deque
 from collections.abc import Mapping
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
@@ -768,3 +769,144 @@ class BucketedIterable(_CanonicalStream):
         batches = [[examples[i] for i in order_list[off[b] : off[b + 1]]] for b in emit.tolist()]
         waiting = np.concatenate([order[offsets[b] : offsets[b + 1]] for b in np.flatnonzero(~ready)] or [np.zeros(0, np.int64)])
         return batches, [examples[i] for i in waiting.tolist()], lengths[waiting]
+
+
+class _SourceShard(_ShardedStream):
+    """This (rank, worker)'s shard of one source, read the way ``PackedIterable`` reads its source."""
+
+    def __iter__(self) -> Iterator[Any]:
+        source, shard, shards = self._reader()
+        return islice(iter(source), shard, None, shards)
+
+
+class _DeficitMix:
+    """One (rank, worker) shard of every source, interleaved by token deficit: the next example
+    comes from the source furthest below its target share of the tokens emitted so far (ties go to
+    the lower source id), so the realised token shares stay within one example of the targets."""
+
+    def __init__(self, shards: list[Iterable], weights: np.ndarray, length, until: str, source_key, tokens: np.ndarray):
+        self.shards, self.weights, self.length = shards, weights, length
+        self.until, self.source_key = until, source_key
+        self.tokens = tokens
+
+    def __iter__(self) -> Iterator[Any]:
+        iters = [iter(s) for s in self.shards]
+        active = self.weights > 0
+        self.tokens[:] = 0
+        while active.any():
+            deficit = np.where(active, self.tokens / np.where(active, self.weights, 1.0), np.inf)
+            i = int(np.argmin(deficit))
+            try:
+                example = next(iters[i])
+            except StopIteration:
+                if self.until == "first":
+                    return
+                active[i] = False
+                continue
+            self.tokens[i] += max(int(self.length(example)), 0)
+            yield self._tag(example, i)
+
+    def _tag(self, example, i: int):
+        key = self.source_key
+        if key is None:
+            return example
+        if not isinstance(example, Mapping):
+            raise ValueError(f"source_key={key!r} tags dict examples, got a {type(example).__name__}; pass source_key=None")
+        if key in example:
+            raise ValueError(
+                f"an example of source {i} already has a {key!r} field; pass another source_key or source_key=None"
+            )
+        return {**example, key: i}
+
+
+class MixedPackedIterable(PackedIterable):
+    """Pack several streams mixed at target token proportions (``weights``), as :class:`PackedIterable`.
+
+    Each (rank, DataLoader worker) reads its own disjoint shard of *every* source (every
+    ``num_replicas * num_workers``-th example of each, as ``PackedIterable`` does for one source;
+    an HF ``IterableDataset`` is split by rank with ``split_dataset_by_node`` and shards itself by
+    worker) and interleaves them by deficit: the next example comes from the source whose tokens so
+    far are furthest below ``weight * total``, so every prefix of the mixed stream holds the target
+    token shares to within one example per source.  No randomness goes into the mix; the packed
+    bins are shuffled per window with ``(seed, epoch, shard)`` as in ``PackedIterable``, so the
+    output is a pure function of (sources, weights, seed, epoch, world size, workers).
+
+    ``until="first"`` stops when any source with a positive weight runs out (the proportions hold
+    to the end); ``"all"`` drains the others afterwards (the tail is off-target).  Dict examples get
+    their source id in ``source_key`` (default ``"source"``; ``None`` leaves examples untouched), for
+    per-source losses.  ``tokens`` holds this process's tokens per source of the last pass.
+
+    Example:
+        >>> from packwise.samplers import MixedPackedIterable
+        >>> a = [{"ids": [1] * 4} for _ in range(6)]
+        >>> b = [{"ids": [2] * 2} for _ in range(6)]
+        >>> stream = MixedPackedIterable({"a": a, "b": b}, {"a": 0.5, "b": 0.5}, max_tokens=8, length="ids",
+        ...                              num_replicas=1, rank=0, shuffle=False)
+        >>> [[ex["source"] for ex in batch] for batch in stream]
+        [[0, 0], [0, 0], [1, 1, 1, 1], [1, 1]]
+        >>> stream.tokens.tolist()      # b ran out first: a is one example ahead
+        [16, 12]
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Iterable] | Sequence[Iterable],
+        weights: Mapping[str, float] | Sequence[float],
+        max_tokens: int,
+        length: str | Callable[[Any], int] = "input_ids",
+        *,
+        until: Literal["first", "all"] = "first",
+        source_key: str | None = "source",
+        **kwargs: Any,
+    ):
+        names, streams = _named_sources(sources)
+        super().__init__(streams, max_tokens, length, **kwargs)
+        self.names = names
+        self.weights = _target_shares(weights, names)
+        if until not in ("first", "all"):
+            raise ValueError(f"until must be 'first' (stop at the first exhausted source) or 'all', got {until!r}")
+        self.until = until
+        self.source_key = source_key
+        self.tokens = np.zeros(len(names), np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next pass with ``(seed, epoch)`` and pass the epoch to every source that takes it."""
+        self.epoch = int(epoch)
+        for src in self.source:
+            if hasattr(src, "set_epoch"):
+                src.set_epoch(epoch)
+
+    def _reader(self) -> tuple[Iterable, int, int]:
+        shards = [_SourceShard(src, self.length, self.window, self.seed, self.num_replicas, self.rank) for src in self.source]
+        return _DeficitMix(shards, self.weights, self.length, self.until, self.source_key, self.tokens), 0, 1
+
+
+def _named_sources(sources) -> tuple[list[str], list[Iterable]]:
+    if isinstance(sources, Mapping):
+        names, streams = [str(k) for k in sources], list(sources.values())
+    else:
+        streams = list(sources)
+        names = [str(i) for i in range(len(streams))]
+    if not streams:
+        raise ValueError("sources is empty; give at least one iterable dataset")
+    return names, streams
+
+
+def _target_shares(weights, names: list[str]) -> np.ndarray:
+    """``weights`` (a dict by source name or a sequence) as float64 shares summing to 1."""
+    if isinstance(weights, Mapping):
+        unknown = sorted(set(map(str, weights)) - set(names))
+        if unknown:
+            raise ValueError(f"weights name {unknown} but the sources are {names}; give one weight per source name")
+        values = [weights.get(n, weights.get(int(n), 0.0) if n.isdigit() else 0.0) for n in names]
+    else:
+        values = list(weights)
+    w = np.asarray(values, dtype=np.float64)
+    if w.shape != (len(names),):
+        raise ValueError(f"weights has {w.shape[0] if w.ndim else 0} entries for {len(names)} sources; give one per source")
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.shape[0]:
+        raise ValueError(f"weights[{names[int(bad[0])]!r}] = {float(w[bad[0]])!r}; weights must be finite and >= 0")
+    if not w.sum() > 0:
+        raise ValueError("weights sum to 0; give at least one source a positive weight")
+    return w / w.sum()

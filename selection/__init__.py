@@ -1,6 +1,7 @@
 """Data selection during training: dynamic pruning (InfoBatch), random subsets (RS2),
-score-driven sampling, a loss-threshold filter for streams, and in-step super-batch selection
-with a reference model (``RhoLoss``, ``JEST`` pointwise and pairwise).  torch-free at import time.
+score-driven sampling, a loss-threshold filter for streams, in-step super-batch selection
+with a reference model (``RhoLoss``, ``JEST`` pointwise and pairwise), and online mixture
+policies (``ODM``, ``SoftmaxLoss``) fed by a ``SourceLossTracker``.  torch-free at import time.
 
 The epoch-plan protocol (every policy here; what samplers compose with):
 
@@ -41,6 +42,8 @@ from ._batch import BatchSelection, gather_rows
 from .jest import JEST, conditional_learnability, pairwise_learnability, sigmoid_pair_losses, softmax_conditional_learnability
 from .reference import ReferenceScores, reference_scores
 from .rho import RhoLoss
+from .mixing import ODM, SoftmaxLoss
+from .source_loss import SourceLossTracker, count_all_reduce
 
 __all__ = [
     "EpochPlan",
@@ -72,6 +75,10 @@ __all__ = [
     "JEST",
     "ReferenceScores",
     "RhoLoss",
+    "ODM",
+    "SoftmaxLoss",
+    "SourceLossTracker",
+    "count_all_reduce",
     "conditional_learnability",
     "gather_rows",
     "pairwise_learnability",
