@@ -280,8 +280,14 @@ class _CanonicalStream(_ShardedStream):
         return [np.arange(first + (w + turn) % workers, self.canonical, shards) for w in range(workers)]
 
     # --- iteration ---------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[list]:
+    def _unpositioned(self) -> str | None:
+        """Why this stream cannot be read by position into canonical substreams (``None``: it can)."""
         if _is_hf_stream(self.source):
+            return "an HF IterableDataset shards itself by worker and rank"
+        return None
+
+    def __iter__(self) -> Iterator[list]:
+        if self._unpositioned() is not None:
             return self._play_shard()
         return self._play_canonical()
 
@@ -377,10 +383,11 @@ class _CanonicalStream(_ShardedStream):
         not what workers prefetched).  Under DDP each rank's state covers its own substreams:
         combine them with :meth:`merge_states` before loading.  A few hundred bytes of ints.
         """
-        if _is_hf_stream(self.source):
+        why = self._unpositioned()
+        if why is not None:
             raise ValueError(
-                "an HF IterableDataset shards itself by worker and rank, so this stream cannot say which examples "
-                "were consumed; save the dataset's own state_dict(), or pass a source read by position"
+                f"{why}, so this stream cannot say which examples were consumed; save the dataset's own "
+                f"state_dict(), or pass a source read by position"
             )
         received, workers = self._received(loader)
         groups = self._groups(workers)
@@ -440,8 +447,9 @@ class _CanonicalStream(_ShardedStream):
         """Resume: the next pass yields the rest of the saved epoch, under any topology with at
         most ``canonical`` shards (re-batching each substream up to where it stopped)."""
         _check_state(state, "state_dict")
-        if _is_hf_stream(self.source):
-            raise ValueError("an HF IterableDataset source has no position to resume; load the dataset's own state_dict()")
+        why = self._unpositioned()
+        if why is not None:
+            raise ValueError(f"{why}, so it has no position to resume; load the dataset's own state_dict()")
         if state["seed"] != self.seed:
             raise ValueError(f"state_dict was saved with seed={state['seed']} but this stream has seed={self.seed}; rebuild it with the saved seed")
         if state["settings"] != self._settings_key():
@@ -835,6 +843,9 @@ class MixedPackedIterable(PackedIterable):
     to the end); ``"all"`` drains the others afterwards (the tail is off-target).  Dict examples get
     their source id in ``source_key`` (default ``"source"``; ``None`` leaves examples untouched), for
     per-source losses.  ``tokens`` holds this process's tokens per source of the last pass.
+    Its batches depend on the topology (each shard mixes its own share of every source), so it has
+    no mid-epoch ``state_dict``: resume at an epoch boundary (``set_epoch``), or mix map-style
+    data with :class:`MixtureSampler`, which resumes exactly under any world size.
 
     Example:
         >>> from packwise.samplers import MixedPackedIterable
@@ -875,6 +886,10 @@ class MixedPackedIterable(PackedIterable):
         for src in self.source:
             if hasattr(src, "set_epoch"):
                 src.set_epoch(epoch)
+
+    def _unpositioned(self) -> str | None:
+        # each (rank, worker) mixes its own shard of every source (one example of slack per shard)
+        return "a MixedPackedIterable mixes each (rank, worker)'s own shard of its sources"
 
     def _reader(self) -> tuple[Iterable, int, int]:
         shards = [_SourceShard(src, self.length, self.window, self.seed, self.num_replicas, self.rank) for src in self.source]

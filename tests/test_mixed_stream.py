@@ -102,3 +102,10 @@ def test_an_example_that_already_has_the_source_field_is_refused(sources):
     with pytest.raises(ValueError, match=r"^an example of source 0 already has a 'source' field; pass another source_key"):
         list(MixedPackedIterable(tagged, [1, 1], 8, num_replicas=1, rank=0))
     assert [len(b) for b in MixedPackedIterable(tagged, [1, 1], 8, num_replicas=1, rank=0, source_key=None)] == [2]
+
+
+def test_a_mixed_stream_refuses_a_mid_epoch_state_naming_why(sources):
+    stream = _stream(sources)
+    with pytest.raises(ValueError, match=r"^a MixedPackedIterable mixes each \(rank, worker\)'s own shard of its sources, "
+                       r"so this stream cannot say which examples were consumed"):
+        stream.state_dict()
