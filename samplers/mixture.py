@@ -709,6 +709,14 @@ class MixtureSampler(_PlannedBatchSampler):
         done = self._yielded
         if not _wrapped.called_from("torchdata"):
             done = _wrapped.consumed_steps(self._caller, self._yielded, self._start)
+        return self.state_at(done)
+
+    def state_at(self, steps: int) -> dict:
+        """The state after ``steps`` batches per rank of this pass (a Trainer that counts the
+        batches it trained on passes its own count; at most what this pass yielded)."""
+        if self._loaded is not None:
+            return dict(self._loaded)
+        done = int(steps)
         at = min(self._origin + done * self.num_replicas, self.batches_per_epoch)
         j = at // self.window
         if done == 0 and not self._marks:
