@@ -1,6 +1,8 @@
 """Data selection during training: dynamic pruning (InfoBatch), random subsets (RS2),
 score-driven sampling, a loss-threshold filter for streams, and in-step super-batch selection
-with a reference model (``RhoLoss``, ``JEST`` pointwise and pairwise).  torch-free at import time.
+with a reference model (``RhoLoss``, ``JEST`` pointwise and pairwise), and the gradient noise scale
+with the token-budget schedules it drives (``GradientNoiseScale``, ``RampBudget``,
+``AdaptiveBudget``, ``BudgetScaledLR``).  torch-free at import time.
 
 The epoch-plan protocol (every policy here; what samplers compose with):
 
@@ -41,6 +43,9 @@ from ._batch import BatchSelection, gather_rows
 from .jest import JEST, conditional_learnability, pairwise_learnability, sigmoid_pair_losses, softmax_conditional_learnability
 from .reference import ReferenceScores, reference_scores
 from .rho import RhoLoss
+from .noise_scale import AccumulationNoiseSource, DDPNoiseSource, GradientNoiseScale, NoiseEstimate, noise_scale
+from .budget import AdaptiveBudget, BudgetChange, BudgetSchedule, RampBudget
+from .lr_scaling import BudgetScaledLR, LRScaler, ema_momentum, lr_factor
 
 __all__ = [
     "EpochPlan",
@@ -78,4 +83,17 @@ __all__ = [
     "reference_scores",
     "sigmoid_pair_losses",
     "softmax_conditional_learnability",
+    "AccumulationNoiseSource",
+    "DDPNoiseSource",
+    "GradientNoiseScale",
+    "NoiseEstimate",
+    "noise_scale",
+    "AdaptiveBudget",
+    "BudgetChange",
+    "BudgetSchedule",
+    "RampBudget",
+    "BudgetScaledLR",
+    "LRScaler",
+    "ema_momentum",
+    "lr_factor",
 ]
