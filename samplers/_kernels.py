@@ -1,4 +1,5 @@
-"""Numba kernels for the samplers: grouping by bucket, cutting padded batches, rank assignment.
+"""Numba kernels for the samplers: grouping by bucket, cutting padded batches, the canonical order
+and its dealing to ranks.
 
 All take and return NumPy arrays (int64 indices, int64 lengths); the Python classes validate input.
 """
@@ -100,25 +101,51 @@ def csr_sums(offsets, values):
 
 
 @njit(cache=True)
-def assign_steps(ranked, costs, num_replicas, num_steps):
-    """Deal batches to ranks, ``num_replicas`` per step, balancing each rank's running cost.
+def sort_blocks(sequence, costs, block):
+    """Sort each run of ``block`` consecutive batch ids of ``sequence`` by decreasing cost (stable).
 
-    ``ranked`` lists batch ids by decreasing cost; step ``s`` takes the next ``num_replicas`` of
-    them (so a step's batches cost about the same) and gives the dearest to the rank with the least
-    work so far (LPT).  Batches past ``num_steps * num_replicas`` are left out; a step with fewer
-    batches than ranks leaves ``-1`` (an empty batch) on the ranks with the most work.
+    The blocks do not depend on the world size, so neighbours in the canonical order cost about
+    the same and any group of consecutive batches (one step under any world size) is balanced."""
+    out = sequence.copy()
+    n = out.shape[0]
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        part = out[lo:hi].copy()
+        keys = np.empty(hi - lo, np.float64)
+        for k in range(hi - lo):
+            keys[k] = -costs[part[k]]
+        out[lo:hi] = part[np.argsort(keys, kind="mergesort")]
+    return out
+
+
+@njit(cache=True)
+def deal_groups(sequence, costs, origin, num_replicas, num_steps):
+    """Deal the canonical ``sequence`` from ``origin`` on: step ``s`` takes the next ``num_replicas``
+    batch ids and gives the dearest to the rank with the least work so far (LPT).
+
+    A step with fewer batches than ranks leaves ``-1`` (an empty batch) on the ranks with the most
+    work; batches past ``origin + num_steps * num_replicas`` are left out (``drop_last``).
     Returns ``(table[rank, step], load[rank])``.
     """
     table = np.full((num_replicas, num_steps), -1, np.int64)
     load = np.zeros(num_replicas, np.float64)
     taken = np.zeros(num_replicas, np.bool_)
-    total = ranked.shape[0]
+    total = sequence.shape[0]
+    group = np.empty(num_replicas, np.int64)
     for s in range(num_steps):
         taken[:] = False
-        lo = s * num_replicas
+        lo = origin + s * num_replicas
         hi = min(lo + num_replicas, total)
-        for k in range(lo, hi):
-            b = ranked[k]
+        m = hi - lo
+        for k in range(m):  # insertion sort of the group by decreasing cost (stable)
+            b = sequence[lo + k]
+            j = k
+            while j > 0 and costs[group[j - 1]] < costs[b]:
+                group[j] = group[j - 1]
+                j -= 1
+            group[j] = b
+        for k in range(m):
+            b = group[k]
             best = -1
             for r in range(num_replicas):
                 if not taken[r] and (best < 0 or load[r] < load[best]):

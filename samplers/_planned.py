@@ -1,6 +1,14 @@
-"""The shared machinery of the batch samplers: an epoch plan that is a pure function of
-(lengths, seed, epoch, world size, settings), dealt to ranks with equal batch counts, resumable
-from two counters."""
+"""The shared machinery of the batch samplers: a canonical epoch plan that is a pure function of
+(lengths, seed, epoch, settings) and does not depend on the world size, dealt to ranks in
+consecutive groups with equal batch counts, resumable from one global cursor under any world size.
+
+The canonical order: the epoch's global batches (``_batches(epoch)``), shuffled with
+``(seed, epoch)`` and sorted by decreasing cost inside fixed blocks of ``BLOCK`` batches, so
+neighbours cost about the same.  Dealing: from a global position ``origin`` (0, or where a resume
+under another world size picked the epoch up), step ``s`` gives the ``num_replicas`` batches at
+``origin + s * num_replicas ...`` to the ranks, the dearest to the least-loaded rank.  The batches
+consumed are therefore always a prefix of the canonical order: the state is that prefix's length.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,8 @@ from . import _kernels, _wrapped
 from .stats import EpochStats
 
 _EMPTY = np.zeros(0, np.int64)
+BLOCK = 1024  # batches per cost-sorted block of the canonical order (fixed: never the world size)
+STATE_VERSION = 2  # 1: per-rank counters (num_replicas, rank); 2: the global cursor
 
 
 @dataclass(frozen=True)
@@ -36,9 +46,21 @@ class _Batches:
 
 
 @dataclass(frozen=True)
+class _Canonical:
+    """One epoch's global batches and their world-size-independent play order."""
+
+    epoch: int
+    batches: _Batches
+    sequence: np.ndarray  # batch ids in canonical order
+    costs: np.ndarray  # cost-model value per batch id (float64)
+
+
+@dataclass(frozen=True)
 class _EpochPlan:
     epoch: int
     batches: _Batches
+    sequence: np.ndarray  # batch ids in canonical order (the same for every world size)
+    origin: int  # canonical position where this dealing starts (0, or a resume's cursor)
     table: np.ndarray  # (num_replicas, steps) batch ids, -1 = empty batch
     stats: EpochStats
 
@@ -77,6 +99,8 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
     batches; a sampler built for another world size is refused with the fix.
     """
 
+    _FIXED: tuple[str, ...] = ("seed", "shuffle", "drop_last")  # what a resume needs unchanged
+
     def __init__(
         self,
         num_examples: int,
@@ -104,6 +128,8 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         self.epoch = 0
         self._resume_at = 0
         self._yielded = 0
+        self._origin = 0  # canonical position the current epoch's dealing starts at
+        self._canon: _Canonical | None = None
         self._plan: _EpochPlan | None = None
         self._fingerprint: str | None = None
         self._caller: _wrapped.Caller | None = None
@@ -120,28 +146,42 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         raise NotImplementedError
 
     # --- the epoch plan ---------------------------------------------------------------------
-    def plan(self, epoch: int | None = None) -> _EpochPlan:
-        """The epoch's global batches and their dealing to ranks (cached for the last epoch and world size)."""
+    def canonical(self, epoch: int | None = None) -> _Canonical:
+        """The epoch's global batches in play order, for any world size (cached for the last epoch).
+
+        Hook for plans that change mid-epoch (a token budget schedule): override to splice a
+        re-planned tail in at a change point; everything before the point must stay as it was."""
         epoch = self.epoch if epoch is None else int(epoch)
-        if self._plan is not None and (self._plan.epoch, self._plan.stats.num_replicas) == (epoch, self.num_replicas):
-            return self._plan
+        if self._canon is not None and self._canon.epoch == epoch:
+            return self._canon
         batches = self._batches(epoch)
         costs = batches.work.astype(np.float64) + self.attention_weight * batches.squares
-        num_batches = batches.num_batches
-        replicas = self.num_replicas
-        if replicas == 1:
-            ranked = np.arange(num_batches, dtype=np.int64)
-        else:
-            ranked = np.argsort(-costs, kind="stable").astype(np.int64)
-        full_steps = num_batches // replicas
-        steps = full_steps if self.drop_last else -(-num_batches // replicas)
-        table, load = _kernels.assign_steps(ranked, costs, replicas, steps)
+        sequence = np.arange(batches.num_batches, dtype=np.int64)
         if self.shuffle:
-            step_order = epoch_rng(self.seed, epoch, 1).permutation(full_steps)
-            if steps > full_steps:  # the one short step (padded with empty batches) goes last
-                step_order = np.append(step_order, full_steps)
-            table = table[:, step_order]
-        left_out = ranked[steps * replicas :]
+            sequence = epoch_rng(self.seed, epoch, 1).permutation(batches.num_batches).astype(np.int64)
+            sequence = _kernels.sort_blocks(sequence, costs, BLOCK)
+        self._canon = _Canonical(epoch, batches, sequence, costs)
+        return self._canon
+
+    def _origin_of(self, epoch: int) -> int:
+        """Where the dealing of ``epoch`` starts: a resume's cursor in the resumed epoch, else 0."""
+        return self._origin if epoch == self.epoch else 0
+
+    def plan(self, epoch: int | None = None) -> _EpochPlan:
+        """The epoch's canonical batches and their dealing to ranks (cached for the last epoch and world size)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        origin = self._origin_of(epoch)
+        key = (epoch, self.num_replicas, origin)
+        if self._plan is not None and (self._plan.epoch, self._plan.stats.num_replicas, self._plan.origin) == key:
+            return self._plan
+        canon = self.canonical(epoch)
+        batches, sequence, costs = canon.batches, canon.sequence, canon.costs
+        replicas = self.num_replicas
+        remaining = max(batches.num_batches - origin, 0)
+        steps = remaining // replicas if self.drop_last else -(-remaining // replicas)
+        table, load = _kernels.deal_groups(sequence, costs, origin, replicas, steps)
+        dealt = sequence[origin : origin + steps * replicas]
+        left_out = sequence[origin + steps * replicas :]
         sizes = np.diff(batches.offsets)
         mean = float(load.mean())
         stats = EpochStats(
@@ -149,21 +189,21 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
             num_replicas=replicas,
             batches_per_rank=int(steps),
             num_examples=self.num_examples,
-            examples=int(batches.order.shape[0] - sizes[left_out].sum()),
-            batches=int(num_batches - left_out.shape[0]),
+            examples=int(sizes[dealt].sum()),
+            batches=int(dealt.shape[0]),
             empty_batches=int((table < 0).sum()),
             dropped_oversize=int(batches.dropped_oversize),
             dropped_last_examples=int(sizes[left_out].sum()),
             dropped_last_batches=int(left_out.shape[0]),
-            tokens=int(batches.tokens.sum() - batches.tokens[left_out].sum()),
-            slots=int(batches.slots.sum() - batches.slots[left_out].sum()),
+            tokens=int(batches.tokens[dealt].sum()),
+            slots=int(batches.slots[dealt].sum()),
             truncated_tokens=int(batches.truncated_tokens),
-            max_batch_examples=int(sizes.max()) if num_batches else 0,
+            max_batch_examples=int(sizes.max()) if batches.num_batches else 0,
             work_per_rank=tuple(float(x) for x in load),
             imbalance=float(load.max() / mean) if mean > 0 else 1.0,
             step_imbalance=float(_kernels.step_imbalance(table, costs)),
         )
-        self._plan = _EpochPlan(epoch, batches, table, stats)
+        self._plan = _EpochPlan(epoch, batches, sequence, origin, table, stats)
         return self._plan
 
     def stats(self, epoch: int | None = None) -> EpochStats:
@@ -197,6 +237,7 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         if epoch != self.epoch:  # a new epoch starts from its first batch
             self._resume_at = 0
             self._yielded = 0
+            self._origin = 0
             self._caller = None
         self.epoch = epoch
 
@@ -251,7 +292,9 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         return self._fingerprint
 
     def state_dict(self) -> dict:
-        """Two counters and what they are valid for: ``epoch`` and ``batches_yielded`` this epoch.
+        """Where the epoch is, the same on every rank: ``epoch`` and ``cursor`` (global batches of
+        the canonical order consumed), plus this dealing's ``origin``, ``num_replicas`` and
+        ``batches_yielded`` (steps), so a resume under the same world size continues bit for bit.
 
         ``batches_yielded`` counts batches the training loop received, not those a DataLoader's
         workers or accelerate prefetched (read from the torch DataLoader iterator that pulls this
@@ -260,36 +303,91 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         done = self._yielded
         if not _wrapped.called_from("torchdata"):
             done = _wrapped.consumed_steps(self._caller, self._yielded, self._start)
+        return self.state_at(done)
+
+    def state_at(self, steps: int) -> dict:
+        """The state after ``steps`` batches per rank of the current epoch's dealing (a Trainer
+        that counts the batches it trained on passes its own count)."""
+        steps = int(steps)
+        origin = self._origin
+        cursor = origin
+        if steps > 0:
+            plan = self.plan()
+            total = plan.batches.num_batches
+            done_all = steps >= plan.stats.batches_per_rank
+            cursor = total if done_all else min(origin + steps * self.num_replicas, total)
         return {
+            "version": STATE_VERSION,
             "epoch": self.epoch,
-            "batches_yielded": int(done),
-            "seed": self.seed,
+            "cursor": int(cursor),
+            "origin": int(origin),
             "num_replicas": self.num_replicas,
-            "rank": self.rank,
+            "batches_yielded": steps,
+            "seed": self.seed,
             "fingerprint": self._fingerprint_of(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume: the next ``__iter__`` yields the rest of the saved epoch, exactly."""
-        missing = {"epoch", "batches_yielded", "seed", "num_replicas", "rank", "fingerprint"} - set(state)
-        if missing:
-            raise ValueError(f"state_dict is missing {sorted(missing)}; pass a dict saved by state_dict()")
-        for field in ("seed", "num_replicas", "rank"):
-            if state[field] != getattr(self, field):
-                raise ValueError(
-                    f"state_dict was saved with {field}={state[field]} but this sampler has "
-                    f"{field}={getattr(self, field)}; rebuild the sampler with the saved {field}"
-                )
+        """Resume: the next ``__iter__`` yields the rest of the saved epoch, exactly, under any world size.
+
+        Under the saved ``num_replicas`` the rest is dealt as before (bit for bit); under another
+        one the canonical batches after ``cursor`` are dealt afresh to the new ranks (each once,
+        equal counts).  The lengths, ``seed`` and settings (``fixed`` in the refusal) must not
+        change: they define the canonical order the cursor points into.
+        """
+        check_fields(state, ("epoch", "batches_yielded", "seed", "num_replicas", "fingerprint"))
+        if state["seed"] != self.seed:
+            raise ValueError(
+                f"state_dict was saved with seed={state['seed']} but this sampler has seed={self.seed}; "
+                f"rebuild the sampler with the saved seed"
+            )
         if state["fingerprint"] != self._fingerprint_of():
             raise ValueError(
-                "state_dict was saved for different lengths or sampler settings (fingerprint mismatch); "
-                "rebuild the sampler from the same lengths and arguments"
+                f"state_dict was saved for different lengths or sampler settings (fingerprint mismatch); "
+                f"{type(self).__name__} resumes only from the same lengths and {', '.join(self._FIXED)} "
+                f"(num_replicas, rank and DataLoader workers may change): rebuild it with the saved ones"
             )
         self.set_epoch(int(state["epoch"]))
-        done = int(state["batches_yielded"])
-        total = len(self)
-        if not 0 <= done <= total:
-            raise ValueError(f"state_dict batches_yielded={done} is outside [0, {total}] for epoch {self.epoch}")
-        self._resume_at = done
-        self._yielded = done
+        origin, start = resume_point(state, "batches_yielded", self.num_replicas)
+        total = self.canonical().batches.num_batches
+        if not 0 <= origin <= total:
+            raise ValueError(f"state_dict cursor={origin} is outside [0, {total}] for epoch {self.epoch}")
+        self._origin = origin
+        steps = self.plan().stats.batches_per_rank
+        if not 0 <= start <= steps:
+            raise ValueError(f"state_dict batches_yielded={start} is outside [0, {steps}] for epoch {self.epoch}")
+        self._resume_at = start
+        self._yielded = start
         self._caller = None
+
+    def _rewind(self) -> None:
+        """Back to the first batch of the current dealing (a Trainer that skips batches itself)."""
+        self._resume_at = 0
+        self._yielded = 0
+
+
+def check_fields(state: dict, required: tuple[str, ...]) -> None:
+    """Refuse a state that lacks a field, naming it."""
+    missing = set(required) - set(state)
+    if missing:
+        raise ValueError(f"state_dict is missing {sorted(missing)}; pass a dict saved by state_dict()")
+
+
+def resume_point(state: dict, count: str, num_replicas: int) -> tuple[int, int]:
+    """``(origin, steps to skip)`` of a saved state under ``num_replicas`` ranks.
+
+    The saved world size continues its own dealing (same origin, same step); another world size
+    starts a fresh dealing at the global cursor.  A state from before the global cursor (version 1,
+    with per-rank counters) resumes only under its own world size."""
+    if "cursor" not in state:
+        if state["num_replicas"] != num_replicas:
+            raise ValueError(
+                f"state_dict was saved with num_replicas={state['num_replicas']} by a packwise without a global "
+                f"cursor, so it resumes only under num_replicas={state['num_replicas']}; resume with that world "
+                f"size, or start the epoch afresh"
+            )
+        return 0, int(state[count])
+    check_fields(state, ("cursor", "origin"))
+    if state["num_replicas"] == num_replicas:
+        return int(state["origin"]), int(state[count])
+    return int(state["cursor"]), 0

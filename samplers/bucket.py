@@ -77,6 +77,8 @@ class BucketBatchSampler(_PlannedBatchSampler):
         (3, True)
     """
 
+    _FIXED = ("seed", "max_tokens", "batch_size", "buckets", "bucket_batch_size", "oversize", "shuffle", "drop_last", "attention_weight")
+
     def __init__(
         self,
         lengths,

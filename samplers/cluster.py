@@ -34,6 +34,8 @@ class ClusterBatchSampler(_PlannedBatchSampler):
     ``lengths`` (optional) feed the DDP cost model; without them every example costs 1.
     """
 
+    _FIXED = ("labels", "seed", "batch_size", "mode", "epoch_size", "shuffle", "drop_last")
+
     def __init__(
         self,
         labels,

@@ -37,6 +37,8 @@ class PackedBatchSampler(_PlannedBatchSampler):
         (2, 0.988)
     """
 
+    _FIXED = ("seed", "max_tokens", "rows_per_batch", "algorithm", "oversize", "shuffle", "drop_last", "attention_weight")
+
     def __init__(
         self,
         lengths,

@@ -11,7 +11,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from . import _wrapped
-from ._planned import _Batches, resolve_replicas
+from ._planned import STATE_VERSION, _Batches, check_fields, resolve_replicas, resume_point
 from .packed import PackedBatchSampler
 
 
@@ -31,9 +31,12 @@ class PruningSampler(Sampler, _wrapped.LoaderEpoch):
     """Yield this rank's share of ``policy.indices_for_epoch(epoch)``, shuffled.
 
     Every rank computes the same kept set (same scores, gathered by ``policy.update``, and same
-    seed), so ranks only need their rank: the shuffled ids are padded by wrapping around
-    (``drop_last=False``) or truncated (``drop_last=True``) to a multiple of ``num_replicas`` and
-    dealt round-robin, giving equal counts.  ``len()`` is known before the epoch starts.
+    seed), so ranks only need their rank: the shuffled ids (the canonical order, the same for any
+    world size) are padded by wrapping around (``drop_last=False``) or truncated
+    (``drop_last=True``) to a multiple of ``num_replicas`` and dealt round-robin, giving equal
+    counts.  ``len()`` is known before the epoch starts.  Round-robin makes the consumed ids a
+    prefix of the canonical order, so :meth:`state_dict` is one global cursor and resumes under any
+    world size (load the policy's own state first: it holds the epoch's kept set).
 
     With ``max_tokens`` (and ``lengths``) it is a batch sampler instead: each epoch's kept ids are
     packed into batches of at most ``max_tokens`` tokens by :class:`PackedBatchSampler`'s machinery
@@ -81,6 +84,7 @@ class PruningSampler(Sampler, _wrapped.LoaderEpoch):
         self.epoch = 0
         self._resume_at = 0
         self._yielded = 0
+        self._origin = 0  # canonical position the current epoch's dealing starts at
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch the next ``__iter__`` plays (plans it from the policy's current scores)."""
@@ -90,14 +94,22 @@ class PruningSampler(Sampler, _wrapped.LoaderEpoch):
         if epoch != self.epoch:
             self._resume_at = 0
             self._yielded = 0
+            self._origin = 0
         self.epoch = epoch
 
-    def global_order(self, epoch: int | None = None) -> np.ndarray:
-        """The epoch's kept ids in play order before dealing (int64), padded or truncated."""
+    def canonical(self, epoch: int | None = None) -> np.ndarray:
+        """The epoch's kept ids in play order, for any world size (int64)."""
         epoch = self.epoch if epoch is None else epoch
         ids = self.policy.indices_for_epoch(epoch)
         if self.shuffle:
             ids = ids[_epoch_rng(self.seed, epoch).permutation(ids.shape[0])]
+        return ids
+
+    def global_order(self, epoch: int | None = None) -> np.ndarray:
+        """The epoch's kept ids from this dealing's start (a resume's cursor, else the first) in play
+        order before dealing (int64), padded or truncated to a multiple of ``num_replicas``."""
+        epoch = self.epoch if epoch is None else epoch
+        ids = self.canonical(epoch)[(self._origin if epoch == self.epoch else 0) :]
         r = self.num_replicas
         if self.drop_last:
             return ids[: ids.shape[0] - ids.shape[0] % r]
@@ -134,32 +146,53 @@ class PruningSampler(Sampler, _wrapped.LoaderEpoch):
             yield i
 
     def state_dict(self) -> dict:
-        """Where the epoch is: ``epoch`` and ``yielded`` indices (save ``policy.state_dict()`` too)."""
+        """Where the epoch is, the same on every rank: ``epoch`` and ``cursor`` (kept ids of the
+        canonical order consumed), plus this dealing's ``origin``, ``num_replicas`` and ``yielded``
+        (ids per rank).  Save ``policy.state_dict()`` too: it holds the epoch's kept set."""
+        return self.state_at(self._yielded)
+
+    def state_at(self, yielded: int) -> dict:
+        """The state after ``yielded`` ids per rank of the current dealing (a Trainer passes its count)."""
+        yielded = int(yielded)
+        cursor = self._origin
+        if yielded > 0:
+            total = int(self.canonical().shape[0])
+            done_all = yielded >= len(self)
+            cursor = total if done_all else min(self._origin + yielded * self.num_replicas, total)
         return {
+            "version": STATE_VERSION,
             "epoch": self.epoch,
-            "yielded": int(self._yielded),
-            "seed": self.seed,
+            "cursor": int(cursor),
+            "origin": int(self._origin),
             "num_replicas": self.num_replicas,
-            "rank": self.rank,
+            "yielded": yielded,
+            "seed": self.seed,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume: the next ``__iter__`` yields the rest of the saved epoch (load the policy first)."""
-        missing = {"epoch", "yielded", "seed", "num_replicas", "rank"} - set(state)
-        if missing:
-            raise ValueError(f"state_dict is missing {sorted(missing)}; pass a dict saved by state_dict()")
-        for field in ("seed", "num_replicas", "rank"):
-            if state[field] != getattr(self, field):
-                raise ValueError(
-                    f"state_dict was saved with {field}={state[field]} but this sampler has "
-                    f"{field}={getattr(self, field)}; rebuild the sampler with the saved {field}"
-                )
+        """Resume: the next ``__iter__`` yields the rest of the saved epoch under any world size (load
+        the policy first: its state fixes the epoch's kept set; ``seed`` and ``shuffle`` must not change)."""
+        check_fields(state, ("epoch", "yielded", "seed", "num_replicas"))
+        if state["seed"] != self.seed:
+            raise ValueError(
+                f"state_dict was saved with seed={state['seed']} but this sampler has seed={self.seed}; "
+                f"rebuild the sampler with the saved seed"
+            )
         self.set_epoch(int(state["epoch"]))
-        done = int(state["yielded"])
-        if not 0 <= done <= len(self):
-            raise ValueError(f"state_dict yielded={done} is outside [0, {len(self)}] for epoch {self.epoch}")
-        self._resume_at = done
-        self._yielded = done
+        origin, start = resume_point(state, "yielded", self.num_replicas)
+        total = int(self.canonical().shape[0])
+        if not 0 <= origin <= total:
+            raise ValueError(f"state_dict cursor={origin} is outside [0, {total}] for epoch {self.epoch}")
+        self._origin = origin
+        if not 0 <= start <= len(self):
+            raise ValueError(f"state_dict yielded={start} is outside [0, {len(self)}] for epoch {self.epoch}")
+        self._resume_at = start
+        self._yielded = start
+
+    def _rewind(self) -> None:
+        """Back to the first id of the current dealing (a Trainer that skips batches itself)."""
+        self._resume_at = 0
+        self._yielded = 0
 
 
 class PackedPruningSampler(PackedBatchSampler):

@@ -401,12 +401,17 @@ def test_resume_mid_epoch_in_process(kind, alpaca):
     assert len(list(again)) == len(again)
 
 
-def test_resume_rejects_a_different_world_or_data(alpaca):
+def test_resume_rejects_different_data_or_an_old_state_under_another_world(alpaca):
+    # a state with the global cursor resumes under any world size (tests/test_elastic_resume.py);
+    # one saved by a packwise before it (per-rank counters only) resumes only under its own
     s = PackedBatchSampler(alpaca, max_tokens=2048, num_replicas=2, rank=0)
     state = s.state_dict()
-    with pytest.raises(ValueError, match=r"saved with num_replicas=2 but this sampler has num_replicas=3"):
-        PackedBatchSampler(alpaca, max_tokens=2048, num_replicas=3, rank=0).load_state_dict(state)
-    with pytest.raises(ValueError, match=r"fingerprint mismatch"):
+    old = {k: state[k] for k in ("epoch", "batches_yielded", "seed", "num_replicas", "fingerprint")} | {"rank": 0}
+    with pytest.raises(ValueError, match=r"saved with num_replicas=2 by a packwise without a global cursor, so it resumes only under num_replicas=2"):
+        PackedBatchSampler(alpaca, max_tokens=2048, num_replicas=3, rank=0).load_state_dict(old)
+    PackedBatchSampler(alpaca, max_tokens=2048, num_replicas=2, rank=1).load_state_dict(old)
+    PackedBatchSampler(alpaca, max_tokens=2048, num_replicas=3, rank=2).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"fingerprint mismatch\); PackedBatchSampler resumes only from the same lengths and seed, max_tokens, "):
         PackedBatchSampler(alpaca[:-1], max_tokens=2048, num_replicas=2, rank=0).load_state_dict(state)
     with pytest.raises(ValueError, match=r"fingerprint mismatch"):
         PackedBatchSampler(alpaca, max_tokens=4096, num_replicas=2, rank=0).load_state_dict(state)
