@@ -14,8 +14,12 @@ so every rank decides the same.  A decision taken at the end of a step takes eff
 up to ``num_workers * prefetch_factor`` batches ahead of the loop, and a change must never land on
 a batch that was already handed out.  Keep ``lag_batches`` >= that prefetch depth.
 
-Positions are per-rank batches since the schedule started; :attr:`changes` lists where each
-budget begins.  A sampler given the schedule re-plans the rest of its epoch at each change.
+Positions count *global* batches since the schedule started (a step of ``accumulation``
+micro-batches on ``world_size`` ranks moves ``accumulation * world_size``), the same unit as a
+planned sampler's canonical cursor, so a change sits at the same place in the epoch's global
+batch order whatever the world size.  :attr:`changes` lists where each budget begins; a sampler
+given the schedule (``PackedBatchSampler(..., budget=schedule)``) re-plans the rest of its epoch
+at each change.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 
 
 class BudgetChange(NamedTuple):
-    """From per-rank batch ``position`` on, batches hold ``max_tokens`` and a step takes ``accumulation``."""
+    """From global batch ``position`` on, batches hold ``max_tokens`` and a step takes ``accumulation``."""
 
     position: int
     max_tokens: int
@@ -82,7 +86,7 @@ class BudgetSchedule:
         return tuple(self._changes)
 
     def at(self, position: int) -> BudgetChange:
-        """The budget in effect for per-rank batch ``position``."""
+        """The budget in effect for global batch ``position``."""
         starts = [c.position for c in self._changes]
         return self._changes[int(np.searchsorted(starts, position, side="right")) - 1]
 
@@ -104,7 +108,7 @@ class BudgetSchedule:
         """The first step boundary at or after ``position`` (steps take ``accumulation`` batches)."""
         at = self.position
         while at < position:
-            at += self.at(at).accumulation
+            at += self.at(at).accumulation * self.world_size
         return int(at)
 
     def _latest_budget(self) -> int:
@@ -123,7 +127,7 @@ class BudgetSchedule:
         now = self.at(self.position)
         batches = now.accumulation if batches is None else _positive_int("batches", batches)
         self.steps += 1
-        self.position += batches
+        self.position += batches * self.world_size
         self.tokens_seen += int(tokens)
         target = self._target(noise)
         if target is None:
@@ -131,7 +135,7 @@ class BudgetSchedule:
         row, accumulation = self.split(target)
         if row * self.world_size * accumulation <= self._latest_budget():
             return None  # budgets only grow
-        start = self._boundary(self.position + self.lag_batches)
+        start = self._boundary(self.position + self.lag_batches * self.world_size)
         while self._changes[-1].position >= start:  # pending and past the sampler's reach: replaced
             self._changes.pop()
         change = BudgetChange(start, row, accumulation)
