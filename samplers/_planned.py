@@ -371,8 +371,12 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         training loop re-plans the epoch's tail.  The schedule's lag keeps every change past the
         batches already handed out, so the steps played so far are a prefix of the new plan."""
         step = start
+        key = self._canon_key
         while True:
             plan = self.plan()
+            if self._canon_key != key:
+                self._check_change_ahead(key, plan.origin + step * self.num_replicas)
+                key = self._canon_key
             if step >= plan.stats.batches_per_rank:
                 return
             column = plan.table[:, step] if dealt > 1 else plan.table[self.rank : self.rank + 1, step]
@@ -381,6 +385,19 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
                 self._yielded = step + 1
                 yield order[offsets[b] : offsets[b + 1]].tolist() if b >= 0 else []
             step += 1
+
+    def _check_change_ahead(self, old: tuple, handed_out: int) -> None:
+        """Refuse a budget change that lands on a batch already handed out (a prefetching
+        DataLoader ran further ahead than the schedule's lag): the epoch would repeat or lose examples."""
+        new = self._canon_key
+        same = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        at = new[same][0] if same < len(new) else old[same][0]
+        if at < handed_out:
+            raise ValueError(
+                f"the budget schedule changed max_tokens at global batch {at} of epoch {self.epoch}, but this sampler "
+                f"had already handed out {handed_out} of the epoch's batches; raise the schedule's lag_batches to at "
+                f"least the DataLoader's prefetch depth (num_workers * prefetch_factor, at least 1)"
+            )
 
     # --- resume -----------------------------------------------------------------------------
     def _fingerprint_of(self) -> str:
