@@ -143,45 +143,44 @@ class GradientNoiseScale:
         self._weight, self.updates = float(state["weight"]), int(state["updates"])
 
 
-def grad_sqnorm(params) -> Any:
-    """``sum(p.grad²)`` over parameters with a gradient, as a float64 0-d tensor."""
-    import torch
-
-    total = torch.zeros((), dtype=torch.float64)
-    for p in params:
-        if p.grad is not None:
-            total = total + p.grad.detach().double().pow(2).sum().cpu()
-    return total
-
-
 class AccumulationNoiseSource:
     """One process: each micro-step's gradient against the whole optimizer step's gradient.
 
     A hook on every parameter sees the micro-step's own gradient before autograd adds it into
-    ``.grad``, so no copy of the gradients is kept.  The loss is taken to be divided by the number
+    ``.grad``, and a second one the sum after it, so no copy of the gradients is kept and the step's
+    norm is read before any gradient clipping (measure at any point before the next backward).  The loss is taken to be divided by the number
     of micro-steps (the usual convention, so ``.grad`` after the last one is the step's mean
     gradient); ``|G|²`` and ``tr(Σ)`` scale with that convention, ``B_simple`` does not.
     ``micro_step(size)`` after each backward; ``measure()`` before ``optimizer.zero_grad()``
     returns the four arguments of :func:`noise_scale` (``None`` after a single micro-step: one
-    batch size cannot separate signal from noise).
+    batch size cannot separate signal from noise).  ``b_small`` is the mean micro-step size and
+    ``b_big`` their sum: exact for equal micro-steps, close for token-balanced packed ones.
     """
 
     def __init__(self, model):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._micro = 0.0
+        self._summed = 0.0
         self._sqnorms: list[float] = []
         self._sizes: list[float] = []
+        self._big = 0.0
         self._handles = [p.register_hook(self._seen) for p in self.params]
+        self._handles += [p.register_post_accumulate_grad_hook(self._accumulated) for p in self.params]
 
     def _seen(self, grad):
         self._micro += float(grad.detach().double().pow(2).sum())
         return None
 
+    def _accumulated(self, param) -> None:
+        self._summed += float(param.grad.detach().double().pow(2).sum())
+
     def micro_step(self, size: float) -> None:
         """Close a micro-step whose batch held ``size`` samples (tokens or examples)."""
         self._sqnorms.append(self._micro)
         self._sizes.append(float(size))
+        self._big = self._summed  # |sum of the micro-steps so far|^2
         self._micro = 0.0
+        self._summed = 0.0
 
     def measure(self) -> tuple[Any, float, float, float] | None:
         """``(small_sqnorm, b_small, big_sqnorm, b_big)`` for the step; resets for the next one."""
@@ -191,7 +190,7 @@ class AccumulationNoiseSource:
             return None
         # a micro-step's contribution is its mean gradient / k: scale back to a mean gradient
         k = sqnorms.shape[0]
-        return sqnorms * k * k, float(sizes.mean()), float(grad_sqnorm(self.params)), float(sizes.sum())
+        return sqnorms * k * k, float(sizes.mean()), self._big, float(sizes.sum())
 
     def close(self) -> None:
         """Remove the hooks."""
