@@ -36,13 +36,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 try:
-    from transformers import Trainer
+    from transformers import Trainer, TrainerCallback
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 except ImportError as err:  # pragma: no cover - the extra is missing
     raise ImportError("packwise.integrations.hf needs transformers: pip install 'packwise[hf]'") from err
 
 from ..packing import PackedCollator, example_losses, packed_loss, token_losses
 from ..samplers import PruningSampler, load_state, save_state
+from ..selection import AccumulationNoiseSource, GradientNoiseScale, LRScaler
 
 STATE_FILE = "packwise_rank{rank}.npz"
 _OLD_STATE_FILE = "packwise_rank{rank}.pt"  # pickles written before 0.x: refused, never loaded
@@ -211,6 +212,9 @@ class PackwiseTrainerMixin:
         """Adds ``plain_loss`` beside ``loss`` while a policy reweights: the mean loss without the policy
         weights, so the curve does not jump when an epoch prunes (InfoBatch scales kept losses by
         ``1/(1-r)``). Same normalisation as ``loss``, this rank's batches."""
+        for callback in self.callback_handler.callbacks:  # NoiseScaleCallback: noise_scale, budget
+            if "loss" in logs and hasattr(callback, "log_values"):
+                logs.update(callback.log_values())
         if "loss" in logs and self.packwise_policy is not None:
             steps = self.state.global_step - self._packwise_plain_step
             if steps > 0:
@@ -275,6 +279,92 @@ class PackwiseTrainerMixin:
         if consumed >= len(self.get_train_dataloader()):
             return epoch + 1, 0
         return epoch, (0 if self.args.ignore_data_skip else consumed)
+
+
+class NoiseScaleCallback(TrainerCallback):
+    """Measures the gradient noise scale every optimizer step, feeds a token-budget schedule and
+    scales the learning rate with it; ``PackwiseTrainer`` logs ``noise_scale`` (and ``budget``).
+
+    ``trainer.add_callback(NoiseScaleCallback(schedule, rule="sqrt"))``.  One process with
+    ``gradient_accumulation_steps >= 2``: the micro-steps are the small batches and the step the big
+    one (:class:`~packwise.selection.AccumulationNoiseSource`, no extra backward).  Sizes are the
+    micro-batches' tokens (``attention_mask`` sum, else ``input_ids`` size), so ``noise_scale`` is
+    in tokens, the unit of the budget.  ``schedule`` (optional): a ``RampBudget`` or
+    ``AdaptiveBudget`` stepped with the step's tokens and ``B_noise``; ``rule``: ``"linear"``,
+    ``"sqrt"`` or ``"none"`` against ``base_budget`` (default: the schedule's first budget).  Give
+    the same schedule to the sampler (``budget=``) so batches follow it.  Under DDP, use
+    :class:`~packwise.selection.DDPNoiseSource` in your loop (this callback refuses a world size > 1).
+    """
+
+    def __init__(self, schedule=None, *, rule: str = "none", base_budget: int | None = None, beta: float = 0.95):
+        self.schedule, self.rule, self.base_budget = schedule, rule, base_budget
+        self.gns = GradientNoiseScale(beta)
+        self.history: list[dict] = []  # per optimizer step: step, noise_scale, budget
+        self._source: AccumulationNoiseSource | None = None
+        self._scaler: LRScaler | None = None
+        self._hook = None
+        self._open: int | None = None
+        self._tokens = 0
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if args.world_size > 1:
+            raise ValueError(
+                f"NoiseScaleCallback measures gradient-accumulation micro-steps on one process, but world_size="
+                f"{args.world_size}; under DDP read the noise scale with packwise.selection.DDPNoiseSource"
+            )
+        if args.gradient_accumulation_steps < 2:
+            raise ValueError(
+                "NoiseScaleCallback needs gradient_accumulation_steps >= 2 (the micro-steps are its small batches); "
+                "set TrainingArguments(gradient_accumulation_steps=2) or more"
+            )
+        self._source = AccumulationNoiseSource(model)
+        self._hook = model.register_forward_pre_hook(self._forward, with_kwargs=True)
+        if self.schedule is not None and self.rule != "none":
+            self._scaler = LRScaler(optimizer, self.schedule, self.rule, self.base_budget)
+            self._scaler.rescale()
+
+    def _forward(self, module, args, kwargs):
+        """A training forward opens a micro-step (and closes the one before, whose backward is done)."""
+        if not (module.training and torch.is_grad_enabled()):
+            return None
+        if self._open is not None:
+            self._source.micro_step(self._open)
+        mask, ids = kwargs.get("attention_mask"), kwargs.get("input_ids", args[0] if args else None)
+        self._open = int(mask.sum()) if mask is not None and mask.dim() == 2 else int(ids.numel())
+        self._tokens += self._open
+        return None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self._open is not None:
+            self._source.micro_step(self._open)
+            self._open = None
+        measured = self._source.measure()
+        if measured is not None:
+            self.gns.update(*measured)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self._scaler is not None:  # the base schedule steps next, on the unscaled learning rate
+            self._scaler.unscale()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.schedule is not None:
+            self.schedule.step(self._tokens, noise=self.gns.value if self.gns.updates else None)
+        if self._scaler is not None:
+            self._scaler.rescale()
+        self._tokens = 0
+        self.history.append(self.log_values() | {"step": state.global_step})
+
+    def log_values(self) -> dict:
+        out = {"noise_scale": round(self.gns.value, 2) if self.gns.updates else float("nan")}
+        if self.schedule is not None:
+            out["budget"] = int(self.schedule.budget)
+        return out
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._hook is not None:
+            self._hook.remove()
+            self._source.close()
+            self._hook = None
 
 
 class PackwiseTrainer(PackwiseTrainerMixin, Trainer):
