@@ -18,8 +18,11 @@ a user writes.  The mixin owns what a hand-written ``get_train_dataloader`` usua
 * checkpoints: every rank writes ``packwise_rank{r}.npz`` (JSON + arrays, never a pickle: the sampler's ``state_dict`` at the
   batches the Trainer consumed, the policy's ``state_dict``) into the checkpoint folder;
   ``trainer.train(resume_from_checkpoint=...)`` restores the policy and the epoch position and
-  resumes mid-epoch with exactly the rest of the epoch.  The Trainer skips the consumed batches by
-  replaying index lists of the (pure) epoch plan, never loading or collating their data.
+  resumes mid-epoch with exactly the rest of the epoch.  Under the same world size the Trainer skips
+  the consumed batches by replaying index lists of the (pure) epoch plan, never loading or
+  collating their data; under another one (2 processes resumed in 1 or 3) the sampler deals the
+  rest of the epoch afresh from its global cursor: every file holds the same global state, so a
+  new rank without a file of its own reads rank 0's.
 
 Batches keep ``labels``/``loss_weight``/``example_index``/``example_ids`` away from the model and
 pass everything else (``position_ids``, ``cu_seq_lens_*``, ``seq_idx``, masks, ``use_cache=False``)
@@ -226,12 +229,13 @@ class PackwiseTrainerMixin:
     # --- checkpoints -----------------------------------------------------------------------------
     def _packwise_state(self) -> dict:
         sampler = self.packwise_sampler
-        state = dict(sampler.state_dict())
         consumed = self._packwise_consumed
-        if "batches_yielded" in state:
-            state["batches_yielded"] = consumed
-        elif "yielded" in state:  # PruningSampler counts examples
-            state["yielded"] = min(consumed * self._train_batch_size, len(sampler))
+        if isinstance(sampler, PruningSampler):  # counts examples
+            state = sampler.state_at(min(consumed * self._train_batch_size, len(sampler)))
+        elif hasattr(sampler, "state_at"):
+            state = sampler.state_at(consumed)
+        else:
+            state = dict(sampler.state_dict())
         policy = self.packwise_policy
         return {
             "epoch": int(sampler.epoch),
@@ -253,9 +257,30 @@ class PackwiseTrainerMixin:
         )
         if resume_from_checkpoint is None:
             return epochs, steps
+        saved = load_state(self._packwise_state_path(resume_from_checkpoint))  # never unpickled
+        if saved["policy"] is not None:
+            self.packwise_policy.load_state_dict(saved["policy"])
+        sampler = self.packwise_sampler
+        world = self.accelerator.num_processes
+        sampler.load_state_dict(saved["sampler"])  # validates lengths, settings and seed
+        epoch, consumed = int(saved["epoch"]), int(saved["batches_consumed"])
+        if saved["sampler"].get("num_replicas", world) != world:
+            return self._packwise_elastic(epoch, num_train_epochs, num_update_steps_per_epoch)
+        if hasattr(sampler, "_rewind"):  # the Trainer skips the consumed batches itself
+            sampler._rewind()
+        else:
+            sampler.set_epoch(epoch + 1)
+            sampler.set_epoch(epoch)
+        if consumed >= len(self.get_train_dataloader()):
+            return epoch + 1, 0
+        return epoch, (0 if self.args.ignore_data_skip else consumed)
+
+    def _packwise_state_path(self, checkpoint: str) -> str:
+        """This rank's state file, or rank 0's for a rank the saving run did not have (every file
+        holds the same global state)."""
         rank = self.accelerator.process_index
-        path = os.path.join(resume_from_checkpoint, STATE_FILE.format(rank=rank))
-        old = os.path.join(resume_from_checkpoint, _OLD_STATE_FILE.format(rank=rank))
+        path = os.path.join(checkpoint, STATE_FILE.format(rank=rank))
+        old = os.path.join(checkpoint, _OLD_STATE_FILE.format(rank=rank))
         if not os.path.isfile(path) and os.path.isfile(old):
             raise ValueError(
                 f"{old} is a pickle from an older packwise and packwise no longer unpickles checkpoint files "
@@ -263,22 +288,24 @@ class PackwiseTrainerMixin:
                 f"the epoch, or re-save the checkpoint with this packwise"
             )
         if not os.path.isfile(path):
+            path = os.path.join(checkpoint, STATE_FILE.format(rank=0))
+        if not os.path.isfile(path):
             raise ValueError(
-                f"{path} is missing: this checkpoint was not written by a packwise trainer with "
-                f"{self.accelerator.num_processes} processes; resume with the same world size"
+                f"{path} is missing: this checkpoint was not written by a packwise trainer; resume from a "
+                f"checkpoint folder a PackwiseTrainer saved (it holds packwise_rank0.npz)"
             )
-        saved = load_state(path)  # never unpickled: a checkpoint folder may come from anyone
-        if saved["policy"] is not None:
-            self.packwise_policy.load_state_dict(saved["policy"])
-        sampler = self.packwise_sampler
-        sampler.load_state_dict(saved["sampler"])  # validates lengths, settings, seed and world size
-        epoch, consumed = int(saved["epoch"]), int(saved["batches_consumed"])
-        # the Trainer skips the consumed batches itself: start the sampler at the epoch's beginning
-        sampler.set_epoch(epoch + 1)
-        sampler.set_epoch(epoch)
-        if consumed >= len(self.get_train_dataloader()):
+        return path
+
+    def _packwise_elastic(self, epoch: int, num_train_epochs: int, updates_per_epoch: int) -> tuple[int, int]:
+        """Resume under another world size: the sampler deals the rest of the epoch from its global
+        cursor, so the Trainer skips nothing; the run ends after the epochs it was asked for."""
+        rest = len(self.get_train_dataloader())  # this world's steps left in the epoch
+        if rest == 0:
             return epoch + 1, 0
-        return epoch, (0 if self.args.ignore_data_skip else consumed)
+        if self.args.max_steps <= 0:  # a step count sized for another world size would stop early or late
+            later = max(int(num_train_epochs) - epoch - 1, 0) * updates_per_epoch
+            self.state.max_steps = self.state.global_step + math.ceil(rest / self.args.gradient_accumulation_steps) + later
+        return epoch, 0
 
 
 class NoiseScaleCallback(TrainerCallback):

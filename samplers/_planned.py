@@ -287,7 +287,8 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         return self._plan
 
     def stats(self, epoch: int | None = None) -> EpochStats:
-        """Padding, efficiency, drops and per-rank imbalance of an epoch, from lengths alone."""
+        """Padding, efficiency, drops and per-rank imbalance of an epoch, from lengths alone (of
+        its rest from the cursor, in an epoch resumed under another world size)."""
         return self.plan(epoch).stats
 
     def rank_batches(self, rank: int | None = None, epoch: int | None = None) -> list[list[int]]:

@@ -52,7 +52,8 @@ class BucketBatchSampler(_PlannedBatchSampler):
     within ``max_tokens`` (and/or at most ``batch_size`` examples).
 
     Each epoch shuffles the examples inside their length bucket, cuts every bucket greedily into
-    batches, and shuffles the batch order, seeded by ``(seed, epoch)``.  ``buckets`` is a number
+    batches, and shuffles the batch order (sorted by cost inside blocks of 1024: the canonical
+    order, the same for any world size), seeded by ``(seed, epoch)``.  ``buckets`` is a number
     of buckets (edges estimated so each holds an equal share of tokens) or the upper edges.
 
     Two-dimensional ``lengths`` (shape ``(n, 2)``: input and output, as in speech or translation)

@@ -3,9 +3,9 @@
 Why: topic-aware sampling for dense retrieval wants in-batch negatives from the same cluster
 (``mode="homogeneous"``); balanced training wants each batch to mirror the cluster mix
 (``mode="quota"``). With ``epoch_size`` each epoch first draws a cluster-balanced subset
-(water-filling caps, a fresh random subset per epoch). The epoch plan is a pure function of
-``(labels, seed, epoch, world size)``, dealt to ranks with equal batch counts and resumable from
-``state_dict()``, exactly like the other samplers.
+(water-filling caps, a fresh random subset per epoch). The epoch's batch order is a pure function
+of ``(labels, seed, epoch)``, the same for any world size, dealt to ranks with equal batch counts
+and resumable from ``state_dict()`` under any world size, exactly like the other samplers.
 
 Example:
     >>> import numpy as np

@@ -18,7 +18,8 @@ class PackedBatchSampler(_PlannedBatchSampler):
     Every epoch shuffles the examples with ``(seed, epoch)``, packs them into bins of
     ``max_tokens`` with :func:`packwise.packing.pack` (``algorithm="bfd"`` by default, nearly
     optimal; ``"first_fit"`` keeps the shuffled order inside each pack for users who see loss
-    changes from length-sorted packs), then shuffles the bins.  With ``rows_per_batch > 1`` a batch
+    changes from length-sorted packs), then shuffles the bins (sorted by cost inside blocks of 1024
+so a step's bins cost about the same: the canonical order, the same for any world size).  With ``rows_per_batch > 1`` a batch
     lists its bins one after another; next-fit over the batch in order rebuilds at most
     ``rows_per_batch`` rows of ``max_tokens``.
 

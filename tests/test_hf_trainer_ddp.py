@@ -5,6 +5,7 @@ single-process step on both ranks' batches (the loss is normalised over all rank
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 
@@ -68,3 +69,45 @@ def test_ddp_two_ranks(alpaca, tmp_path):
     stepped = torch.load(tmp_path / "step.pt")
     worst = max(((p - 0.5 * p.grad) - stepped[n]).abs().max().item() for n, p in ref.named_parameters())
     assert worst < 2e-6
+
+
+def _elastic_rank(rank: int, world: int, port: int, tmp: str, phase: str) -> None:
+    """One process of a run on ``world`` processes: ``first`` saves checkpoint-2, the others resume it."""
+    if world > 1:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    from packwise.integrations.hf import PackwiseTrainer
+    from packwise.samplers import PackedBatchSampler
+
+    data = json.loads(Path(tmp, "data.json").read_text())
+    sampler = PackedBatchSampler(_lengths(data), max_tokens=64, seed=4)
+    collator = Recording()
+    args = _args(Path(tmp, phase), num_train_epochs=1, save_strategy="steps", save_steps=2, logging_steps=1)
+    resume = None if phase == "first" else str(Path(tmp, "first", "checkpoint-2"))
+    trainer = PackwiseTrainer(_model(), args, train_dataset=data, sampler=sampler, collator=collator)
+    trainer.train(resume_from_checkpoint=resume)
+    losses = {int(e["step"]): e["loss"] for e in trainer.state.log_history if "loss" in e}
+    out = {"seen": collator.seen, "len": len(sampler), "losses": losses, "step": trainer.state.global_step}
+    Path(tmp, f"{phase}-rank{rank}.json").write_text(json.dumps(out))
+
+
+def test_checkpoint_of_two_processes_resumes_in_one_and_in_three(alpaca, tmp_path):
+    (tmp_path / "data.json").write_text(json.dumps(alpaca))
+    runs = {"first": 2, "one": 1, "three": 3}
+    for phase, world in runs.items():
+        mp.start_processes(_elastic_rank, args=(world, _free_port(), str(tmp_path), phase), nprocs=world, join=True, start_method="spawn")
+    got = {phase: [json.loads((tmp_path / f"{phase}-rank{r}.json").read_text()) for r in range(w)] for phase, w in runs.items()}
+    head = [i for r in got["first"] for b in r["seen"][:2] for i in b]  # the 2 steps checkpoint-2 holds
+    for phase in ("one", "three"):
+        ranks = got[phase]
+        assert [len(r["seen"]) for r in ranks] == [len(ranks[0]["seen"])] * runs[phase]  # equal counts: no hang
+        tail = [i for r in ranks for b in r["seen"] for i in b]
+        assert sorted(head + tail) == list(range(len(alpaca)))  # no batch repeated, none skipped
+        steps = len(ranks[0]["seen"])
+        assert ranks[0]["step"] == 2 + steps  # the step count goes on from the checkpoint to the epoch's end
+        losses = {int(k): v for k, v in ranks[0]["losses"].items()}
+        assert sorted(losses) == list(range(1, 3 + steps))  # the loss curve goes on at step 3, one point a step
+        assert [losses[1], losses[2]] == [got["first"][0]["losses"][k] for k in ("1", "2")]  # the saved history
+        assert all(math.isfinite(v) for v in losses.values())
