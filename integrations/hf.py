@@ -237,11 +237,13 @@ class PackwiseTrainerMixin:
         else:
             state = dict(sampler.state_dict())
         policy = self.packwise_policy
+        budget = getattr(sampler, "budget", None)
         return {
             "epoch": int(sampler.epoch),
             "batches_consumed": consumed,
             "sampler": state,
             "policy": policy.state_dict() if policy is not None else None,
+            "budget": budget.state_dict() if budget is not None else None,
         }
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -262,6 +264,8 @@ class PackwiseTrainerMixin:
             self.packwise_policy.load_state_dict(saved["policy"])
         sampler = self.packwise_sampler
         world = self.accelerator.num_processes
+        if saved.get("budget") is not None:  # the schedule first: the sampler's epoch plan follows its changes
+            sampler.budget.load_state_dict(saved["budget"])
         sampler.load_state_dict(saved["sampler"])  # validates lengths, settings and seed
         epoch, consumed = int(saved["epoch"]), int(saved["batches_consumed"])
         if saved["sampler"].get("num_replicas", world) != world:
@@ -321,6 +325,8 @@ class NoiseScaleCallback(TrainerCallback):
     ``"sqrt"`` or ``"none"`` against ``base_budget`` (default: the schedule's first budget).  Give
     the same schedule to the sampler (``budget=``) so batches follow it.  Under DDP, use
     :class:`~packwise.selection.DDPNoiseSource` in your loop (this callback refuses a world size > 1).
+    ``PackwiseTrainer`` checkpoints hold the sampler's schedule and resume it exactly; the noise
+    scale's running averages start afresh on resume (they settle within ``1 / (1 - beta)`` steps).
     """
 
     def __init__(self, schedule=None, *, rule: str = "none", base_budget: int | None = None, beta: float = 0.95):
@@ -332,6 +338,7 @@ class NoiseScaleCallback(TrainerCallback):
         self._hook = None
         self._open: int | None = None
         self._tokens = 0
+        self._micro = 0  # micro-batches (forwards) in the current optimizer step
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if args.world_size > 1:
@@ -359,6 +366,7 @@ class NoiseScaleCallback(TrainerCallback):
         mask, ids = kwargs.get("attention_mask"), kwargs.get("input_ids", args[0] if args else None)
         self._open = int(mask.sum()) if mask is not None and mask.dim() == 2 else int(ids.numel())
         self._tokens += self._open
+        self._micro += 1
         return None
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -375,10 +383,11 @@ class NoiseScaleCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.schedule is not None:
-            self.schedule.step(self._tokens, noise=self.gns.value if self.gns.updates else None)
+            noise = self.gns.value if self.gns.updates else None
+            self.schedule.step(self._tokens, noise=noise, batches=max(self._micro, 1))
         if self._scaler is not None:
             self._scaler.rescale()
-        self._tokens = 0
+        self._tokens = self._micro = 0
         self.history.append(self.log_values() | {"step": state.global_step})
 
     def log_values(self) -> dict:

@@ -469,6 +469,11 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         self.set_epoch(int(state["epoch"]))
         if self.budget is not None:
             check_fields(state, ("budget_base",))  # saved with the schedule: load its state first
+            if int(state["budget_base"]) > self.budget.position:
+                raise ValueError(
+                    f"state_dict has budget_base={state['budget_base']} but the budget schedule is at position "
+                    f"{self.budget.position}; load the schedule's state_dict (saved with this one) before the sampler's"
+                )
             self._base = int(state["budget_base"])
         origin, start = resume_point(state, "batches_yielded", self.num_replicas)
         total = self.canonical().batches.num_batches

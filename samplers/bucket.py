@@ -67,6 +67,11 @@ class BucketBatchSampler(_PlannedBatchSampler):
     (``[]``: a zero-loss batch for the collator) unless ``drop_last``.  ``oversize="drop"`` leaves
     out examples that cannot fit ``max_tokens`` on their own (counted in :meth:`stats`).
 
+    ``budget``: a token-budget schedule (``packwise.selection.RampBudget`` / ``AdaptiveBudget``)
+    that sets ``max_tokens`` and changes it during training; the rest of the epoch is re-planned
+    from each change (the batches before it stay as they were) and ``len(self)`` follows.  Save the
+    schedule's ``state_dict()`` with the sampler's and load it first.
+
     Example:
         >>> import numpy as np
         >>> from packwise.samplers import BucketBatchSampler

@@ -28,6 +28,11 @@ so a step's bins cost about the same: the canonical order, the same for any worl
     batches with equal counts and balanced ``tokens + attention_weight * sum(length^2)``; a
     remainder pads short ranks with empty (zero-loss) batches unless ``drop_last``.
 
+    ``budget``: a token-budget schedule (``packwise.selection.RampBudget`` / ``AdaptiveBudget``)
+    that sets ``max_tokens`` and changes it during training; the rest of the epoch is re-planned
+    from each change (the batches before it stay as they were) and ``len(self)`` follows.  Save the
+    schedule's ``state_dict()`` with the sampler's and load it first.
+
     Example:
         >>> import numpy as np
         >>> from packwise.samplers import PackedBatchSampler

@@ -207,6 +207,8 @@ def test_resume_mid_ramp_in_a_fresh_sampler_is_exact(kind):
     assert ramp.changes[-1].position > ramp.position == 2 * 14  # a change decided and still pending
     ramp, samplers = fresh()  # a new process: the schedule first, then the samplers
     state = json.loads(saved)
+    with pytest.raises(ValueError, match=r"load the schedule's state_dict \(saved with this one\) before the sampler's"):
+        samplers[0].load_state_dict({**state["samplers"][0], "budget_base": 3})
     ramp.load_state_dict(state["ramp"])
     for s, st in zip(samplers, state["samplers"]):
         s.load_state_dict(st)

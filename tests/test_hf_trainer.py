@@ -341,3 +341,30 @@ def test_noise_scale_callback_needs_accumulation(alpaca, tmp_path):
     trainer.add_callback(NoiseScaleCallback())
     with pytest.raises(ValueError, match=r"NoiseScaleCallback needs gradient_accumulation_steps >= 2 \(the micro-steps are its small batches\)"):
         trainer.train()
+
+
+def test_a_budget_ramp_under_the_trainer_resumes_with_the_same_batches(alpaca, tmp_path):
+    """The sampler follows a ramp stepped by NoiseScaleCallback; a checkpoint holds the ramp, and a
+    fresh trainer resumed from it trains on exactly the rest of the batches."""
+    from packwise.integrations.hf import NoiseScaleCallback
+    from packwise.selection import RampBudget
+
+    def run(out, resume=None):
+        ramp = RampBudget(128, 256, over_tokens=1500, multiple=32, lag_batches=0)
+        sampler = PackedBatchSampler(_lengths(alpaca), seed=7, budget=ramp)
+        collator = Recording()
+        args = _args(out, num_train_epochs=2, gradient_accumulation_steps=2, save_strategy="steps", save_steps=3)
+        trainer = PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=sampler, collator=collator)
+        trainer.add_callback(NoiseScaleCallback(ramp))
+        trainer.train(resume_from_checkpoint=resume)
+        return ramp, collator.seen
+
+    ramp, seen_full = run(tmp_path / "a")
+    assert len(ramp.changes) > 2 and ramp.changes[-1].max_tokens == 256  # the ramp ran its course
+    assert sorted(i for b in seen_full for i in b) == sorted(list(range(len(alpaca))) * 2)  # each example once per epoch
+    saved = load_state(tmp_path / "a" / "checkpoint-3" / STATE_FILE.format(rank=0))
+    consumed = saved["budget"]["position"]  # global batches (one rank): micro-batches trained on so far
+    assert saved["budget"]["steps"] == 3 and 0 < consumed < len(seen_full)
+    resumed, seen_resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-3"))
+    assert seen_resumed == seen_full[consumed:]
+    assert resumed.changes == ramp.changes
