@@ -448,4 +448,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["IdsCollator", "IndexedExamples", "PackwiseSFTTrainer", "PackwiseTrainer", "PackwiseTrainerMixin", "STATE_FILE"]
+__all__ = ["IdsCollator", "IndexedExamples", "NoiseScaleCallback", "PackwiseSFTTrainer", "PackwiseTrainer", "PackwiseTrainerMixin", "STATE_FILE"]
