@@ -39,14 +39,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 try:
-    from transformers import Trainer
+    from transformers import Trainer, TrainerCallback
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 except ImportError as err:  # pragma: no cover - the extra is missing
     raise ImportError("packwise.integrations.hf needs transformers: pip install 'packwise[hf]'") from err
 
 from ..packing import PackedCollator, example_losses, packed_loss, token_losses
 from ..samplers import PruningSampler, load_state, save_state
-from ..selection import SourceLossTracker
+from ..selection import AccumulationNoiseSource, GradientNoiseScale, LRScaler, SourceLossTracker
 
 STATE_FILE = "packwise_rank{rank}.npz"
 _OLD_STATE_FILE = "packwise_rank{rank}.pt"  # pickles written before 0.x: refused, never loaded
@@ -263,6 +263,9 @@ class PackwiseTrainerMixin:
         """Adds ``plain_loss`` beside ``loss`` while a policy reweights: the mean loss without the policy
         weights, so the curve does not jump when an epoch prunes (InfoBatch scales kept losses by
         ``1/(1-r)``). Same normalisation as ``loss``, this rank's batches."""
+        for callback in self.callback_handler.callbacks:  # NoiseScaleCallback: noise_scale, budget
+            if "loss" in logs and hasattr(callback, "log_values"):
+                logs.update(callback.log_values())
         if "loss" in logs and self.packwise_policy is not None:
             steps = self.state.global_step - self._packwise_plain_step
             if steps > 0:
@@ -284,12 +287,14 @@ class PackwiseTrainerMixin:
         else:
             state = dict(sampler.state_dict())
         policy = self.packwise_policy
+        budget = getattr(sampler, "budget", None)
         return {
             "epoch": int(sampler.epoch),
             "batches_consumed": consumed,
             "sampler": state,
             "policy": policy.state_dict() if policy is not None else None,
             "mixture_loss": self.packwise_mixture.state_dict() if self.packwise_mixture is not None else None,
+            "budget": budget.state_dict() if budget is not None else None,
         }
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -310,6 +315,8 @@ class PackwiseTrainerMixin:
             self.packwise_policy.load_state_dict(saved["policy"])
         sampler = self.packwise_sampler
         world = self.accelerator.num_processes
+        if saved.get("budget") is not None:  # the schedule first: the sampler's epoch plan follows its changes
+            sampler.budget.load_state_dict(saved["budget"])
         sampler.load_state_dict(saved["sampler"])  # validates lengths, settings and seed
         epoch, consumed = int(saved["epoch"]), int(saved["batches_consumed"])
         if self.packwise_mixture is not None:
@@ -377,6 +384,97 @@ class PackwiseTrainerMixin:
         return epoch, consumed
 
 
+class NoiseScaleCallback(TrainerCallback):
+    """Measures the gradient noise scale every optimizer step, feeds a token-budget schedule and
+    scales the learning rate with it; ``PackwiseTrainer`` logs ``noise_scale`` (and ``budget``).
+
+    ``trainer.add_callback(NoiseScaleCallback(schedule, rule="sqrt"))``.  One process with
+    ``gradient_accumulation_steps >= 2``: the micro-steps are the small batches and the step the big
+    one (:class:`~packwise.selection.AccumulationNoiseSource`, no extra backward).  Sizes are the
+    micro-batches' tokens (``attention_mask`` sum, else ``input_ids`` size), so ``noise_scale`` is
+    in tokens, the unit of the budget.  ``schedule`` (optional): a ``RampBudget`` or
+    ``AdaptiveBudget`` stepped with the step's tokens and ``B_noise``; ``rule``: ``"linear"``,
+    ``"sqrt"`` or ``"none"`` against ``base_budget`` (default: the schedule's first budget).  Give
+    the same schedule to the sampler (``budget=``) so batches follow it.  Under DDP, use
+    :class:`~packwise.selection.DDPNoiseSource` in your loop (this callback refuses a world size > 1).
+    ``PackwiseTrainer`` checkpoints hold the sampler's schedule and resume it exactly; the noise
+    scale's running averages start afresh on resume (they settle within ``1 / (1 - beta)`` steps).
+    """
+
+    def __init__(self, schedule=None, *, rule: str = "none", base_budget: int | None = None, beta: float = 0.95):
+        self.schedule, self.rule, self.base_budget = schedule, rule, base_budget
+        self.gns = GradientNoiseScale(beta)
+        self.history: list[dict] = []  # per optimizer step: step, noise_scale, budget
+        self._source: AccumulationNoiseSource | None = None
+        self._scaler: LRScaler | None = None
+        self._hook = None
+        self._open: int | None = None
+        self._tokens = 0
+        self._micro = 0  # micro-batches (forwards) in the current optimizer step
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if args.world_size > 1:
+            raise ValueError(
+                f"NoiseScaleCallback measures gradient-accumulation micro-steps on one process, but world_size="
+                f"{args.world_size}; under DDP read the noise scale with packwise.selection.DDPNoiseSource"
+            )
+        if args.gradient_accumulation_steps < 2:
+            raise ValueError(
+                "NoiseScaleCallback needs gradient_accumulation_steps >= 2 (the micro-steps are its small batches); "
+                "set TrainingArguments(gradient_accumulation_steps=2) or more"
+            )
+        self._source = AccumulationNoiseSource(model)
+        self._hook = model.register_forward_pre_hook(self._forward, with_kwargs=True)
+        if self.schedule is not None and self.rule != "none":
+            self._scaler = LRScaler(optimizer, self.schedule, self.rule, self.base_budget)
+            self._scaler.rescale()
+
+    def _forward(self, module, args, kwargs):
+        """A training forward opens a micro-step (and closes the one before, whose backward is done)."""
+        if not (module.training and torch.is_grad_enabled()):
+            return None
+        if self._open is not None:
+            self._source.micro_step(self._open)
+        mask, ids = kwargs.get("attention_mask"), kwargs.get("input_ids", args[0] if args else None)
+        self._open = int(mask.sum()) if mask is not None and mask.dim() == 2 else int(ids.numel())
+        self._tokens += self._open
+        self._micro += 1
+        return None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self._open is not None:
+            self._source.micro_step(self._open)
+            self._open = None
+        measured = self._source.measure()
+        if measured is not None:
+            self.gns.update(*measured)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self._scaler is not None:  # the base schedule steps next, on the unscaled learning rate
+            self._scaler.unscale()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.schedule is not None:
+            noise = self.gns.value if self.gns.updates else None
+            self.schedule.step(self._tokens, noise=noise, batches=max(self._micro, 1))
+        if self._scaler is not None:
+            self._scaler.rescale()
+        self._tokens = self._micro = 0
+        self.history.append(self.log_values() | {"step": state.global_step})
+
+    def log_values(self) -> dict:
+        out = {"noise_scale": round(self.gns.value, 2) if self.gns.updates else float("nan")}
+        if self.schedule is not None:
+            out["budget"] = int(self.schedule.budget)
+        return out
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._hook is not None:
+            self._hook.remove()
+            self._source.close()
+            self._hook = None
+
+
 class PackwiseTrainer(PackwiseTrainerMixin, Trainer):
     """``transformers.Trainer`` on packwise batches.
 
@@ -422,4 +520,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["IdsCollator", "IndexedExamples", "PackwiseSFTTrainer", "PackwiseTrainer", "PackwiseTrainerMixin", "STATE_FILE"]
+__all__ = ["IdsCollator", "IndexedExamples", "NoiseScaleCallback", "PackwiseSFTTrainer", "PackwiseTrainer", "PackwiseTrainerMixin", "STATE_FILE"]

@@ -84,9 +84,46 @@ def resolve_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, i
     return int(num_replicas), int(rank)
 
 
-def epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
-    """Independent, platform-stable random streams per (seed, epoch, purpose)."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, stream])))
+def epoch_rng(seed: int, epoch: int, stream: int, at: int = 0) -> np.random.Generator:
+    """Independent, platform-stable random streams per (seed, epoch, purpose), and per re-plan
+    point ``at`` (the canonical position a budget change re-plans the epoch's tail from)."""
+    key = [seed, epoch, stream] if at == 0 else [seed, epoch, stream, at]
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+
+
+def budget_max_tokens(budget, max_tokens: int | None) -> int | None:
+    """A sampler's ``max_tokens`` under a budget schedule: the schedule's first one (given or not)."""
+    if budget is None:
+        return max_tokens
+    if not hasattr(budget, "changes") or not hasattr(budget, "position"):
+        raise ValueError(f"budget must be a packwise.selection budget schedule (RampBudget, AdaptiveBudget), got {type(budget).__name__}")
+    first = int(budget.changes[0].max_tokens)
+    if max_tokens is not None and max_tokens != first:
+        raise ValueError(
+            f"max_tokens={max_tokens} differs from the budget schedule's first max_tokens={first}; "
+            f"leave max_tokens out (the schedule sets it) or build the schedule to start at it"
+        )
+    return first
+
+
+def take_batches(b: _Batches, ids: np.ndarray) -> _Batches:
+    """The batches ``ids`` of ``b``, in that order (CSR gather)."""
+    sizes = np.diff(b.offsets)[ids]
+    offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    starts = np.repeat(b.offsets[:-1][ids] - offsets[:-1], sizes) + np.arange(offsets[-1], dtype=np.int64)
+    return _Batches(b.order[starts], offsets, b.tokens[ids], b.slots[ids], b.work[ids], b.squares[ids],
+                    b.dropped_oversize, b.truncated_tokens)
+
+
+def join_batches(head: _Batches, tail: _Batches) -> _Batches:
+    """``head``'s batches then ``tail``'s (the drop counts are the head's: they were decided first)."""
+    return _Batches(
+        np.concatenate((head.order, tail.order)),
+        np.concatenate((head.offsets, tail.offsets[1:] + head.offsets[-1])),
+        *(np.concatenate((getattr(head, f), getattr(tail, f))) for f in ("tokens", "slots", "work", "squares")),
+        head.dropped_oversize,
+        head.truncated_tokens,
+    )
 
 
 class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
@@ -134,12 +171,19 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         self._fingerprint: str | None = None
         self._caller: _wrapped.Caller | None = None
         self._start = 0
+        self.budget = None  # a packwise.selection BudgetSchedule: max_tokens changes mid-epoch
+        self._base: int | None = None  # the schedule's position when the current epoch began
+        self._canon_key: tuple = ()
 
     # --- to implement -----------------------------------------------------------------------
     def _batches(self, epoch: int) -> _Batches:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _settings(self) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _rebatch(self, ids: np.ndarray, epoch: int, max_tokens: int, at: int) -> _Batches:  # pragma: no cover
+        """The batches of examples ``ids`` (``None``: all) under ``max_tokens``, seeded by (seed, epoch, at)."""
         raise NotImplementedError
 
     def _lengths_bytes(self) -> bytes:  # pragma: no cover - abstract
@@ -152,16 +196,51 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         Hook for plans that change mid-epoch (a token budget schedule): override to splice a
         re-planned tail in at a change point; everything before the point must stay as it was."""
         epoch = self.epoch if epoch is None else int(epoch)
-        if self._canon is not None and self._canon.epoch == epoch:
+        key = self._budget_changes(epoch)
+        if self._canon is not None and self._canon.epoch == epoch and self._canon_key == key:
             return self._canon
-        batches = self._batches(epoch)
+        first = not key or key[0][1] == getattr(self, "max_tokens", None)
+        batches = self._batches(epoch) if first else self._rebatch(None, epoch, key[0][1], 0)
+        sequence = self._play_order(batches, epoch, 0)
+        for at, max_tokens in key[1:]:  # re-plan the tail at each budget change, the prefix as it was
+            if at >= sequence.shape[0]:
+                break
+            head = take_batches(batches, sequence[:at])
+            rest = take_batches(batches, sequence[at:]).order
+            tail = self._rebatch(np.sort(rest), epoch, max_tokens, at)
+            batches = join_batches(head, tail)
+            sequence = np.concatenate((np.arange(at, dtype=np.int64), at + self._play_order(tail, epoch, at)))
         costs = batches.work.astype(np.float64) + self.attention_weight * batches.squares
-        sequence = np.arange(batches.num_batches, dtype=np.int64)
-        if self.shuffle:
-            sequence = epoch_rng(self.seed, epoch, 1).permutation(batches.num_batches).astype(np.int64)
-            sequence = _kernels.sort_blocks(sequence, costs, BLOCK)
-        self._canon = _Canonical(epoch, batches, sequence, costs)
+        self._canon, self._canon_key = _Canonical(epoch, batches, sequence, costs), key
         return self._canon
+
+    def _play_order(self, batches: _Batches, epoch: int, at: int) -> np.ndarray:
+        """Batch ids shuffled with ``(seed, epoch, at)`` and cost-sorted inside blocks of ``BLOCK``."""
+        if not self.shuffle:
+            return np.arange(batches.num_batches, dtype=np.int64)
+        costs = batches.work.astype(np.float64) + self.attention_weight * batches.squares
+        sequence = epoch_rng(self.seed, epoch, 1, at).permutation(batches.num_batches).astype(np.int64)
+        return _kernels.sort_blocks(sequence, costs, BLOCK)
+
+    def _budget_changes(self, epoch: int) -> tuple[tuple[int, int], ...]:
+        """``((0, max_tokens), (at, max_tokens), ...)``: the budget schedule's ``max_tokens`` changes
+        inside ``epoch``, as canonical positions; ``()`` without a schedule.
+
+        The current epoch starts at the schedule's position when it was first planned (kept in the
+        state); another epoch is planned as if it started now, with the changes decided so far."""
+        if self.budget is None:
+            return ()
+        if epoch == self.epoch:
+            if self._base is None:
+                self._base = int(self.budget.position)
+            base = self._base
+        else:
+            base = int(self.budget.position)
+        key = [(0, int(self.budget.at(base).max_tokens))]
+        for change in self.budget.changes:
+            if change.position > base and change.max_tokens != key[-1][1]:
+                key.append((int(change.position - base), int(change.max_tokens)))
+        return tuple(key)
 
     def _origin_of(self, epoch: int) -> int:
         """Where the dealing of ``epoch`` starts: a resume's cursor in the resumed epoch, else 0."""
@@ -172,9 +251,10 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         epoch = self.epoch if epoch is None else int(epoch)
         origin = self._origin_of(epoch)
         key = (epoch, self.num_replicas, origin)
-        if self._plan is not None and (self._plan.epoch, self._plan.stats.num_replicas, self._plan.origin) == key:
-            return self._plan
         canon = self.canonical(epoch)
+        plan = self._plan
+        if plan is not None and (plan.epoch, plan.stats.num_replicas, plan.origin) == key and plan.sequence is canon.sequence:
+            return plan
         batches, sequence, costs = canon.batches, canon.sequence, canon.costs
         replicas = self.num_replicas
         remaining = max(batches.num_batches - origin, 0)
@@ -240,6 +320,7 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
             self._yielded = 0
             self._origin = 0
             self._caller = None
+            self._base = None
         self.epoch = epoch
 
     def _dealt_by(self, dealer: _wrapped.Dealer | None) -> int:
@@ -271,6 +352,9 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         start = self._resume_at
         self._resume_at = 0
         self._caller, self._start, self._yielded = caller, start, start
+        if self.budget is not None:
+            yield from self._play_budgeted(start, dealt)
+            return
         rows = plan.table[self.rank : self.rank + 1] if dealt == 1 else plan.table
         flat = rows[:, start:].T.reshape(-1)  # step by step: rank 0's batch, rank 1's, ...
         order, offsets = plan.batches.order, plan.batches.offsets
@@ -282,6 +366,39 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         for k, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
             self._yielded = start + k // dealt + 1
             yield order[a:b].tolist()
+
+    def _play_budgeted(self, start: int, dealt: int) -> Iterator[list[int]]:
+        """Step by step, re-reading the plan before each step: a budget change decided by the
+        training loop re-plans the epoch's tail.  The schedule's lag keeps every change past the
+        batches already handed out, so the steps played so far are a prefix of the new plan."""
+        step = start
+        key = self._canon_key
+        while True:
+            plan = self.plan()
+            if self._canon_key != key:
+                self._check_change_ahead(key, plan.origin + step * self.num_replicas)
+                key = self._canon_key
+            if step >= plan.stats.batches_per_rank:
+                return
+            column = plan.table[:, step] if dealt > 1 else plan.table[self.rank : self.rank + 1, step]
+            order, offsets = plan.batches.order, plan.batches.offsets
+            for b in column.tolist():
+                self._yielded = step + 1
+                yield order[offsets[b] : offsets[b + 1]].tolist() if b >= 0 else []
+            step += 1
+
+    def _check_change_ahead(self, old: tuple, handed_out: int) -> None:
+        """Refuse a budget change that lands on a batch already handed out (a prefetching
+        DataLoader ran further ahead than the schedule's lag): the epoch would repeat or lose examples."""
+        new = self._canon_key
+        same = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        at = new[same][0] if same < len(new) else old[same][0]
+        if at < handed_out:
+            raise ValueError(
+                f"the budget schedule changed max_tokens at global batch {at} of epoch {self.epoch}, but this sampler "
+                f"had already handed out {handed_out} of the epoch's batches; raise the schedule's lag_batches to at "
+                f"least the DataLoader's prefetch depth (num_workers * prefetch_factor, at least 1)"
+            )
 
     # --- resume -----------------------------------------------------------------------------
     def _fingerprint_of(self) -> str:
@@ -326,6 +443,7 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
             "batches_yielded": steps,
             "seed": self.seed,
             "fingerprint": self._fingerprint_of(),
+            **({"budget_base": int(self._base if self._base is not None else self.budget.position)} if self.budget is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -349,6 +467,14 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
                 f"(num_replicas, rank and DataLoader workers may change): rebuild it with the saved ones"
             )
         self.set_epoch(int(state["epoch"]))
+        if self.budget is not None:
+            check_fields(state, ("budget_base",))  # saved with the schedule: load its state first
+            if int(state["budget_base"]) > self.budget.position:
+                raise ValueError(
+                    f"state_dict has budget_base={state['budget_base']} but the budget schedule is at position "
+                    f"{self.budget.position}; load the schedule's state_dict (saved with this one) before the sampler's"
+                )
+            self._base = int(state["budget_base"])
         origin, start = resume_point(state, "batches_yielded", self.num_replicas)
         total = self.canonical().batches.num_batches
         if not 0 <= origin <= total:

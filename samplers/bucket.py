@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _kernels
 from ._lengths import resolve_lengths
-from ._planned import _Batches, _PlannedBatchSampler, epoch_rng
+from ._planned import _Batches, _PlannedBatchSampler, budget_max_tokens, epoch_rng
 
 
 def estimate_boundaries(lengths, num_buckets: int) -> np.ndarray:
@@ -67,6 +67,11 @@ class BucketBatchSampler(_PlannedBatchSampler):
     (``[]``: a zero-loss batch for the collator) unless ``drop_last``.  ``oversize="drop"`` leaves
     out examples that cannot fit ``max_tokens`` on their own (counted in :meth:`stats`).
 
+    ``budget``: a token-budget schedule (``packwise.selection.RampBudget`` / ``AdaptiveBudget``)
+    that sets ``max_tokens`` and changes it during training; the rest of the epoch is re-planned
+    from each change (the batches before it stay as they were) and ``len(self)`` follows.  Save the
+    schedule's ``state_dict()`` with the sampler's and load it first.
+
     Example:
         >>> import numpy as np
         >>> from packwise.samplers import BucketBatchSampler
@@ -96,8 +101,10 @@ class BucketBatchSampler(_PlannedBatchSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         attention_weight: float = 0.0,
+        budget=None,
     ):
         lengths = resolve_lengths(lengths, dataset, two_dims=True)
+        max_tokens = budget_max_tokens(budget, max_tokens)
         self.lengths = lengths if lengths.ndim == 2 else lengths[:, None]
         self.two_dims = lengths.ndim == 2
         if max_tokens is None and batch_size is None and bucket_batch_size is None:
@@ -160,6 +167,9 @@ class BucketBatchSampler(_PlannedBatchSampler):
             rank=rank,
             attention_weight=attention_weight,
         )
+        if budget is not None and self.max_tokens is None:
+            raise ValueError("a budget schedule sets max_tokens; BucketBatchSampler then needs max_tokens, not only batch sizes")
+        self.budget = budget
 
     def _settings(self) -> tuple:
         return (
@@ -178,11 +188,14 @@ class BucketBatchSampler(_PlannedBatchSampler):
         return np.ascontiguousarray(self.lengths).tobytes()
 
     def _batches(self, epoch: int) -> _Batches:
-        items = self._kept
+        return self._rebatch(None, epoch, self.max_tokens or 0, 0)
+
+    def _rebatch(self, ids: np.ndarray | None, epoch: int, max_tokens: int, at: int) -> _Batches:
+        """Bucketed batches of ``ids`` (``None``: every kept example) under ``max_tokens`` padded
+        tokens, seeded by ``(seed, epoch, at)`` (``at`` > 0: a budget schedule's re-planned tail)."""
+        items = self._kept if ids is None else ids
         if self.shuffle:
-            items = items[epoch_rng(self.seed, epoch, 0).permutation(items.shape[0])]
+            items = items[epoch_rng(self.seed, epoch, 0, at).permutation(items.shape[0])]
         order, groups = _kernels.group_by_key(items, self._bucket, self.num_buckets)
-        offsets, _, tokens, slots, squares = _kernels.cut_padded(
-            order, self.lengths, groups, self._caps, self.max_tokens or 0
-        )
+        offsets, _, tokens, slots, squares = _kernels.cut_padded(order, self.lengths, groups, self._caps, max_tokens)
         return _Batches(order, offsets, tokens, slots, slots, squares, dropped_oversize=self._dropped)

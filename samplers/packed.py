@@ -9,7 +9,7 @@ import numpy as np
 from ..packing import pack
 from . import _kernels
 from ._lengths import resolve_lengths
-from ._planned import _Batches, _PlannedBatchSampler, epoch_rng
+from ._planned import _Batches, _PlannedBatchSampler, budget_max_tokens, epoch_rng
 
 
 class PackedBatchSampler(_PlannedBatchSampler):
@@ -28,6 +28,11 @@ so a step's bins cost about the same: the canonical order, the same for any worl
     batches with equal counts and balanced ``tokens + attention_weight * sum(length^2)``; a
     remainder pads short ranks with empty (zero-loss) batches unless ``drop_last``.
 
+    ``budget``: a token-budget schedule (``packwise.selection.RampBudget`` / ``AdaptiveBudget``)
+    that sets ``max_tokens`` and changes it during training; the rest of the epoch is re-planned
+    from each change (the batches before it stay as they were) and ``len(self)`` follows.  Save the
+    schedule's ``state_dict()`` with the sampler's and load it first.
+
     Example:
         >>> import numpy as np
         >>> from packwise.samplers import PackedBatchSampler
@@ -43,7 +48,7 @@ so a step's bins cost about the same: the canonical order, the same for any worl
     def __init__(
         self,
         lengths,
-        max_tokens: int,
+        max_tokens: int | None = None,
         rows_per_batch: int = 1,
         algorithm: Literal["bfd", "fill", "ffd", "first_fit", "next_fit", "window_bfd"] = "bfd",
         *,
@@ -55,8 +60,10 @@ so a step's bins cost about the same: the canonical order, the same for any worl
         num_replicas: int | None = None,
         rank: int | None = None,
         attention_weight: float = 0.0,
+        budget=None,
     ):
         self.lengths = resolve_lengths(lengths, dataset)
+        max_tokens = budget_max_tokens(budget, max_tokens)
         for field, value in (("max_tokens", max_tokens), ("rows_per_batch", rows_per_batch)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{field} must be a positive integer, got {value!r}")
@@ -86,6 +93,7 @@ so a step's bins cost about the same: the canonical order, the same for any worl
             attention_weight=attention_weight,
         )
         pack(self.lengths[:1], self.max_tokens, algorithm, "truncate")  # validates ``algorithm`` early
+        self.budget = budget
 
     def _settings(self) -> tuple:
         return (
@@ -105,10 +113,16 @@ so a step's bins cost about the same: the canonical order, the same for any worl
     def _batches(self, epoch: int) -> _Batches:
         return self._pack_ids(np.arange(self.lengths.shape[0], dtype=np.int64), epoch)
 
-    def _pack_ids(self, ids: np.ndarray, epoch: int) -> _Batches:
-        """The epoch's batches over the examples ``ids`` (all of them, or a policy's kept ones)."""
-        perm = ids[epoch_rng(self.seed, epoch, 0).permutation(ids.shape[0])] if self.shuffle else ids
-        p = pack(self.lengths[perm], self.max_tokens, self.algorithm, self.oversize)
+    def _rebatch(self, ids: np.ndarray | None, epoch: int, max_tokens: int, at: int) -> _Batches:
+        ids = np.arange(self.lengths.shape[0], dtype=np.int64) if ids is None else ids
+        return self._pack_ids(ids, epoch, max_tokens, at)
+
+    def _pack_ids(self, ids: np.ndarray, epoch: int, max_tokens: int | None = None, at: int = 0) -> _Batches:
+        """The epoch's batches over the examples ``ids`` (all of them, or a policy's kept ones);
+        ``max_tokens`` and ``at``: a budget schedule's re-plan of the tail from canonical position ``at``."""
+        max_tokens = self.max_tokens if max_tokens is None else max_tokens
+        perm = ids[epoch_rng(self.seed, epoch, 0, at).permutation(ids.shape[0])] if self.shuffle else ids
+        p = pack(self.lengths[perm], max_tokens, self.algorithm, self.oversize)
         order = perm[p.order]
         bin_offsets = p.offsets
         entry_lengths = p.lengths
@@ -116,7 +130,7 @@ so a step's bins cost about the same: the canonical order, the same for any worl
             bins = p.num_bins
             sizes = np.diff(bin_offsets)
             if self.shuffle:  # random bins share a batch
-                mix = epoch_rng(self.seed, epoch, 2).permutation(bins)
+                mix = epoch_rng(self.seed, epoch, 2, at).permutation(bins)
                 starts = bin_offsets[:-1][mix]
                 take = np.repeat(starts - np.concatenate(([0], np.cumsum(sizes[mix])[:-1])), sizes[mix])
                 take += np.arange(order.shape[0], dtype=np.int64)
@@ -131,7 +145,7 @@ so a step's bins cost about the same: the canonical order, the same for any worl
             order,
             bin_offsets.astype(np.int64),
             tokens,
-            rows_in * self.max_tokens,
+            rows_in * max_tokens,
             tokens,
             squares,
             dropped_oversize=int(p.dropped.shape[0]),

@@ -1,7 +1,9 @@
 """Data selection during training: dynamic pruning (InfoBatch), random subsets (RS2),
 score-driven sampling, a loss-threshold filter for streams, in-step super-batch selection
-with a reference model (``RhoLoss``, ``JEST`` pointwise and pairwise), and online mixture
-policies (``ODM``, ``SoftmaxLoss``) fed by a ``SourceLossTracker``.  torch-free at import time.
+with a reference model (``RhoLoss``, ``JEST`` pointwise and pairwise), online mixture
+policies (``ODM``, ``SoftmaxLoss``) fed by a ``SourceLossTracker``, and the gradient noise scale
+with the token-budget schedules it drives (``GradientNoiseScale``, ``RampBudget``,
+``AdaptiveBudget``, ``BudgetScaledLR``).  torch-free at import time.
 
 The epoch-plan protocol (every policy here; what samplers compose with):
 
@@ -44,6 +46,9 @@ from .reference import ReferenceScores, reference_scores
 from .rho import RhoLoss
 from .mixing import ODM, SoftmaxLoss
 from .source_loss import SourceLossTracker, count_all_reduce
+from .noise_scale import AccumulationNoiseSource, DDPNoiseSource, GradientNoiseScale, NoiseEstimate, noise_scale
+from .budget import AdaptiveBudget, BudgetChange, BudgetSchedule, RampBudget
+from .lr_scaling import BudgetScaledLR, LRScaler, ema_momentum, lr_factor
 
 __all__ = [
     "EpochPlan",
@@ -85,4 +90,17 @@ __all__ = [
     "reference_scores",
     "sigmoid_pair_losses",
     "softmax_conditional_learnability",
+    "AccumulationNoiseSource",
+    "DDPNoiseSource",
+    "GradientNoiseScale",
+    "NoiseEstimate",
+    "noise_scale",
+    "AdaptiveBudget",
+    "BudgetChange",
+    "BudgetSchedule",
+    "RampBudget",
+    "BudgetScaledLR",
+    "LRScaler",
+    "ema_momentum",
+    "lr_factor",
 ]

@@ -291,3 +291,80 @@ def test_infobatch_with_max_tokens_trains_on_packed_rows_and_logs_the_plain_loss
     assert all(abs(h["loss"] - h["plain_loss"]) < 1e-3 for h in first)
     pruned = logs[len(epochs[0]) : len(epochs[0]) + len(epochs[1])]
     assert sum(h["loss"] for h in pruned) > sum(h["plain_loss"] for h in pruned)  # kept losses weighted by 1/(1-r) > 1
+
+
+def test_noise_scale_callback_measures_the_accumulation_micro_steps(alpaca, tmp_path):
+    """GA=2: the first step's noise scale equals the estimator on reference gradients of the two
+    micro-batches (token losses over the step's supervised tokens, as the Trainer computes them);
+    the ramp is stepped with the step's tokens and the learning rate follows it linearly."""
+    from packwise.integrations.hf import NoiseScaleCallback
+    from packwise.selection import GradientNoiseScale, RampBudget
+
+    sampler = PackedBatchSampler(_lengths(alpaca), max_tokens=160, seed=3)
+    collator = Recording()
+    ramp = RampBudget(320, 1280, over_tokens=600, multiple=32, lag_batches=0)
+    callback = NoiseScaleCallback(ramp, rule="linear", beta=0.5)
+    args = _args(tmp_path, max_steps=2, gradient_accumulation_steps=2)
+    trainer = PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=sampler, collator=collator)
+    trainer.add_callback(callback)
+    trainer.train()
+
+    ref = _model()
+    micro = collator.seen[:2]
+    supervised = sum(int((torch.tensor([alpaca[i].get("labels", alpaca[i]["input_ids"])])[0, 1:] != -100).sum()) for b in micro for i in b)
+    sqnorms, grads = [], []
+    for batch in micro:
+        ref.zero_grad()
+        total = 0.0
+        for i in batch:
+            ids = torch.tensor([alpaca[i]["input_ids"]])
+            labels = torch.tensor([alpaca[i].get("labels", alpaca[i]["input_ids"])])
+            total = total + token_losses(ref(input_ids=ids, use_cache=False).logits, labels).sum()
+        (total / supervised).backward()
+        g = torch.cat([p.grad.reshape(-1).double() for p in ref.parameters()])
+        grads.append(g)
+        sqnorms.append(4 * float(g.pow(2).sum()))  # a micro-step's share of the step: scaled to a mean gradient
+    sizes = [int(_lengths(alpaca)[b].sum()) for b in micro]
+    expected = GradientNoiseScale(0.5).update(sqnorms, sum(sizes) / 2, float((grads[0] + grads[1]).pow(2).sum()), sum(sizes))
+    first = callback.history[0]
+    assert first["step"] == 1 and first["noise_scale"] == pytest.approx(round(expected, 2), rel=1e-3)
+    assert [h["step"] for h in callback.history] == [1, 2]
+    assert ramp.steps == 2 and ramp.tokens_seen == sum(int(_lengths(alpaca)[b].sum()) for b in collator.seen[:4])
+    assert first["budget"] > 320 and trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * ramp.budget / 320)
+
+
+def test_noise_scale_callback_needs_accumulation(alpaca, tmp_path):
+    from packwise.integrations.hf import NoiseScaleCallback
+
+    sampler = PackedBatchSampler(_lengths(alpaca), max_tokens=160, seed=3)
+    trainer = PackwiseTrainer(_model(), _args(tmp_path, max_steps=1), train_dataset=alpaca, sampler=sampler)
+    trainer.add_callback(NoiseScaleCallback())
+    with pytest.raises(ValueError, match=r"NoiseScaleCallback needs gradient_accumulation_steps >= 2 \(the micro-steps are its small batches\)"):
+        trainer.train()
+
+
+def test_a_budget_ramp_under_the_trainer_resumes_with_the_same_batches(alpaca, tmp_path):
+    """The sampler follows a ramp stepped by NoiseScaleCallback; a checkpoint holds the ramp, and a
+    fresh trainer resumed from it trains on exactly the rest of the batches."""
+    from packwise.integrations.hf import NoiseScaleCallback
+    from packwise.selection import RampBudget
+
+    def run(out, resume=None):
+        ramp = RampBudget(128, 256, over_tokens=1500, multiple=32, lag_batches=0)
+        sampler = PackedBatchSampler(_lengths(alpaca), seed=7, budget=ramp)
+        collator = Recording()
+        args = _args(out, num_train_epochs=2, gradient_accumulation_steps=2, save_strategy="steps", save_steps=3)
+        trainer = PackwiseTrainer(_model(), args, train_dataset=alpaca, sampler=sampler, collator=collator)
+        trainer.add_callback(NoiseScaleCallback(ramp))
+        trainer.train(resume_from_checkpoint=resume)
+        return ramp, collator.seen
+
+    ramp, seen_full = run(tmp_path / "a")
+    assert len(ramp.changes) > 2 and ramp.changes[-1].max_tokens == 256  # the ramp ran its course
+    assert sorted(i for b in seen_full for i in b) == sorted(list(range(len(alpaca))) * 2)  # each example once per epoch
+    saved = load_state(tmp_path / "a" / "checkpoint-3" / STATE_FILE.format(rank=0))
+    consumed = saved["budget"]["position"]  # global batches (one rank): micro-batches trained on so far
+    assert saved["budget"]["steps"] == 3 and 0 < consumed < len(seen_full)
+    resumed, seen_resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-3"))
+    assert seen_resumed == seen_full[consumed:]
+    assert resumed.changes == ramp.changes
