@@ -104,7 +104,7 @@ def _order_key(bits):
     return np.int32(bits ^ np.int32(np.int32(bits >> 31) & np.int32(0x7FFFFFFF)))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _set_bound(s, b, margin, lim, limk, kbuf, fbuf) -> None:
     """From ``b``, the largest order key that slot ``s`` counts (GONE: none): ``lim[s]``, that score
     minus ``margin`` (the lowest score that can still win; -inf when no position counts), and
@@ -120,7 +120,7 @@ def _set_bound(s, b, margin, lim, limk, kbuf, fbuf) -> None:
     limk[s] = _order_key(kbuf[s]) - np.int32(1)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _slot_bounds(bits, j, mask, margin, lim, limk, kbuf, fbuf) -> None:
     """``_set_bound`` of every slot over the BLAS scores ``bits[:j]`` of the positions ``mask[s]``
     counts (KEPT). Slot 0 (every position) and slot 1 share one read of the row; integer maxima
@@ -142,7 +142,7 @@ def _slot_bounds(bits, j, mask, margin, lim, limk, kbuf, fbuf) -> None:
         _set_bound(s, b, margin, lim, limk, kbuf, fbuf)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _candidates(row, bits, j, mask, lim, limk, flags, cand) -> int:
     """Fills ``cand`` with the positions ``i < j`` (ascending) whose BLAS score meets some slot's
     bound ``lim`` where ``mask`` counts them; returns how many. A vectorised pass flags the
@@ -178,7 +178,7 @@ def _candidates(row, bits, j, mask, lim, limk, flags, cand) -> int:
     return nc
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def exact_dot2(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple:
     """``(exact_dot(a, b), exact_dot(a, c))`` in one loop: the same bits, but the two add chains
     overlap instead of waiting on each other."""
@@ -191,7 +191,7 @@ def exact_dot2(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple:
     return s, t
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _nearest_slots(row, bits, j, v, mask, margin, lim, limk, kbuf, fbuf, flags, cand, xs, best_x, best_a) -> None:
     """``best_a[s]``/``best_x[s]``: the earlier position most similar to ``j`` by ``exact_dot`` among
     those ``mask[s]`` counts (slot 0: all; slot ``1 + e``: kept at threshold ``e``), -1/-inf when
