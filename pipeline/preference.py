@@ -28,7 +28,9 @@ PROMPT_SEPARATOR = {"prompt": "", "question": "\n\n"}
 class PairRows(TextRows):
     """``TextRows`` for a DPO layout: ``tokenize`` gives one ``[P C (P) R]`` sequence per row."""
 
-    def __init__(self, spec, tokenizer, pair: tuple[str, str, str], share_prompt: bool):
+    has_labels = True  # -100 on the prompts, whatever the text spec says
+
+    def __init__(self, spec, tokenizer, pair: tuple[str | None, str, str], share_prompt: bool):
         super().__init__(spec, tokenizer)
         self.pair, self.share_prompt = pair, bool(share_prompt)
 
