@@ -92,7 +92,7 @@ def _collate_of(manifest: dict, capacity: int, collator, allow_unlabeled: bool |
     """The ``collate`` of a packed folder (a DPO pack's: its pairs for ``PairCollator``);
     ``allow_unlabeled=None`` follows the pack run's setting."""
     settings = manifest["settings"]
-    if settings.get("layout") == "dpo":  # one stored sequence per pair: rebuilt for PairCollator
+    if "share_prompt" in settings:  # a preference pack (dpo, dpo_implicit): one stored sequence per pair, for PairCollator
         from .preference import PairCollate
 
         return PairCollate(settings["share_prompt"], collator)

@@ -33,7 +33,7 @@ class Layout:
     separator: str = "\n\n"
     csv_header: bool = True
     label: str | None = None
-    pair: tuple[str, str, str] | None = None  # DPO: (prompt column, chosen, rejected)
+    pair: tuple[str | None, str, str] | None = None  # DPO: (prompt column or None when implicit, chosen, rejected)
 
     def line(self, chat_template: str | None = None) -> str:
         """The one line the CLI prints first: which layout, which columns, what is trained on."""
@@ -45,7 +45,9 @@ class Layout:
             "preference": "preference pairs, labels on chosen and rejected responses",
             "kto": "KTO, per-sequence boolean label",
         }[self.kind]
-        cols = ", ".join(self.pair or self.columns) + (f" + {self.label}" if self.label else "")
+        cols = ", ".join(c for c in self.pair or self.columns if c) + (f" + {self.label}" if self.label else "")
+        if self.pair and self.pair[0] is None:
+            cols += "; prompt: their common prefix"
         how = f" ({'ChatML' if chat_template == 'chatml' else 'the tokenizer chat template'})" if self.chat and chat_template else ""
         return f"layout: {self.name} ({cols}) -> {what}{how}"
 
@@ -83,8 +85,10 @@ def detect_layout(names: list[str], types: list, *, csv_looks_headerless: bool =
     if "chosen" in have and "rejected" in have:
         prompt = next((c for c in PAIR_PROMPTS if c in have), None)
         if prompt is not None:  # messages (a list, or LLaMA-Factory's conversations) render with a chat template
-            chat = prompt == "conversations" or pa.types.is_list(have[prompt]) or pa.types.is_large_list(have[prompt])
+            chat = prompt == "conversations" or _is_list(have[prompt])
             return Layout("dpo", (prompt,), chat=chat, pair=(prompt, "chosen", "rejected"))
+        # TRL's implicit prompt: whole conversations (or texts) whose common prefix is the prompt
+        return Layout("dpo_implicit", ("chosen",), chat=_is_list(have["chosen"]), pair=(None, "chosen", "rejected"))
     if "label" in have and pa.types.is_boolean(have["label"]):
         if "completion" in have:
             cols = ("prompt", "completion") if "prompt" in have else ("completion",)
@@ -107,10 +111,17 @@ def detect_layout(names: list[str], types: list, *, csv_looks_headerless: bool =
             return Layout("headerless_csv", text, csv_header=False)
     raise ValueError(
         f"input: no known layout in the columns {names}; known layouts: text; messages or conversations (chat); "
-        f"instruction/input/output (Alpaca); prompt/completion; chosen/rejected with prompt, question or conversations (DPO); "
+        f"instruction/input/output (Alpaca); prompt/completion; chosen/rejected, with prompt, question or conversations or "
+        f"without (the prompt is their common prefix) (DPO); "
         f"completion or messages with a boolean label (KTO). Pass --text-column COLUMN (several comma-separated are joined), "
         f"--chat-template chatml with --text-column naming a messages column, or --template FILE.py:function for the whole row"
     )
+
+
+def _is_list(arrow_type) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
 
 
 def input_layout(source, *, format: str | None = None, csv_header=True, csv_dialect=None) -> Layout:

@@ -11,7 +11,8 @@ stored sequence back into ``{"prompt_ids", "chosen_ids", "rejected_ids"}``.
 Prompts are text (``prompt`` / ``question`` columns, joined to the response as TRL does) or
 messages (a list of role/content or from/value messages, e.g. LLaMA-Factory's ``conversations``),
 rendered with the run's chat template up to the assistant turn; a response is text, one message,
-or a one-message list.
+or a one-message list. Without a prompt column (TRL's implicit prompt) ``chosen`` and ``rejected``
+hold the whole conversations or texts and their common prefix is the prompt (``implicit_prompt``).
 """
 
 from __future__ import annotations
@@ -27,20 +28,25 @@ PROMPT_SEPARATOR = {"prompt": "", "question": "\n\n"}
 class PairRows(TextRows):
     """``TextRows`` for a DPO layout: ``tokenize`` gives one ``[P C (P) R]`` sequence per row."""
 
-    def __init__(self, spec, tokenizer, pair: tuple[str, str, str], share_prompt: bool):
+    has_labels = True  # -100 on the prompts, whatever the text spec says
+
+    def __init__(self, spec, tokenizer, pair: tuple[str | None, str, str], share_prompt: bool):
         super().__init__(spec, tokenizer)
         self.pair, self.share_prompt = pair, bool(share_prompt)
 
     def tokenize(self, loc):
         texts = []
-        for i, row in enumerate(loc.batch.select(list(self.pair)).to_pylist()):
+        for i, row in enumerate(loc.batch.select([c for c in self.pair if c]).to_pylist()):
             texts += self._texts(row, f"{loc.source} row {loc.first_row + i}")
         seg_offsets, values = self.encoder.encode(texts)
         return join_pairs(seg_offsets, values, self.share_prompt, loc)
 
     def _texts(self, row: dict, where: str) -> list[str]:
         """``[prompt, chosen, rejected]`` texts of one row."""
-        prompt, chosen, rejected = (row[c] for c in self.pair)
+        if self.pair[0] is None:
+            prompt, chosen, rejected = implicit_prompt(row[self.pair[1]], row[self.pair[2]], where, chat=self.render is not None)
+        else:
+            prompt, chosen, rejected = (row[c] for c in self.pair)
         if self.render is None or (isinstance(prompt, str) and not _is_json_list(prompt) and isinstance(chosen, str)
                                    and isinstance(rejected, str)):  # fmt: skip
             sep = PROMPT_SEPARATOR.get(self.pair[0], "")
@@ -63,6 +69,38 @@ class PairRows(TextRows):
         segments = self.render(messages + reply, None, None)
         last = max(k for k, (_, trainable) in enumerate(segments) if trainable)
         return "".join(t for t, _ in segments[:last]), segments[last][0]
+
+
+def implicit_prompt(chosen, rejected, where: str, chat: bool) -> tuple:
+    """``(prompt, chosen rest, rejected rest)`` of a pair whose prompt is implicit, by TRL's rule
+    (``extract_prompt``): the prompt is the longest common prefix of the two, in leading messages
+    for conversations (``chat``) and in characters for texts, where a space just before the first
+    difference goes to the responses. A pair with no common prefix, or with nothing left of one side
+    once it is taken, is a ``ValueError`` naming the row (``where``).
+
+    Example:
+        >>> implicit_prompt("The sky is blue.", "The sky is green.", "row 0", chat=False)
+        ('The sky is', ' blue.', ' green.')
+    """
+    if chat:
+        chosen = _chat.messages_of(chosen, f"{where}: column 'chosen'")
+        rejected = _chat.messages_of(rejected, f"{where}: column 'rejected'")
+    elif not (isinstance(chosen, str) and isinstance(rejected, str)):
+        raise ValueError(f"{where}: chosen and rejected must both be texts (or both conversations), got "
+                         f"{type(chosen).__name__} and {type(rejected).__name__}; fix or drop that row")  # fmt: skip
+    n = min(len(chosen), len(rejected))
+    k = next((i for i in range(n) if chosen[i] != rejected[i]), n)
+    if k == n:
+        short, other = ("chosen", "rejected") if len(chosen) == n else ("rejected", "chosen")
+        side = "chosen and rejected are the same" if len(chosen) == len(rejected) else f"the {short} is a prefix of the {other}"
+        raise ValueError(f"{where}: {side}, so nothing of the {short} is left once their common prefix (the implicit "
+                         f"prompt) is taken; drop that row, or add a prompt column")  # fmt: skip
+    if not chat and k > 0 and chosen[k - 1] == " ":
+        k -= 1
+    if k == 0:
+        what = "leading message" if chat else "prefix (a space before the first difference goes to the responses)"
+        raise ValueError(f"{where}: chosen and rejected have no common {what}, so no implicit prompt; add a prompt column")
+    return chosen[:k], chosen[k:], rejected[k:]
 
 
 def _is_json_list(text: str) -> bool:

@@ -43,7 +43,7 @@ from ._arrow import list_array
 from ._paths import inside, shown
 from .pack_stage import PackedRows, PackStats, StreamPacker
 from .readers import Located, check_json_lines
-from .tokens import TextRows, token_batches
+from .tokens import TextRows, Unlabeled, token_batches
 from .writer import ShardWriter
 
 ENGINES: tuple[str, ...] = ("local", "ray")
@@ -170,7 +170,7 @@ def _tokenize_batch(table, *, tokenizer, tokens_column, labels_column, source):
                 if lab is not None:
                     labels.append(list_array(offsets, lab))
         cols = {"input_ids": pa.chunked_array(ids, type=pa.list_(pa.int32()))}
-        if tokenizer.spec.has_labels:
+        if tokenizer.has_labels:
             cols["labels"] = pa.chunked_array(labels, type=pa.list_(pa.int32()))
     cols["length"] = pc.fill_null(pc.list_value_length(cols["input_ids"]), 0).cast(pa.int32())
     return pa.table(cols)
@@ -254,7 +254,9 @@ def _pack_write_block(table, block: int, row0: int, cfg: dict) -> dict:
     def keep(rows: PackedRows) -> None:
         windows.append((_table(rows, cfg["has_labels"]), packer.stats.windows - 1))
 
+    unlabeled = Unlabeled(cfg["allow_unlabeled"])  # the local stage's check, naming the global input row
     for tb in token_batches(located, tokens_column="input_ids", labels_column="labels" if cfg["has_labels"] else None):
+        unlabeled.check(tb)
         for rows in packer.add(tb):
             keep(rows)
     for rows in packer.finish():
@@ -280,7 +282,8 @@ def _pack_write_block(table, block: int, row0: int, cfg: dict) -> dict:
 
             pq.write_table(tail, tmp)
     _check_stop(cfg, block)
-    record = {"block": block, "row0": row0, "rows": table.num_rows, "stats": packer.stats.to_dict(), "shards": shards, "tail": tail_info}
+    record = {"block": block, "row0": row0, "rows": table.num_rows, "stats": packer.stats.to_dict(), "shards": shards, "tail": tail_info,
+              "unlabeled": unlabeled.count}  # fmt: skip
     with atomic_path(_record_path(output, block)) as tmp:
         tmp.write_text(json.dumps(record, sort_keys=True))
     return record
@@ -307,6 +310,7 @@ def _valid_record(output: Path, path: Path) -> dict | None:
                 return None
         if rec["tail"] is not None and pq.read_metadata(_tail_path(output, rec["block"])).num_rows != rec["tail"]["rows"]:
             return None
+        int(rec["unlabeled"])  # a record without the count (an older packwise's) is redone
         return rec
     except (OSError, ValueError, KeyError, TypeError):  # missing, truncated or foreign files
         return None
@@ -387,17 +391,22 @@ class RayPackRun:
 
     def __init__(self, inp, *, tokenizer: TextRows | None, text, tokens_column, labels_column, max_tokens, algorithm,
                  oversize, window, seed, block_rows, tail_pass: bool = False,
-                 progress: Callable[[int, int], None] | None = None):  # fmt: skip
+                 progress: Callable[[int, int], None] | None = None, allow_unlabeled: bool = False,
+                 also_read: tuple[str, ...] = ()):  # fmt: skip
         self.inp, self.max_tokens, self.algorithm, self.seed = inp, max_tokens, algorithm, seed
         self.oversize, self.window, self.tail_pass = oversize, window, bool(tail_pass)
         self.block_rows, self.progress = int(block_rows), progress
-        self.has_labels = labels_column is not None or (tokens_column is None and text.has_labels)
+        self.has_labels = labels_column is not None or (tokens_column is None and tokenizer.has_labels)
         self.columns = ([tokens_column] + ([labels_column] if labels_column else [])) if tokens_column else text.read_columns
+        if self.columns is not None and not tokens_column:  # a layout's other columns (a pair's responses)
+            self.columns += [c for c in also_read if c not in self.columns]
         self.tok_kwargs = dict(tokenizer=tokenizer, tokens_column=tokens_column, labels_column=labels_column,
                                source=f"{shown(inp.name)} (a Ray block)")  # fmt: skip
         self.block_kwargs = dict(max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window, seed=seed,
-                                 has_labels=self.has_labels, tail_pass=self.tail_pass, source=shown(inp.name))  # fmt: skip
+                                 has_labels=self.has_labels, tail_pass=self.tail_pass, source=shown(inp.name),
+                                 allow_unlabeled=bool(allow_unlabeled))  # fmt: skip
         self.stats: PackStats | None = None
+        self.unlabeled = Unlabeled(allow_unlabeled)  # the blocks' all -100 sequences, counted as the local stage does
         self.blocks = self.skipped = 0
 
     def dataset(self):
@@ -419,6 +428,8 @@ class RayPackRun:
             ctx.enable_progress_bars = bars
         shards.commit_blocks(records)
         parts = [rec["stats"] for rec in records]
+        self.unlabeled.labelled = self.has_labels
+        self.unlabeled.count = sum(int(rec["unlabeled"]) for rec in records)
         if self.tail_pass:
             parts.append(self._tail(shards, records))
         self.stats = merge_stats(parts, self.max_tokens, self.algorithm)

@@ -19,7 +19,7 @@ from .lock import output_lock
 from .ray_engine import RayShards, check_engine, require_ray
 from .readers import CsvDialect, CsvHeader, open_input
 from .tokenizer_backend import TextEncoder, check_backend
-from .tokens import IGNORE, TEXT_SEPARATOR, TextRows, TextSpec, resolve_tokenizer, token_batches, train_on_input
+from .tokens import TEXT_SEPARATOR, TextRows, TextSpec, Unlabeled, resolve_tokenizer, token_batches, train_on_input
 from .writer import _ROW_GROUP, TRAINED_TOKENIZER, ShardWriter
 
 Progress = Callable[[int, int], None]
@@ -115,10 +115,13 @@ def run_text(source, options: dict, format, csv_header, tokenizer, rest: tuple,
 def rows_of_layout(layout: Layout | None, share_prompt: bool, algorithm: str, oversize: str, engine: str):
     """``TextRows``, or for a DPO layout ``PairRows`` (one ``[P C (P) R]`` sequence per pair), after
     refusing the settings that would cut a pair."""
-    if layout is not None and layout.label is not None and (algorithm == "concat" or oversize == "split" or engine != "local"):
+    if layout is not None and layout.label is not None and engine != "local":
+        raise ValueError(f"layout {layout.name}: the Ray engine does not carry the per-sequence {layout.label!r} column; "
+                         f"pack this input with --engine local")  # fmt: skip
+    if layout is not None and layout.label is not None and (algorithm == "concat" or oversize == "split"):
         raise ValueError(
-            f"layout {layout.name}: each sequence keeps its {layout.label!r} column; --algorithm concat, --oversize split and "
-            f"--engine ray would cut or spread it: use a packer such as window_bfd, locally"
+            f"layout {layout.name}: each sequence keeps its {layout.label!r} column; --algorithm concat and --oversize split "
+            f"would cut it: use a packer such as window_bfd"
         )
     if layout is None or layout.pair is None:
         if share_prompt:
@@ -128,10 +131,10 @@ def rows_of_layout(layout: Layout | None, share_prompt: bool, algorithm: str, ov
 
     from .preference import PairRows
 
-    if algorithm == "concat" or oversize in ("truncate", "split") or engine != "local":
+    if algorithm == "concat" or oversize in ("truncate", "split"):
         raise ValueError(
-            f"layout {layout.name}: a preference pair is packed whole; --algorithm concat, --oversize truncate/split and "
-            f"--engine ray would cut or spread it: use a packer such as window_bfd with --oversize error or drop, locally"
+            f"layout {layout.name}: a preference pair is packed whole; --algorithm concat and --oversize truncate/split "
+            f"would cut it: use a packer such as window_bfd with --oversize error or drop"
         )
     return partial(PairRows, pair=layout.pair, share_prompt=share_prompt)
 
@@ -146,29 +149,6 @@ def _stage(inp, rows, tokens_column, labels_column, progress, unlabeled: "Unlabe
         if unlabeled is not None:
             unlabeled.check(tb)
         yield tb
-
-
-class Unlabeled:
-    """Sequences whose labels are all -100 (they would train on nothing): refused, naming the
-    input row, unless ``allow``; ``count`` is how many were kept."""
-
-    def __init__(self, allow: bool):
-        self.allow, self.count, self.labelled = bool(allow), 0, False
-
-    def check(self, tb) -> None:
-        if tb.labels is None or len(tb) == 0:
-            return
-        self.labelled = True
-        seq = np.repeat(np.arange(len(tb)), tb.lengths)
-        trained = np.bincount(seq, weights=tb.labels != IGNORE, minlength=len(tb))
-        bad = np.flatnonzero(trained == 0)
-        if bad.shape[0] and not self.allow:
-            raise ValueError(
-                f"input row {int(tb.rows[bad[0]])}: every label is -100, so it would train on nothing (a chat with no "
-                f"assistant turn, or an empty response); drop or fix the row, or pass --allow-unlabeled to keep such rows "
-                f"({bad.shape[0]} in this batch)"
-            )
-        self.count += int(bad.shape[0])
 
 
 def pack_to_parquet(
@@ -318,9 +298,10 @@ def pack_to_parquet(
                         inp, tokenizer=text_rows, text=text, tokens_column=tokens_column, labels_column=labels_column,
                         max_tokens=max_tokens, algorithm=algorithm, oversize=oversize, window=window,
                         seed=seed, block_rows=block_rows, tail_pass=tail_pass, progress=progress,
+                        allow_unlabeled=allow_unlabeled, also_read=() if layout is None else layout.also_read,
                     )  # fmt: skip
                     run.write(writer)
-                stats = run.stats
+                stats, unlabeled = run.stats, run.unlabeled
         except BaseException:
             writer.abort()  # no shard write left running behind the error, nothing more published
             raise
@@ -329,8 +310,8 @@ def pack_to_parquet(
         if stats.sequences == 0:
             raise ValueError(f"input: {inp.name} has {stats.rows_in} rows but no tokens: nothing to pack")
         backend = None if text_rows is None else text_rows.encoder.describe()
-        # counted where labels were made (without them every token trains); the Ray engine does not check them
-        kept = {"unlabeled_sequences": unlabeled.count} if engine == "local" and unlabeled.labelled else {}
+        # counted where labels were made (without them every token trains), by the local stage or the Ray blocks
+        kept = {"unlabeled_sequences": unlabeled.count} if unlabeled.labelled else {}
         if layout is not None and layout.pair:
             kept["pairs"] = stats.sequences
         notes = inp.notes if engine == "local" else {}  # Ray's own CSV reader counts nothing

@@ -210,6 +210,11 @@ class TextRows:
             )
         return tid
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether ``tokenize`` gives labels (an engine that builds columns ahead needs to know)."""
+        return self.spec.has_labels
+
     def texts(self, loc) -> Iterator[str]:
         """The full text of every row of one located batch."""
         texts, _, seg_row = self._segments(loc)
@@ -530,3 +535,25 @@ def train_on_input(located_batches, text: TextSpec | None = None, vocab_size: in
             yield from rows.texts(loc)
 
     return train_byte_bpe(texts(), vocab_size=vocab_size, special_tokens=specials)
+
+
+class Unlabeled:
+    """Sequences whose labels are all -100 (they would train on nothing): refused, naming the
+    input row, unless ``allow``; ``count`` is how many were kept."""
+
+    def __init__(self, allow: bool):
+        self.allow, self.count, self.labelled = bool(allow), 0, False
+
+    def check(self, tb) -> None:
+        if tb.labels is None or len(tb) == 0:
+            return
+        self.labelled = True
+        seq = np.repeat(np.arange(len(tb)), tb.lengths)
+        trained = np.bincount(seq, weights=tb.labels != IGNORE, minlength=len(tb))
+        bad = np.flatnonzero(trained == 0)
+        if bad.shape[0] and not self.allow:  # the message is the same whatever the engine's batches
+            raise ValueError(
+                f"input row {int(tb.rows[bad[0]])}: every label is -100, so it would train on nothing (a chat with no "
+                f"assistant turn, or an empty response); drop or fix the row, or pass --allow-unlabeled to keep such rows"
+            )
+        self.count += int(bad.shape[0])

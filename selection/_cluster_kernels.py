@@ -91,133 +91,220 @@ def squared_l2(x: np.ndarray, targets: np.ndarray, arg: np.ndarray) -> np.ndarra
     return out
 
 
-@njit(cache=True, fastmath={"nnan", "nsz"})
-def _row_bests(row, j, penalty, best) -> None:
-    """``best[0]``: the largest of ``row[:j]``; ``best[1 + e]``: the largest of ``row[:j] +
-    penalty[e]`` (0 where kept at threshold ``e``, -inf elsewhere). A maximum is the same in any
-    order, so the scan may be vectorised (the scores are finite: there is no NaN to order)."""
-    ninf = np.float32(-np.inf)
-    if penalty.shape[0] == 1:  # the common single-eps case: both maxima in one read of the row
-        p0 = penalty[0]
-        b = ninf
-        b1 = ninf
-        for i in range(j):
-            r = row[i]
-            b = r if r > b else b
-            rk = r + p0[i]
-            b1 = rk if rk > b1 else b1
-        best[0] = b
-        best[1] = b1
+# Dedup slots: 0 is "any earlier position" (nearest), 1 + e is "kept at threshold e" (there is
+# always at least one threshold). ``mask[s, i]`` says whether position ``i`` counts in slot ``s``.
+KEPT = np.int32(2**31 - 1)  # mask where a position counts in a slot: min(key, KEPT) is the key itself
+GONE = np.int32(-(2**31))  # mask elsewhere: below the key of every float (it is a NaN's key)
+
+
+@njit(cache=True, inline="always")
+def _order_key(bits):
+    """float32 bits (as int32) -> an int32 in the same order as the floats (and back: it is its own
+    inverse). Integer maxima vectorise where float ones do not (LLVM wants function-wide no-NaN)."""
+    return np.int32(bits ^ np.int32(np.int32(bits >> 31) & np.int32(0x7FFFFFFF)))
+
+
+@njit(cache=True, inline="always")
+def _set_bound(s, b, margin, lim, limk, kbuf, fbuf) -> None:
+    """From ``b``, the largest order key that slot ``s`` counts (GONE: none): ``lim[s]``, that score
+    minus ``margin`` (the lowest score that can still win; -inf when no position counts), and
+    ``limk[s]``, an order key at or below that of every float32 >= ``lim[s]``. ``kbuf``/``fbuf``:
+    one int32 buffer and its float32 view, to read keys back as floats."""
+    if b == GONE:
+        lim[s] = -np.inf
+        limk[s] = KEPT  # no finite score's key reaches it
         return
-    b = ninf
+    kbuf[s] = _order_key(b)
+    lim[s] = np.float64(fbuf[s]) - margin
+    fbuf[s] = np.float32(lim[s])  # within half an ulp of lim: one key lower covers every float >= lim
+    limk[s] = _order_key(kbuf[s]) - np.int32(1)
+
+
+@njit(cache=True, inline="always")
+def _slot_bounds(bits, j, mask, margin, lim, limk, kbuf, fbuf) -> None:
+    """``_set_bound`` of every slot over the BLAS scores ``bits[:j]`` of the positions ``mask[s]``
+    counts (KEPT). Slot 0 (every position) and slot 1 share one read of the row; integer maxima
+    vectorise."""
+    m1 = mask[1]
+    b0 = GONE
+    b1 = GONE
     for i in range(j):
-        b = row[i] if row[i] > b else b
-    best[0] = b
-    for e in range(penalty.shape[0]):
-        pe = penalty[e]
-        b = ninf
+        k = _order_key(bits[i])
+        b0 = max(b0, k)
+        b1 = max(b1, min(k, m1[i]))
+    _set_bound(0, b0, margin, lim, limk, kbuf, fbuf)
+    _set_bound(1, b1, margin, lim, limk, kbuf, fbuf)
+    for s in range(2, mask.shape[0]):
+        ms = mask[s]
+        b = GONE
         for i in range(j):
-            rk = row[i] + pe[i]
-            b = rk if rk > b else b
-        best[1 + e] = b
+            b = max(b, min(_order_key(bits[i]), ms[i]))
+        _set_bound(s, b, margin, lim, limk, kbuf, fbuf)
 
 
-@njit(cache=True)
-def _visit(row, i, j, v, kept, best, margin, kept_sim, kept_arg, near_sim, near_arg) -> None:
-    """Let earlier position ``i`` compete, by ``exact_dot``, for ``j``'s nearest and nearest kept."""
-    s = np.float64(row[i])
-    x = exact_dot(v[i], v[j])
-    if s >= best[0] - margin and x > near_sim[j]:
-        near_sim[j] = x
-        near_arg[j] = i
-    for e in range(kept.shape[0]):
-        if kept[e, i] and s >= best[1 + e] - margin and x > kept_sim[j, e]:
-            kept_sim[j, e] = x
-            kept_arg[j, e] = i
-
-
-@njit(cache=True)
-def _decide(row, j, v, exact, thresholds, kept, penalty, kept_sim, kept_arg, near_sim, near_arg, margin, best) -> None:
-    """Decisions for cluster position ``j`` from ``row[i]``, the BLAS similarity of ``i < j`` and ``j``.
-
-    The best BLAS score over all earlier positions (``best[0]``) and over the kept ones at each
-    threshold (``best[1 + e]``; ``kept`` is threshold-major) bound the candidates: only those within
-    ``margin`` of one of them compete, and ``exact_dot`` of the unit rows ``v`` decides between
-    them, so the outcome is the same for any block size, BLAS or thread count. Ties go to the
-    earliest position.
-    """
-    ne = thresholds.shape[0]
-    _row_bests(row, j, penalty, best)
-    low = best.min() - margin
-    near_sim[j] = -np.inf
-    near_arg[j] = -1
-    for e in range(ne):
-        kept_sim[j, e] = -np.inf
-        kept_arg[j, e] = -1
+@njit(cache=True, inline="always")
+def _candidates(row, bits, j, mask, lim, limk, flags, cand) -> int:
+    """Fills ``cand`` with the positions ``i < j`` (ascending) whose BLAS score meets some slot's
+    bound ``lim`` where ``mask`` counts them; returns how many. A vectorised pass flags the
+    positions whose order key passes a bound (one byte each, ``flags`` padded to whole words); only
+    the non-zero 8-byte words are looked into, where the float64 test decides."""
+    m1 = mask[1]
+    l0 = limk[0]
+    l1 = limk[1]
     for i in range(j):
-        if row[i] >= low:
-            _visit(row, i, j, v, kept, best, margin, kept_sim, kept_arg, near_sim, near_arg)
-    if near_arg[j] < 0:
-        near_sim[j] = np.nan
-    for e in range(ne):
-        a = kept_arg[j, e]
-        if a < 0:
-            kept_sim[j, e] = np.nan
-        kept[e, j] = (not exact[j]) and not (a >= 0 and kept_sim[j, e] > thresholds[e])
-        penalty[e, j] = 0.0 if kept[e, j] else -np.inf
+        k = _order_key(bits[i])
+        flags[i] = np.uint8((k >= l0) | (min(k, m1[i]) >= l1))
+    for s in range(2, mask.shape[0]):
+        ms = mask[s]
+        ls = limk[s]
+        for i in range(j):
+            flags[i] |= np.uint8(min(_order_key(bits[i]), ms[i]) >= ls)
+    for i in range(j, (j + 7) // 8 * 8):
+        flags[i] = 0
+    words = flags.view(np.uint64)
+    nc = 0
+    for w in range((j + 7) // 8):
+        if words[w] == 0:
+            continue
+        for i in range(8 * w, 8 * w + 8):
+            if flags[i] == 0:
+                continue
+            need = False
+            for s in range(lim.shape[0]):
+                need = need or (mask[s, i] == KEPT and np.float64(row[i]) >= lim[s])
+            if need:
+                cand[nc] = i
+                nc += 1
+    return nc
+
+
+@njit(cache=True, inline="always")
+def exact_dot2(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple:
+    """``(exact_dot(a, b), exact_dot(a, c))`` in one loop: the same bits, but the two add chains
+    overlap instead of waiting on each other."""
+    s = 0.0
+    t = 0.0
+    for i in range(a.shape[0]):
+        x = np.float64(a[i])
+        s += x * np.float64(b[i])
+        t += x * np.float64(c[i])
+    return s, t
+
+
+@njit(cache=True, inline="always")
+def _nearest_slots(row, bits, j, v, mask, margin, lim, limk, kbuf, fbuf, flags, cand, xs, best_x, best_a) -> None:
+    """``best_a[s]``/``best_x[s]``: the earlier position most similar to ``j`` by ``exact_dot`` among
+    those ``mask[s]`` counts (slot 0: all; slot ``1 + e``: kept at threshold ``e``), -1/-inf when
+    there is none. BLAS only bounds the candidates (``_slot_bounds``, ``_candidates``); strictly
+    better wins, so ties go to the earliest position."""
+    _slot_bounds(bits, j, mask, margin, lim, limk, kbuf, fbuf)
+    nc = _candidates(row, bits, j, mask, lim, limk, flags, cand)
+    for q in range(0, nc - 1, 2):
+        xs[q], xs[q + 1] = exact_dot2(v[j], v[cand[q]], v[cand[q + 1]])
+    if nc % 2:
+        xs[nc - 1] = exact_dot(v[j], v[cand[nc - 1]])
+    for s in range(lim.shape[0]):
+        best_x[s] = -np.inf
+        best_a[s] = -1
+        for q in range(nc):
+            i = cand[q]
+            if mask[s, i] == KEPT and np.float64(row[i]) >= lim[s] and xs[q] > best_x[s]:
+                best_x[s] = xs[q]
+                best_a[s] = i
 
 
 @njit(cache=True)
 def greedy_dedup_block(
     sims: np.ndarray,
     row0: int,
+    rows: np.ndarray,
+    v: np.ndarray,
     exact: np.ndarray,
     thresholds: np.ndarray,
-    kept: np.ndarray,
-    kept_sim: np.ndarray,
-    kept_arg: np.ndarray,
-    near_sim: np.ndarray,
-    near_arg: np.ndarray,
-    v: np.ndarray,
     margin: float,
+    mask: np.ndarray,
+    rank: np.ndarray,
+    nearest: np.ndarray,
+    similarity: np.ndarray,
+    kept: np.ndarray,
+    duplicate_of: np.ndarray,
+    duplicate_similarity: np.ndarray,
 ) -> None:
     """Greedy SemDeDup decisions for cluster positions ``row0 .. row0 + sims.shape[0]``.
 
     ``sims[jj, i]`` is the BLAS cosine similarity of cluster position ``row0 + jj`` and position
     ``i`` (columns cover every earlier position, so each position reads one contiguous row); it
-    only proposes candidates, ``exact_dot`` decides (``_decide``). Position ``j`` is dropped at
-    threshold ``t`` when its similarity to an earlier *kept* position exceeds ``t`` (``kept[e, j]``,
-    threshold-major); exact duplicates (``exact[j]``) are dropped at every threshold and never
-    count as kept.
+    only proposes candidates, ``exact_dot`` of the unit rows ``v`` decides (``_nearest_slots``), so
+    the outcome is the same for any block size, BLAS or thread count. Position ``j`` (dataset row
+    ``rows[j]``) is dropped at threshold ``t`` when its similarity to an earlier *kept* position
+    exceeds ``t``; exact duplicates (``exact[rows[j]]``) are dropped at every threshold and never
+    count as kept. ``mask`` (int32, ``1 + len(thresholds)`` rows; row 0 all KEPT) carries the
+    cluster's kept state between blocks: row ``1 + e`` is KEPT where kept at threshold ``e``, else
+    GONE. Results go straight to the dataset-row arrays.
     """
-    best = np.empty(1 + thresholds.shape[0], np.float64)
-    penalty = np.where(kept, np.float32(0), np.float32(-np.inf)).astype(np.float32)
+    ns = mask.shape[0]
+    bits = sims.view(np.int32)
+    flags = np.zeros((row0 + sims.shape[0] + 7) // 8 * 8, np.uint8)
+    lim = np.empty(ns, np.float64)
+    limk = np.empty(ns, np.int32)
+    kbuf = np.empty(ns, np.int32)
+    fbuf = kbuf.view(np.float32)
+    cand = np.empty(row0 + sims.shape[0], np.int64)
+    xs = np.empty(row0 + sims.shape[0], np.float64)
+    best_x = np.empty(ns, np.float64)
+    best_a = np.empty(ns, np.int64)
     for jj in range(sims.shape[0]):
-        _decide(sims[jj], row0 + jj, v, exact, thresholds, kept, penalty, kept_sim, kept_arg, near_sim, near_arg, margin, best)
+        j = row0 + jj
+        _nearest_slots(sims[jj], bits[jj], j, v, mask, margin, lim, limk, kbuf, fbuf, flags, cand, xs, best_x, best_a)
+        g = rows[j]
+        rank[g] = j
+        nearest[g] = rows[best_a[0]] if best_a[0] >= 0 else -1
+        similarity[g] = np.float32(best_x[0]) if best_a[0] >= 0 else np.float32(np.nan)
+        for e in range(thresholds.shape[0]):
+            a = best_a[1 + e]
+            keep = (not exact[g]) and not (a >= 0 and best_x[1 + e] > thresholds[e])
+            kept[g, e] = keep
+            mask[1 + e, j] = KEPT if keep else GONE
+            duplicate_of[g, e] = rows[a] if a >= 0 else -1
+            duplicate_similarity[g, e] = np.float32(best_x[1 + e]) if a >= 0 else np.float32(np.nan)
 
 
 @njit(cache=True)
 def unit_rows_at(x: np.ndarray, rows: np.ndarray) -> tuple:
     """``unit_rows`` of ``x[rows]`` (each value cast to float32 first) without copying the rows out
-    beforehand, so a memmap is read in place. A non-finite row gets a non-finite norm."""
+    beforehand, so a memmap is read in place. A non-finite row gets a non-finite norm. Eight rows
+    go through together, each summed in index order like ``exact_dot``, so the CPU overlaps their
+    add chains and the bits stay those of one row alone."""
     d = x.shape[1]
-    out = np.zeros((rows.shape[0], d), np.float32)
-    norms = np.empty(rows.shape[0], np.float64)
-    src = np.empty(d, np.float32)
-    for r in range(rows.shape[0]):
-        for t in range(d):
-            src[t] = np.float32(x[rows[r], t])
-        norm = np.sqrt(exact_dot(src, src))
-        norms[r] = norm
-        if norm > 0:
+    n = rows.shape[0]
+    out = np.zeros((n, d), np.float32)
+    norms = np.empty(n, np.float64)
+    tile = np.zeros((8, d), np.float32)
+    acc = np.empty(8, np.float64)
+    for r0 in range(0, n, 8):
+        g = min(8, n - r0)
+        for q in range(g):
+            src = x[rows[r0 + q]]
             for t in range(d):
-                out[r, t] = np.float32(np.float64(src[t]) / norm)
+                tile[q, t] = np.float32(src[t])
+        acc[:] = 0.0
+        for t in range(d):
+            for q in range(8):
+                acc[q] += np.float64(tile[q, t]) * np.float64(tile[q, t])
+        for q in range(g):
+            norm = np.sqrt(acc[q])
+            norms[r0 + q] = norm
+            if norm > 0:
+                dst = out[r0 + q]
+                for t in range(d):
+                    dst[t] = np.float32(np.float64(tile[q, t]) / norm)
     return out, norms
 
 
 @njit(cache=True)
-def cluster_csr(labels: np.ndarray, k: int, key: np.ndarray, tiebreak: np.ndarray) -> tuple:
-    """Rows grouped by cluster (CSR: ``order``, ``offsets``), each cluster sorted by (key, tiebreak)."""
+def cluster_csr(labels: np.ndarray, k: int, key: np.ndarray) -> tuple:
+    """Rows grouped by cluster (CSR: ``order``, ``offsets``), each cluster sorted by (key, row index):
+    rows enter their cluster in index order and the sort is stable."""
     n = labels.shape[0]
     counts = np.zeros(k + 1, np.int64)
     for r in range(n):
@@ -234,10 +321,7 @@ def cluster_csr(labels: np.ndarray, k: int, key: np.ndarray, tiebreak: np.ndarra
         hi = offsets[c + 1]
         if hi - lo > 1:
             seg = order[lo:hi].copy()
-            perm = np.argsort(tiebreak[seg], kind="mergesort")
-            seg = seg[perm]
-            perm = np.argsort(key[seg], kind="mergesort")
-            order[lo:hi] = seg[perm]
+            order[lo:hi] = seg[np.argsort(key[seg], kind="mergesort")]
     return order, offsets
 
 

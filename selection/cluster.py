@@ -58,7 +58,10 @@ def check_vectors(x: np.ndarray, name: str = "embeddings", dim: int | None = Non
 
 def check_finite(block: np.ndarray, row0: int, name: str = "embeddings") -> None:
     """Raise naming the first row with a NaN or infinite value."""
-    bad = ~np.isfinite(block).all(axis=1)
+    finite = np.isfinite(block)
+    if finite.all():  # the common case: one flat pass, no per-row reduction
+        return
+    bad = ~finite.all(axis=1)
     if bad.any():
         r = row0 + int(np.flatnonzero(bad)[0])
         raise ValueError(f"{name}: row {r} has a NaN or infinite value; re-embed it or drop the row")

@@ -31,6 +31,7 @@ from .cluster import check_finite, check_vectors, iter_blocks
 
 Order = Literal["hard", "easy", "random", "index"]
 ORDERS: tuple[str, ...] = ("hard", "easy", "random", "index")
+REASONS: list[str] = ["kept", "near", "exact"]  # the audit's reason column, by code
 
 
 def hash_rows(rows: Iterable[Sequence[int]] | Iterable[str] | Iterable[bytes]) -> np.ndarray:
@@ -112,11 +113,13 @@ class DedupResult:
 
     def reasons(self, eps: float | None = None) -> np.ndarray:
         """'kept', 'exact' (same tokens as ``exact_of``) or 'near' (cosine > 1 - eps to ``duplicate_of``)."""
-        e = self._col(eps)
-        out = np.full(self.num_rows, "kept", dtype=object)
-        out[~self.kept[:, e]] = "near"
-        out[self.exact_of != np.arange(self.num_rows)] = "exact"
-        return out
+        return np.array(REASONS, dtype=object)[self._reason_codes(eps)]
+
+    def _reason_codes(self, eps: float | None) -> np.ndarray:
+        """Index into ``REASONS`` per row (int8): the audit's reasons without a Python string per row."""
+        codes = np.where(self.kept[:, self._col(eps)], np.int8(0), np.int8(1))
+        codes[self.exact_of != np.arange(self.num_rows)] = 2
+        return codes
 
     def per_cluster(self, eps: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(cluster ids, rows in, rows kept) for every non-empty cluster."""
@@ -142,7 +145,7 @@ class DedupResult:
                 "cluster": self.cluster,
                 "rank": self.rank,
                 "kept": self.kept[:, e],
-                "reason": pa.array(self.reasons(eps).tolist(), pa.string()),
+                "reason": pa.DictionaryArray.from_arrays(self._reason_codes(eps), REASONS).cast(pa.string()),
                 "duplicate_of": remap(dup),
                 "similarity": dup_sim.astype(np.float32),
                 "nearest": remap(self.nearest),
@@ -182,7 +185,7 @@ def semantic_dedup(
     order: Order = "hard",
     hashes: np.ndarray | None = None,
     seed: int = 0,
-    block: int = 1024,
+    block: int = 128,
     exact_of: np.ndarray | None = None,
 ) -> DedupResult:
     """Greedy in-cluster near-duplicate removal for one or several ``eps`` in one pass.
@@ -193,6 +196,8 @@ def semantic_dedup(
     ``exact_of`` instead of ``hashes``: the exact-duplicate map computed over a larger dataset that
     ``embeddings`` is part of (a row is dropped as exact where ``exact_of[i] != i``), so one cluster
     can be deduplicated on its own (the Ray engine) with the whole dataset's exact duplicates.
+    ``block``: cluster rows whose similarities are computed at once (any value gives the same bits;
+    128 keeps the block in cache while the kernel reads it).
     """
     check_vectors(embeddings)
     n = embeddings.shape[0]
@@ -228,7 +233,7 @@ def semantic_dedup(
         exact_of = np.arange(n, dtype=np.int64)
 
     k = int(labels.max()) + 1
-    order_idx, offsets = _k.cluster_csr(labels, k, np.ascontiguousarray(key, np.float64), np.arange(n, dtype=np.int64))
+    order_idx, offsets = _k.cluster_csr(labels, k, np.ascontiguousarray(key, np.float64))
     thresholds = np.array([1.0 - e for e in eps_t], np.float64)
     ne = len(eps_t)
     rank = np.empty(n, np.int64)
@@ -239,37 +244,24 @@ def semantic_dedup(
     dup_sim = np.full((n, ne), np.nan, np.float32)
     is_exact = exact_of != np.arange(n)
     margin = _k.blas_margin(embeddings.shape[1])
-    for c in range(k):
-        lo, hi = int(offsets[c]), int(offsets[c + 1])
-        if hi == lo:
-            continue
-        rows = order_idx[lo:hi]
-        m = hi - lo
+    mask = np.full((1 + ne, int(np.diff(offsets).max())), _k.KEPT, np.int32)  # kept state, reused per cluster
+    for c in np.flatnonzero(np.diff(offsets)):
+        rows = order_idx[offsets[c] : offsets[c + 1]]
         v = _unit_rows(embeddings, rows)
-        ck = np.zeros((ne, m), np.bool_)
-        cks = np.empty((m, ne), np.float64)
-        cka = np.empty((m, ne), np.int64)
-        cns = np.empty(m, np.float64)
-        cna = np.empty(m, np.int64)
-        ex = is_exact[rows]
-        for b0 in range(0, m, block):
-            b1 = min(m, b0 + block)
-            earlier = v[:b1]
-            sims = earlier[b0:] @ earlier.T  # one contiguous row per position (a @ a.T is BLAS syrk)
-            _k.greedy_dedup_block(sims, b0, ex, thresholds, ck, cks, cka, cns, cna, v, margin)
-        rank[rows] = np.arange(m)
-        nearest[rows] = np.where(cna >= 0, rows[np.maximum(cna, 0)], -1)
-        similarity[rows] = cns
-        kept[rows] = ck.T
-        dup_of[rows] = np.where(cka >= 0, rows[np.maximum(cka, 0)], -1)
-        dup_sim[rows] = cks
+        for b0 in range(0, rows.shape[0], block):
+            earlier = v[: b0 + block]
+            sims = earlier[b0:] @ earlier.T  # one contiguous row per position, still in cache when the kernel reads it
+            _k.greedy_dedup_block(sims, b0, rows, v, is_exact, thresholds, margin, mask, rank, nearest, similarity, kept, dup_of, dup_sim)
     return DedupResult(eps_t, labels, rank, nearest, similarity, kept, dup_of, dup_sim, exact_of, order)
 
 
 def _unit_rows(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """float32 unit rows ``embeddings[rows]`` of one cluster (a fixed-order kernel: the same bits on
-    any machine); errors name the dataset row, not the cluster position."""
-    v, norms = _k.unit_rows_at(embeddings, rows)
+    any machine; one cluster's rows are copied, a memmap is read only there); errors name the dataset
+    row, not the cluster position."""
+    v, norms = _k.unit_rows(embeddings[rows])  # numpy gathers the rows far faster than a kernel loop
+    if ((norms > 0) & (norms < np.inf)).all():
+        return v
     bad = ~np.isfinite(norms)
     if bad.any():
         r = int(rows[bad].min())

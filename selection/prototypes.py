@@ -74,7 +74,7 @@ def select_per_cluster(
         key = np.random.default_rng(seed).random(n)
     else:
         raise ValueError(f"within={within!r}: use random, closest or farthest")
-    order, offsets = _k.cluster_csr(labels, k, np.ascontiguousarray(key), np.arange(n, dtype=np.int64))
+    order, offsets = _k.cluster_csr(labels, k, np.ascontiguousarray(key))
     pos = np.arange(n, dtype=np.int64) - offsets[labels[order]]
     keep = pos < quotas[labels[order]]
     return np.sort(order[keep])

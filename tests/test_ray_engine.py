@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import load_texts
+from conftest import load_texts, shared_data_dir
 from test_pipeline_pack import check_round_trip, read_shards
 from typer.testing import CliRunner
 
@@ -325,3 +325,60 @@ def test_without_ray_the_message_names_the_extra(tmp_path, corpus):
     code = "import packwise.pipeline.ray_engine as e\ntry:\n    e.require_ray()\nexcept ImportError as err:\n    print(type(err).__name__, isinstance(err, ValueError))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert p.stdout.strip() == "RayMissing True", p.stderr
+
+
+def test_all_masked_sequences_refused_and_counted_as_the_local_engine_does(tmp_path, tokenizer):
+    """A chat file whose rows 2 and 4 have no assistant turn (all labels -100), in blocks of 2 rows:
+    the same exit code and message on both engines, and with --allow-unlabeled the same count."""
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    texts = load_texts("alpaca")[:6]
+    rows = [{"messages": [{"role": "user", "content": t}] + ([] if i in (2, 4) else [{"role": "assistant", "content": t[::-1]}])}
+            for i, t in enumerate(texts)]  # fmt: skip
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["pack", tmp_path / "chat.jsonl", None, "--max-tokens", 4096, "--tokenizer", tmp_path / "tokenizer.json", "--chat-template", "chatml"]
+    engines = {"local": [], "ray": ["--engine", "ray", "--block-rows", 2]}
+    refused, kept = {}, {}
+    for name, extra in engines.items():
+        args = [str(a) for a in base[:2] + [tmp_path / f"{name}-refused"] + base[3:] + extra]
+        refused[name] = runner.invoke(app, args)
+        assert not (tmp_path / f"{name}-refused" / "manifest.json").exists()
+        args = [str(a) for a in base[:2] + [tmp_path / name] + base[3:] + extra + ["--allow-unlabeled"]]
+        kept[name] = runner.invoke(app, args)
+        assert kept[name].exit_code == 0, kept[name].output
+    error = [line for line in refused["local"].output.splitlines() if line.startswith("error:")]
+    assert error == ["error: input row 2: every label is -100, so it would train on nothing (a chat with no assistant turn, or an "
+                     "empty response); drop or fix the row, or pass --allow-unlabeled to keep such rows"]  # fmt: skip
+    assert refused["ray"].exit_code == refused["local"].exit_code == 2
+    assert [line for line in refused["ray"].output.splitlines() if line.startswith("error:")] == error
+    stats = {name: json.loads((tmp_path / name / "manifest.json").read_text())["stats"] for name in engines}
+    assert stats["ray"]["unlabeled_sequences"] == stats["local"]["unlabeled_sequences"] == 2
+    assert stats["ray"]["sequences"] == stats["local"]["sequences"] == 6
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_dpo_pack_on_ray_equals_local_and_kto_is_refused(tmp_path, tokenizer, share):
+    """A real DPO file (alpaca instructions; the next row's output rejected) in one Ray block: the
+    same stats (pairs, no unlabeled sequence) and the same shard bytes as the local engine."""
+    from packwise.pipeline import PackedDataset, pack_to_parquet
+
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    rows = json.loads((shared_data_dir() / "alpaca_en_demo.json").read_text(encoding="utf-8"))[:31]
+    pairs = [{"prompt": r["instruction"] + "\n", "chosen": r["output"], "rejected": rows[i + 1]["output"]} for i, r in enumerate(rows[:30])]
+    (tmp_path / "dpo.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    kw = dict(max_tokens=2048, tokenizer=tmp_path / "tokenizer.json", seed=5, share_prompt=share)
+    a = pack_to_parquet(tmp_path / "dpo.jsonl", tmp_path / "local", **kw)
+    b = pack_to_parquet(tmp_path / "dpo.jsonl", tmp_path / "ray", engine="ray", block_rows=10**6, **kw)
+    assert a.manifest["stats"] == b.manifest["stats"] and b.manifest["stats"]["pairs"] == 30
+    assert b.manifest["stats"]["unlabeled_sequences"] == 0
+    assert b.manifest["settings"] == {**a.manifest["settings"], "engine": "ray", "block_rows": 10**6, "tail_pass": False}
+    for s, t in zip(a.manifest["shards"], b.manifest["shards"], strict=True):
+        assert (tmp_path / "local" / s["file"]).read_bytes() == (tmp_path / "ray" / t["file"]).read_bytes()
+    ds = PackedDataset(tmp_path / "ray")
+    got = {int(src): pair for i in range(len(ds)) for src, pair in zip(ds[i]["source_index"], ds.collate.pairs([ds[i]]))}
+    enc = lambda t: tokenizer.encode(t, add_special_tokens=False).ids  # noqa: E731
+    assert [got[i] for i in range(30)] == [{"prompt_ids": enc(p["prompt"]), "chosen_ids": enc(p["chosen"]), "rejected_ids": enc(p["rejected"])}
+                                         for p in pairs]  # fmt: skip
+    kto = tmp_path / "kto.jsonl"
+    kto.write_text("".join(json.dumps({"prompt": p["prompt"], "completion": p["chosen"], "label": i % 2 == 0}) + "\n" for i, p in enumerate(pairs)))
+    r = runner.invoke(app, ["pack", str(kto), str(tmp_path / "kto"), "--max-tokens", "2048", "--tokenizer", str(tmp_path / "tokenizer.json"), "--engine", "ray"])
+    assert r.exit_code == 2 and "layout kto: the Ray engine does not carry the per-sequence 'label' column; pack this input with --engine local" in r.output
