@@ -172,7 +172,8 @@ class _Mixture:
 
 def _mix(sources, opened, folder: Path, settings: dict, mix: MixSpec, progress, allow_unlabeled: bool, part_rows=None) -> _Mixture:
     """Stage every source under ``folder``, refuse one with no tokens, plan the takes and set up the packer."""
-    from .run import Unlabeled, _stage
+    from .run import _stage
+    from .tokens import Unlabeled
 
     unlabeled = Unlabeled(allow_unlabeled)
     cap = settings["max_tokens"]
