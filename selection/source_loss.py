@@ -97,9 +97,8 @@ class SourceLossTracker:
             raise ValueError(f"sources has {src.shape[0]} entries but losses has {n}; give one source id per loss")
         if src.shape[0] and src.dtype.kind not in "iu":
             raise ValueError(f"sources must be integer source ids, got dtype {src.dtype}")
-        bad = np.flatnonzero((src < 0) | (src >= self.num_sources))
-        if bad.shape[0]:
-            i = int(bad[0])
+        if src.shape[0] and (src.min() < 0 or src.max() >= self.num_sources):  # cheap check first
+            i = int(np.flatnonzero((src < 0) | (src >= self.num_sources))[0])
             raise ValueError(f"sources[{i}] = {int(src[i])} is outside [0, {self.num_sources}); pass the sampler's source ids")
         return src.astype(np.int64, copy=False)
 
@@ -196,9 +195,9 @@ class SourceLossTracker:
 
 def _example_sums(tok, labels, seq_idx, example_index, num_examples: int):
     """``(mean loss, supervised tokens)`` of each of ``num_examples`` examples, float32 and float64:
-    :func:`packwise.packing.example_losses`'s arithmetic, with padding segments scattered into a
-    spare last slot instead of a boolean index (which would sync the device); so do examples
-    numbered ``num_examples`` or more."""
+    :func:`packwise.packing.example_losses`'s arithmetic, with padding segments (-1) scattered into
+    a spare first slot and examples numbered ``num_examples`` or more into a spare last one,
+    instead of a boolean index (which would sync the device)."""
     import torch
 
     device = tok.device
@@ -207,10 +206,10 @@ def _example_sums(tok, labels, seq_idx, example_index, num_examples: int):
     segments = example_index.to(device)
     seg_sum = torch.zeros(segments.shape[0], dtype=torch.float32, device=device).index_add_(0, seq, (tok.float() * mask).reshape(-1))
     seg_cnt = torch.zeros(segments.shape[0], dtype=torch.int64, device=device).index_add_(0, seq, mask.reshape(-1).long())
-    slot = torch.where((segments >= 0) & (segments < num_examples), segments, num_examples)
-    loss = torch.zeros(num_examples + 1, dtype=torch.float32, device=device).index_copy_(0, slot, seg_sum / seg_cnt.clamp(min=1))
-    count = torch.zeros(num_examples + 1, dtype=torch.float64, device=device).index_copy_(0, slot, seg_cnt.double())
-    return loss[:num_examples], count[:num_examples]
+    slot = (segments + 1).clamp_(max=num_examples + 1)
+    loss = torch.zeros(num_examples + 2, dtype=torch.float32, device=device).index_copy_(0, slot, seg_sum / seg_cnt.clamp(min=1))
+    count = torch.zeros(num_examples + 2, dtype=torch.float64, device=device).index_copy_(0, slot, seg_cnt.double())
+    return loss[1 : num_examples + 1], count[1 : num_examples + 1]
 
 
 @contextmanager
