@@ -133,60 +133,95 @@ def make_sampler(arm: str, lengths, groups, args, seed: int):
     if arm == "uniform":
         return MixtureSampler(lengths, groups, {n: 1.0 for n in SOURCES}, **common)
     if arm == "temp0.3":
-        return MixtureSampler(lengths, groups, temperature=0.3, **common)
+        return MixtureSampler(lengths, groups, None, temperature=0.3, **common)
     return MixtureSampler(lengths, groups, None, policy=ODM(len(SOURCES)), update_every=args.update_every, **common)
 
 
 def train(arm: str, data, args, seed: int) -> dict:
-    """One run: validation curve every ``--eval-every`` steps, the time per step and the sampler's share."""
-    import torch
-
-    from packwise.packing import example_losses, packed_loss
-    from packwise.selection import SourceLossTracker
-
+    """One run: the validation curve every ``--eval-every`` steps and the tokens trained."""
     ids, groups, held = data
     train_idx = np.flatnonzero(~held)
     lengths = np.array([len(ids[i]) for i in train_idx])
-    sub_groups = groups[train_idx]
     val = [ids[i] for i in np.flatnonzero(held)]
+    st = _arm_state(arm, lengths, groups[train_idx], args, seed)
+    collate = collator(args.seq)
+    curve, tokens = [], 0
+    for step in range(args.steps):
+        tokens += _timed_step(st, ids, train_idx, collate)
+        if (step + 1) % args.eval_every == 0:
+            curve.append(validate(st["model"], val, groups[held], args.seq, args.rows).tolist())
+    return {"curve": curve, "tokens": tokens}
+
+
+def _arm_state(arm: str, lengths, groups, args, seed: int) -> dict:
+    """One overhead arm: its sampler, tracker (mixture only), and its own copy of the same model."""
+    import torch
+
+    from packwise.selection import SourceLossTracker
+
+    sampler = make_sampler(arm, lengths, groups, args, seed)
     torch.manual_seed(seed)
     model = tiny_model(args.vocab, args.seq, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    sampler = make_sampler(arm, lengths, sub_groups, args, seed)
-    mixture = hasattr(sampler, "sources_of")
-    tracker = SourceLossTracker(sampler.policy, len(SOURCES), sampler.update_every) if mixture else None
+    tracker = SourceLossTracker(sampler.policy, len(SOURCES), sampler.update_every) if hasattr(sampler, "sources_of") else None
+    return {"sampler": sampler, "tracker": tracker, "model": model, "batches": iter(sampler),
+            "opt": torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0), "feed": [], "track": [], "step": []}  # fmt: skip
+
+
+def _timed_step(st: dict, ids, train_idx, collate) -> int:
+    """One training step of an arm; records the sampler + tracker time and the whole step's time,
+    returns the supervised tokens trained."""
+    from packwise.packing import packed_loss
+
+    sampler, tracker = st["sampler"], st["tracker"]
+    t0 = time.perf_counter()
+    batch_ids = next(st["batches"], None)
+    if batch_ids is None:
+        sampler.set_epoch(sampler.epoch + 1)
+        st["batches"] = iter(sampler)
+        batch_ids = next(st["batches"])
+    t1 = time.perf_counter()
+    batch = collate([{"input_ids": ids[train_idx[i]]} for i in batch_ids])
+    tok = forward_losses(st["model"], batch)
+    st["opt"].zero_grad()
+    packed_loss(tok, batch).backward()
+    st["opt"].step()
+    t2 = time.perf_counter()
+    if tracker is not None:
+        tracker.add_packed(tok, batch, sampler.sources_of(batch_ids))
+        tracker.step()
+    t3 = time.perf_counter()
+    st["feed"].append((t1 - t0) + (t3 - t2))
+    st["track"].append(t3 - t2)
+    st["step"].append(t3 - t0)
+    return int((batch["labels"] != -100).sum())
+
+
+def overhead(data, args, runs: int) -> dict:
+    """PackedBatchSampler against MixtureSampler + ODM + tracker, same model and step, the arms
+    interleaved step by step (who goes first alternates) so machine load hits both alike.  Per run:
+    the mean sampler + tracker time per step over the steps after the first window (a window is
+    planned every ``--update-every`` steps, so a per-step median would miss it) and the median step
+    time; reported as medians over ``runs`` runs."""
+    ids, groups, held = data
+    train_idx = np.flatnonzero(~held)
+    lengths = np.array([len(ids[i]) for i in train_idx])
     collate = collator(args.seq)
-    curve, step_s, feed_s, track_s, tokens = [], [], [], [], 0
-    batches = iter(sampler)
-    for step in range(args.steps):
-        t0 = time.perf_counter()
-        batch_ids = next(batches, None)
-        if batch_ids is None:
-            sampler.set_epoch(sampler.epoch + 1)
-            batches = iter(sampler)
-            batch_ids = next(batches)
-        t1 = time.perf_counter()
-        batch = collate([{"input_ids": ids[train_idx[i]]} for i in batch_ids])
-        tok = forward_losses(model, batch)
-        loss = packed_loss(tok, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        t2 = time.perf_counter()
-        if mixture:
-            per_example, n = example_losses(tok.detach(), batch)
-            tracker.add(per_example, sampler.sources_of(batch_ids), n)
-            tracker.step()
-        t3 = time.perf_counter()
-        tokens += int((batch["labels"] != -100).sum())
-        step_s.append(t3 - t0)
-        feed_s.append((t1 - t0) + (t3 - t2))
-        track_s.append(t3 - t2)
-        if (step + 1) % args.eval_every == 0:
-            curve.append(validate(model, val, groups[held], args.seq, args.rows).tolist())
-    return {"curve": curve, "step_s": float(np.median(step_s)), "feed_first_s": feed_s[0],
-            "feed_s": float(np.mean(feed_s[1:])), "feed_median_s": float(np.median(feed_s)),
-            "track_s": float(np.mean(track_s[1:])), "tokens": tokens}  # fmt: skip
+    out = {"packed": [], "odm": [], "track": [], "step": []}
+    for run in range(runs):
+        arms = {arm: _arm_state(arm, lengths, groups[train_idx], args, run) for arm in ("packed", "odm")}
+        for step in range(args.overhead_steps):
+            for arm in (("packed", "odm") if step % 2 == 0 else ("odm", "packed")):
+                _timed_step(arms[arm], ids, train_idx, collate)
+        skip = max(2, args.update_every)
+        for arm, st in arms.items():
+            out[arm].append(float(np.mean(st["feed"][skip:])))
+        out["track"].append(float(np.mean(arms["odm"]["track"][skip:])))
+        out["step"].append(float(np.median(arms["packed"]["step"][skip:] + arms["odm"]["step"][skip:])))
+    med = {k: float(np.median(v)) for k, v in out.items()}
+    med["extra"] = float(np.median(np.subtract(out["odm"], out["packed"])))
+    med["share"] = float(np.median(np.subtract(out["odm"], out["packed"]) / np.asarray(out["step"])))
+    med["runs"] = runs
+    return med
 
 
 def _collective_worker(rank: int, port: int, out: str, data_path: str, args_json: str) -> None:
@@ -248,6 +283,9 @@ def main() -> None:
     ap.add_argument("--update-every", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--overhead-steps", type=int, default=100)
+    ap.add_argument("--overhead-runs", type=int, default=3)
+    ap.add_argument("--overhead-seq", default="64,256", help="row lengths of the overhead runs (comma-separated)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_mixture.md"))
     args = ap.parse_args()
     import tempfile
@@ -260,11 +298,13 @@ def main() -> None:
     ids, groups, held = data
     tok_per_source = np.bincount(groups[~held], weights=[len(ids[i]) for i in np.flatnonzero(~held)], minlength=len(SOURCES))
     runs = {arm: [train(arm, data, args, seed) for seed in range(args.seeds)] for arm in ARMS}
-    runs["packed"] = [train("packed", data, args, 0)]
+    over = {}
+    for seq in [int(x) for x in args.overhead_seq.split(",")]:
+        cfg = argparse.Namespace(**{**vars(args), "seq": seq})
+        over[seq] = overhead(data if seq == args.seq else pieces(seq, args.vocab), cfg, args.overhead_runs)
     with tempfile.TemporaryDirectory() as tmp:
         coll = collectives(data, args, Path(tmp))
     total = time.perf_counter() - t_start
-    step = float(np.median([r["step_s"] for rs in runs.values() for r in rs]))
 
     natural_final = float(np.median([np.mean(r["curve"][-1]) for r in runs["natural"]]))
     lines = [
@@ -272,7 +312,8 @@ def main() -> None:
         "",
         f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python benchmarks/bench_mixture.py "
         f"--steps {args.steps} --seeds {args.seeds} --seq {args.seq} --rows {args.rows} --vocab {args.vocab} "
-        f"--update-every {args.update_every}` ({total:.0f} s in all; CPU, torch {torch.__version__}; "
+        f"--update-every {args.update_every} --overhead-steps {args.overhead_steps} --overhead-runs {args.overhead_runs} "
+        f"--overhead-seq {args.overhead_seq}` ({total:.0f} s in all; CPU, torch {torch.__version__}; "
         f"taken on a shared, loaded machine: timings are noisy).",
         "",
         f"Training pieces per source (tokens): "
@@ -299,26 +340,18 @@ def main() -> None:
         "",
         "## Overhead: getting the batch from the sampler + the tracker, per step",
         "",
-        "The model's step is the same in every arm (same model, same tokens per step), so the share uses one",
-        f"denominator: the median step time over all runs, {step * 1e3:.1f} ms (sampler and tracker included).",
-        "Steady state = mean over the steps after the first; the first step plans the first window",
-        "(PackedBatchSampler: the whole epoch) and loads the numba kernels.",
+        "`PackedBatchSampler` against `MixtureSampler` + ODM + `SourceLossTracker` (`add_packed`), each arm",
+        "training its own copy of the same model on the same pieces, the two arms interleaved step by step",
+        f"(who goes first alternates) for {args.overhead_steps} steps per run; per run the mean sampler + tracker",
+        f"time per step after the first window (windows are planned every {args.update_every} steps, so a",
+        f"per-step median would hide them) and the median step time; medians over {args.overhead_runs} runs.",
         "",
-        "| sampler | steady state per step: mean (median) | of which per-example losses + tracker | first step | share of the step |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| rows x tokens | step (median) | PackedBatchSampler | MixtureSampler + ODM + tracker | of which the tracker | mixture overhead | share of the step (target <= 0.5%) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    feed = {}
-    for arm, label in (("packed", "PackedBatchSampler"), ("natural", "MixtureSampler (static weights) + SourceLossTracker"), ("odm", "MixtureSampler + ODM + SourceLossTracker")):
-        feed[arm] = float(np.median([r["feed_s"] for r in runs[arm]]))
-        first = float(np.median([r["feed_first_s"] for r in runs[arm]]))
-        median = float(np.median([r["feed_median_s"] for r in runs[arm]]))
-        track = float(np.median([r["track_s"] for r in runs[arm]]))
-        lines.append(f"| {label} | {feed[arm] * 1e6:.0f} µs ({median * 1e6:.0f} µs) | {track * 1e6:.0f} µs | {first * 1e3:.1f} ms | {feed[arm] / step:.2%} |")
-    lines += [
-        "",
-        f"Mixture overhead against PackedBatchSampler (ODM arm, steady state): {(feed['odm'] - feed['packed']) * 1e6:.0f} µs "
-        f"per step = {(feed['odm'] - feed['packed']) / step:.2%} of the step (target <= 0.5%).",
-    ]
+    for seq, o in over.items():
+        lines.append(f"| {args.rows} x {seq} | {o['step'] * 1e3:.1f} ms | {o['packed'] * 1e6:.0f} µs | {o['odm'] * 1e6:.0f} µs | {o['track'] * 1e6:.0f} µs "
+                     f"| {o['extra'] * 1e6:.0f} µs | {o['share']:.2%} |")  # fmt: skip
     per = [c["calls"] / max(c["intervals"], 1) for c in coll]
     lines += [
         "",

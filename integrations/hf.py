@@ -254,10 +254,8 @@ class PackwiseTrainerMixin:
     def _packwise_track(self, tok, inputs: dict) -> None:
         """Add this micro-batch's per-example losses to its sources' sums (no collective here)."""
         ids = inputs["example_ids"]
-        if ids.shape[0]:
-            per_example, tokens = example_losses(tok.detach(), inputs)
-            sources = self.packwise_sampler.sources_of(ids.cpu().numpy())
-            self.packwise_mixture.add(per_example[: ids.shape[0]], sources, tokens[: ids.shape[0]])
+        if ids.shape[0]:  # one fused reduction on the device, no host sync
+            self.packwise_mixture.add_packed(tok, inputs, self.packwise_sampler.sources_of(ids.cpu().numpy()))
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         """Adds ``plain_loss`` beside ``loss`` while a policy reweights: the mean loss without the policy

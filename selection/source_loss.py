@@ -87,18 +87,18 @@ class SourceLossTracker:
         self.device = self._sums.device
         return self._sums
 
-    def _source_ids(self, sources, n: int):
-        """``sources`` as a checked int64 array (validated on the host: no device sync)."""
+    def _source_ids(self, sources, n: int | None = None):
+        """``sources`` as a checked int64 array (validated on the host: no device sync); ``n``: the
+        number of losses it must match."""
         if hasattr(sources, "detach"):
             sources = sources.detach().cpu().numpy()
         src = np.asarray(sources).reshape(-1)
-        if src.shape[0] != n:
+        if n is not None and src.shape[0] != n:
             raise ValueError(f"sources has {src.shape[0]} entries but losses has {n}; give one source id per loss")
         if src.shape[0] and src.dtype.kind not in "iu":
             raise ValueError(f"sources must be integer source ids, got dtype {src.dtype}")
-        bad = np.flatnonzero((src < 0) | (src >= self.num_sources))
-        if bad.shape[0]:
-            i = int(bad[0])
+        if src.shape[0] and (src.min() < 0 or src.max() >= self.num_sources):  # cheap check first
+            i = int(np.flatnonzero((src < 0) | (src >= self.num_sources))[0])
             raise ValueError(f"sources[{i}] = {int(src[i])} is outside [0, {self.num_sources}); pass the sampler's source ids")
         return src.astype(np.int64, copy=False)
 
@@ -115,6 +115,27 @@ class SourceLossTracker:
         count = count.to(device=losses.device, dtype=torch.float64)
         sums = self._buffer(losses.device)
         sums.index_add_(1, src, torch.stack((losses.double() * count, count)))  # one kernel for both rows
+
+    def add_packed(self, token_losses, batch, sources) -> None:
+        """Add one packed micro-batch straight from its per-token losses (``[rows, width]``, e.g.
+        :func:`packwise.packing.token_losses`): the same sums as ``add(*example_losses(...))``, bit
+        for bit, in a few device kernels and without a host sync (``sources``: the source of each
+        example in collator order, e.g. ``sampler.sources_of(batch_indices)``; examples past its end
+        are left out, as ``add(loss[:n], sources, tokens[:n])`` would).  Needs the
+        collator's ``seq_idx`` layout (``batch["seq_idx"]``, ``batch["example_index"]``)."""
+        import torch
+
+        if "seq_idx" not in batch or "example_index" not in batch:
+            raise ValueError("add_packed needs batch['seq_idx'] and batch['example_index']; add 'seq_idx' to the collator layout")
+        tok = torch.as_tensor(token_losses).detach()
+        labels = batch["labels"]
+        if tuple(tok.shape) != tuple(labels.shape):
+            raise ValueError(f"token losses have shape {tuple(tok.shape)} but batch['labels'] has {tuple(labels.shape)}")
+        device = tok.device
+        src = self._source_ids(sources)
+        loss, count = _example_sums(tok, labels, batch["seq_idx"], batch["example_index"], src.shape[0])
+        src_t = torch.from_numpy(src).to(device, non_blocking=True)
+        self._buffer(device).index_add_(1, src_t, torch.stack((loss.double() * count, count)))
 
     def step(self) -> None:
         """End one step; after the interval's last step, reduce once and call ``policy.observe``."""
@@ -170,6 +191,25 @@ class SourceLossTracker:
         self.last_loss = np.array([np.nan if v is None else v for v in state["last_loss"]], dtype=np.float64)
         sums = np.array([state["loss_sum"], state["tokens"]], dtype=np.float64)
         self._sums = torch.from_numpy(sums) if sums.any() else None
+
+
+def _example_sums(tok, labels, seq_idx, example_index, num_examples: int):
+    """``(mean loss, supervised tokens)`` of each of ``num_examples`` examples, float32 and float64:
+    :func:`packwise.packing.example_losses`'s arithmetic, with padding segments (-1) scattered into
+    a spare first slot and examples numbered ``num_examples`` or more into a spare last one,
+    instead of a boolean index (which would sync the device)."""
+    import torch
+
+    device = tok.device
+    mask = labels != -100
+    seq = seq_idx.reshape(-1).long().to(device)
+    segments = example_index.to(device)
+    seg_sum = torch.zeros(segments.shape[0], dtype=torch.float32, device=device).index_add_(0, seq, (tok.float() * mask).reshape(-1))
+    seg_cnt = torch.zeros(segments.shape[0], dtype=torch.int64, device=device).index_add_(0, seq, mask.reshape(-1).long())
+    slot = (segments + 1).clamp_(max=num_examples + 1)
+    loss = torch.zeros(num_examples + 2, dtype=torch.float32, device=device).index_copy_(0, slot, seg_sum / seg_cnt.clamp(min=1))
+    count = torch.zeros(num_examples + 2, dtype=torch.float64, device=device).index_copy_(0, slot, seg_cnt.double())
+    return loss[1 : num_examples + 1], count[1 : num_examples + 1]
 
 
 @contextmanager
