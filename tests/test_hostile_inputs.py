@@ -367,6 +367,6 @@ def test_a_ray_block_record_naming_a_shard_outside_the_output_is_not_kept(tmp_pa
     shutil.copy(tmp_path / "packed" / "shard-00000.parquet", out / "block-000000-0000.parquet")
     info = json.loads(pq.read_metadata(tmp_path / "x.parquet").metadata[b"packwise"].decode())
     for name, kept in (("block-000000-0000.parquet", True), ("../x.parquet", False)):
-        record = {"block": 0, "shards": [{"file": name, **info}], "tail": None}
+        record = {"block": 0, "shards": [{"file": name, **info}], "tail": None, "unlabeled": 0}
         (out / BLOCKS / "block-000000.json").write_text(json.dumps(record))
         assert (_valid_record(out, out / BLOCKS / "block-000000.json") == record) is kept, name
