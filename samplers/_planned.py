@@ -310,6 +310,8 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
     def _window(self, epoch: int, k: int) -> _Canonical:
         """Plan window ``k`` (positions from its start): a slice of the epoch's plan when it is made
         (without a budget schedule), else planned on its own; the last few are kept."""
+        if self.budget is None and self.num_windows(epoch) == 1:
+            return self.canonical(epoch)  # the only window is the epoch's plan: made once, cached
         canon = self._canon
         if canon is not None and canon.epoch == epoch and not self._canon_key:
             lo = int(canon.starts[k])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from packwise.samplers import PackedBatchSampler, PruningSampler
+from packwise.samplers import BucketBatchSampler, PackedBatchSampler, PruningSampler
 from packwise.samplers._planned import window_members
 from packwise.selection import InfoBatch, RampBudget
 
@@ -89,6 +89,17 @@ def test_elastic_restore_3_to_2_plans_only_the_cursors_window():
         assert planned == list(range(5, 16))  # then window by window, each once
         assert len(tail[-1]) == 46
     assert sorted(_ids(sum(head, []) + sum(tail, []))) == list(range(N))
+
+
+@pytest.mark.parametrize("kind", [PackedBatchSampler, BucketBatchSampler])
+def test_a_one_window_restore_plans_the_epoch_once(kind):
+    state = kind(_lengths(), max_tokens=TOKENS, num_replicas=3, rank=0, seed=7).state_at(5)
+    s = kind(_lengths(), max_tokens=TOKENS, num_replicas=2, rank=1, seed=7)
+    planned = _count_windows(s)
+    s.load_state_dict(state)
+    rest = list(s)
+    assert rest == s.rank_batches() and s.stats().batches == state["total"] - state["cursor"]
+    assert planned == ["epoch"]  # the restore, the play and the statistics share one plan
 
 
 def test_restore_under_the_same_world_continues_bit_for_bit():
