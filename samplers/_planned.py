@@ -616,7 +616,10 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
     def state_dict(self) -> dict:
         """Where the epoch is, the same on every rank: ``epoch`` and ``cursor`` (global batches of
         the canonical order consumed), plus this dealing's ``origin``, ``num_replicas`` and
-        ``batches_yielded`` (steps), so a resume under the same world size continues bit for bit.
+        ``batches_yielded`` (steps), so a resume under the same world size continues bit for bit;
+        without a budget schedule also ``total`` (the epoch's global batches), ``window`` and
+        ``window_start`` (the cursor's plan window and its first canonical position), so a restore
+        plans that window only.
 
         ``batches_yielded`` counts batches the training loop received, not those a DataLoader's
         workers or accelerate prefetched (read from the torch DataLoader iterator that pulls this
@@ -660,7 +663,9 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         Under the saved ``num_replicas`` the rest is dealt as before (bit for bit); under another
         one the canonical batches after ``cursor`` are dealt afresh to the new ranks (each once,
         equal counts).  The lengths, ``seed`` and settings (``fixed`` in the refusal) must not
-        change: they define the canonical order the cursor points into.
+        change: they define the canonical order the cursor points into.  A state with ``window``
+        plans only the cursor's window (and the next ones as they play); one without (older, or
+        under a budget schedule) plans the epoch.
         """
         check_fields(state, ("epoch", "batches_yielded", "seed", "num_replicas", "fingerprint"))
         if state["seed"] != self.seed:

@@ -87,7 +87,7 @@ def test_elastic_restore_3_to_2_plans_only_the_cursors_window():
         assert planned == [5, 6]  # the cursor's window [53, 63), and window 6 for its last group (62, 63)
         tail.append([first] + list(it))
         assert planned == list(range(5, 16))  # then window by window, each once
-        assert len(tail[-1]) == 46
+        assert len(tail[-1]) == 46 and tail[-1] == s.rank_batches()  # the whole-epoch plan's dealing, lazily
     assert sorted(_ids(sum(head, []) + sum(tail, []))) == list(range(N))
 
 
@@ -171,3 +171,24 @@ def test_a_pruned_epoch_is_windowed_over_its_kept_examples():
     kept = policy.indices_for_epoch(1)
     assert ranks[0].num_windows() == -(-kept.shape[0] // WINDOW) > 1
     assert sorted(_ids(sum((list(s) for s in ranks), []))) == kept.tolist()
+
+
+def test_windows_smaller_than_a_step_deal_and_restore_the_same_lazily():
+    x = _lengths()[:60]
+
+    def make(world, rank):
+        s = PackedBatchSampler(x, max_tokens=TOKENS, num_replicas=world, rank=rank, seed=7, plan_window=4)
+        s.set_epoch(1)
+        return s
+
+    saved = [make(3, r) for r in range(3)]
+    assert saved[0].num_windows() == 15 and saved[0].canonical().batches.num_batches < 3 * 15  # groups span windows
+    state = saved[0].state_at(3)
+    head = [s.rank_batches()[:3] for s in saved]
+    tail = []
+    for r in range(2):
+        s = PackedBatchSampler(x, max_tokens=TOKENS, num_replicas=2, rank=r, seed=7, plan_window=4)
+        s.load_state_dict(state)
+        tail.append(list(s))
+        assert tail[-1] == s.rank_batches() and len(tail[-1]) == len(s)
+    assert sorted(_ids(sum(head, []) + sum(tail, []))) == list(range(60))
