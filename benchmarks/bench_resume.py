@@ -5,21 +5,25 @@ Lengths: ``--sizes`` examples bootstrapped (seeded) from the real alpaca token l
 ``--max-tokens`` bins, 8 ranks) consumes half of epoch 1 and saves its state; a fresh sampler on 6
 ranks (another world size) restores it.
 
-* plan: a fresh sampler plans an epoch (``set_epoch`` + ``len``: packing, canonical order, dealing);
-* restore: a fresh sampler on 6 ranks runs ``load_state_dict`` and yields its first batch (the
-  lengths fingerprint, the epoch's plan, and the dealing of the rest from the global cursor);
-* fingerprint: the blake2b of the lengths and settings inside restore (computed once per sampler);
+* plan: a fresh sampler plans an epoch (``set_epoch`` + ``len``: every plan window's packing and
+  canonical order, then the epoch's batch count);
+* restore: a fresh sampler on 6 ranks is built, runs ``load_state_dict`` and yields its first batch
+  (the lengths fingerprint, the plan of the cursor's window, the dealing of the rest of it);
+* fingerprint: the xxh3-128 of the lengths and settings inside restore (once per sampler);
 * the state's size as JSON, in bytes.
 
-Restoring never replays consumed batches: the first batch after the restore is checked to be the
+Restoring never replays consumed batches: the first batch after the restore is checked to be a
 canonical batch at the cursor, and restore time does not grow with the cursor (``--cursors``).
-Medians of ``--repeats`` runs (one at the largest size unless asked).  ``--balance`` prints instead
+Medians of ``--repeats`` runs (one at the largest size unless asked).  ``--windowing`` prints the
+cost of planning in windows: padding efficiency and batch count of the default plan (windows of
+2**20 examples) against the whole-epoch plan (``plan_window`` = the dataset) at 10M examples.  ``--balance`` prints instead
 ``stats().imbalance`` and ``step_imbalance`` of the packed, bucketed and cluster samplers at 2/4/8
 ranks on 200k bootstrapped alpaca and c4 lengths (only public API: it runs on older checkouts too,
 for a before/after comparison).  Usage::
 
     PYTHONPATH=<checkout's parent with packwise> python benchmarks/bench_resume.py --sizes 1e6 1e7 1e8
     PYTHONPATH=<...> python benchmarks/bench_resume.py --balance
+    PYTHONPATH=<...> python benchmarks/bench_resume.py --windowing --sizes 1e7
 """
 
 from __future__ import annotations
@@ -41,15 +45,15 @@ from packwise.samplers import BucketBatchSampler, ClusterBatchSampler, PackedBat
 SAVED_WORLD, RESUMED_WORLD, EPOCH = 8, 6, 1
 
 
-def _sampler(lengths: np.ndarray, max_tokens: int, world: int, rank: int) -> PackedBatchSampler:
-    return PackedBatchSampler(lengths, max_tokens=max_tokens, num_replicas=world, rank=rank, seed=0)
+def _sampler(lengths: np.ndarray, max_tokens: int, world: int, rank: int, **kw) -> PackedBatchSampler:
+    return PackedBatchSampler(lengths, max_tokens=max_tokens, num_replicas=world, rank=rank, seed=0, **kw)
 
 
-def saved_state(lengths: np.ndarray, max_tokens: int, fraction: float) -> dict:
-    """The state of 8 ranks that consumed ``fraction`` of epoch 1 (a Trainer's count of steps)."""
+def saved_states(lengths: np.ndarray, max_tokens: int, fractions: list[float]) -> list[dict]:
+    """The states of 8 ranks that consumed each of ``fractions`` of epoch 1 (a Trainer's count of steps)."""
     s = _sampler(lengths, max_tokens, SAVED_WORLD, 0)
     s.set_epoch(EPOCH)
-    return s.state_at(int(len(s) * fraction))
+    return [s.state_at(int(len(s) * fraction)) for fraction in fractions]
 
 
 def time_plan(lengths: np.ndarray, max_tokens: int) -> float:
@@ -60,28 +64,47 @@ def time_plan(lengths: np.ndarray, max_tokens: int) -> float:
     return time.perf_counter() - t
 
 
+def canonical_batch(s: PackedBatchSampler, position: int) -> list[int]:
+    """The batch at canonical ``position`` of the sampler's epoch, from its plan window alone."""
+    window, first = s._locate(position)
+    w = s._window(s.epoch, window)
+    b = int(w.sequence[position - first])
+    return w.batches.order[w.batches.offsets[b] : w.batches.offsets[b + 1]].tolist()
+
+
 def time_restore(lengths: np.ndarray, max_tokens: int, state: dict) -> tuple[float, float]:
     """(restore seconds, of which fingerprint seconds); checks the first batch is the cursor's."""
-    s = _sampler(lengths, max_tokens, RESUMED_WORLD, 0)
     t = time.perf_counter()
+    s = _sampler(lengths, max_tokens, RESUMED_WORLD, 0)
+    f = time.perf_counter()
     s._fingerprint_of()
-    fingerprint = time.perf_counter() - t
+    fingerprint = time.perf_counter() - f
     s.load_state_dict(state)
     first = next(iter(s))
     total = time.perf_counter() - t
-    plan = s.plan()
-    group = plan.sequence[state["cursor"] : state["cursor"] + RESUMED_WORLD]
-    order, offsets = plan.batches.order, plan.batches.offsets
-    assert any(first == order[offsets[b] : offsets[b + 1]].tolist() for b in group.tolist()), "replayed or skipped"
+    group = [canonical_batch(s, p) for p in range(state["cursor"], min(state["cursor"] + RESUMED_WORLD, state["total"]))]
+    assert first in group, "replayed or skipped"
     return total, fingerprint
 
 
-def run(n: int, max_tokens: int, repeats: int, cursors: list[float]) -> list[str]:
+def windowing(n: int, max_tokens: int) -> None:
+    """Padding efficiency and batch count of the windowed plan against the whole-epoch plan."""
+    lengths = bootstrap("alpaca", n, seed=0)
+    print("examples     plan               windows  batches     efficiency  plan s")
+    for name, kw in (("windows of 2**20", {}), ("whole epoch", {"plan_window": n})):
+        s = _sampler(lengths, max_tokens, SAVED_WORLD, 0, **kw)
+        t = time.perf_counter()
+        s.set_epoch(EPOCH)
+        st = s.stats()
+        took = time.perf_counter() - t
+        print(f"{n:>11,}  {name:17s}  {s.num_windows():>7}  {st.batches:>10,}  {st.efficiency:>10.5f}  {took:>6.2f}", flush=True)
+
+
+def run(n: int, max_tokens: int, repeats: int, cursors: list[float], plan_repeats: int) -> list[str]:
     lengths = bootstrap("alpaca", n, seed=0)
     lines = []
-    plans = [time_plan(lengths, max_tokens) for _ in range(repeats)]
-    for fraction in cursors:
-        state = saved_state(lengths, max_tokens, fraction)
+    plans = [time_plan(lengths, max_tokens) for _ in range(plan_repeats)]
+    for fraction, state in zip(cursors, saved_states(lengths, max_tokens, cursors)):
         runs = [time_restore(lengths, max_tokens, state) for _ in range(repeats)]
         restore = statistics.median(r[0] for r in runs)
         fingerprint = statistics.median(r[1] for r in runs)
@@ -117,13 +140,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cursors", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     p.add_argument("--balance", action="store_true", help="print the dealing's imbalance instead")
+    p.add_argument("--windowing", action="store_true", help="print the windowed plan's efficiency against the whole epoch's")
     args = p.parse_args()
     if args.balance:
         return balance()
+    if args.windowing:
+        for size in args.sizes:
+            windowing(int(size), args.max_tokens)
+        return None
     print("examples     cursor   plan s  restore s  fingerprint  state bytes  cursor (batches)")
     for size in args.sizes:
         n = int(size)
-        run(n, args.max_tokens, args.repeats if n < 10**8 else 1, args.cursors if n < 10**8 else [0.5])
+        run(n, args.max_tokens, args.repeats, args.cursors, args.repeats if n < 10**8 else 1)
 
 
 if __name__ == "__main__":

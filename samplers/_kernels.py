@@ -119,24 +119,35 @@ def sort_blocks(sequence, costs, block):
 
 
 @njit(cache=True)
-def deal_groups(sequence, costs, origin, num_replicas, num_steps):
+def deal_groups(sequence, costs, origin, num_replicas, num_steps, starts):
     """Deal the canonical ``sequence`` from ``origin`` on: step ``s`` takes the next ``num_replicas``
     batch ids and gives the dearest to the rank with the least work so far (LPT).
 
+    The work counted for LPT restarts at the first step whose group starts in a new plan window
+    (``starts``: the windows' first canonical positions, ascending, ``starts[0] == 0``), so a window's
+    dealing never depends on the windows before it and a resume plans only the cursor's window.
     A step with fewer batches than ranks leaves ``-1`` (an empty batch) on the ranks with the most
     work; batches past ``origin + num_steps * num_replicas`` are left out (``drop_last``).
-    Returns ``(table[rank, step], load[rank])``.
+    Returns ``(table[rank, step], load[rank])`` (``load``: the whole dealing's work per rank).
     """
     table = np.full((num_replicas, num_steps), -1, np.int64)
     load = np.zeros(num_replicas, np.float64)
+    work = np.zeros(num_replicas, np.float64)
     taken = np.zeros(num_replicas, np.bool_)
     total = sequence.shape[0]
     group = np.empty(num_replicas, np.int64)
+    window = 0
+    while window + 1 < starts.shape[0] and starts[window + 1] <= origin:
+        window += 1
     for s in range(num_steps):
         taken[:] = False
         lo = origin + s * num_replicas
         hi = min(lo + num_replicas, total)
         m = hi - lo
+        if window + 1 < starts.shape[0] and starts[window + 1] <= lo:
+            while window + 1 < starts.shape[0] and starts[window + 1] <= lo:
+                window += 1
+            work[:] = 0.0
         for k in range(m):  # insertion sort of the group by decreasing cost (stable)
             b = sequence[lo + k]
             j = k
@@ -148,12 +159,49 @@ def deal_groups(sequence, costs, origin, num_replicas, num_steps):
             b = group[k]
             best = -1
             for r in range(num_replicas):
-                if not taken[r] and (best < 0 or load[r] < load[best]):
+                if not taken[r] and (best < 0 or work[r] < work[best]):
                     best = r
             taken[best] = True
             table[best, s] = b
+            work[best] += costs[b]
             load[best] += costs[b]
     return table, load
+
+
+@njit(cache=True)
+def _mix64(x):
+    """splitmix64's finalizer: a fixed bijection of uint64 that spreads every input bit."""
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+@njit(cache=True)
+def feistel_take(n, first, count, keys, half):
+    """``pi(first), ..., pi(first + count - 1)`` of a keyed bijection ``pi`` of ``[0, n)``.
+
+    A balanced Feistel network on ``2 * half`` bits (``4**half >= n``), one round per key, walked
+    until it lands in ``[0, n)`` (cycle walking keeps it a bijection of ``[0, n)``).  Integer
+    arithmetic only, so every machine computes the same members for a window in O(count)."""
+    out = np.empty(count, np.int64)
+    mask = (np.uint64(1) << np.uint64(half)) - np.uint64(1)
+    shift = np.uint64(half)
+    limit = np.uint64(n)
+    for i in range(count):
+        x = np.uint64(first + i)
+        while True:
+            left = x >> shift
+            right = x & mask
+            for r in range(keys.shape[0]):
+                left, right = right, left ^ (_mix64(right ^ keys[r]) & mask)
+            x = (left << shift) | right
+            if x < limit:
+                break
+        out[i] = np.int64(x)
+    return out
 
 
 @njit(cache=True)

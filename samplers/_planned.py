@@ -8,15 +8,23 @@ neighbours cost about the same.  Dealing: from a global position ``origin`` (0, 
 under another world size picked the epoch up), step ``s`` gives the ``num_replicas`` batches at
 ``origin + s * num_replicas ...`` to the ranks, the dearest to the least-loaded rank.  The batches
 consumed are therefore always a prefix of the canonical order: the state is that prefix's length.
+
+Windows: a sampler with ``plan_window`` cuts the epoch's shuffled examples into windows of that many
+(a keyed bijection of ``[0, n)`` gives window ``k``'s members in O(window)), plans each on its own
+and plays window 0's batches, then window 1's, ...; the dealing's LPT restarts at each window.  A
+restore therefore plans only the cursor's window (the state carries the epoch's batch count and the
+window's first canonical position); up to ``plan_window`` examples the plan is one window.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+import xxhash
 from torch.utils.data import Sampler
 
 from . import _kernels, _wrapped
@@ -25,6 +33,10 @@ from .stats import EpochStats
 _EMPTY = np.zeros(0, np.int64)
 BLOCK = 1024  # batches per cost-sorted block of the canonical order (fixed: never the world size)
 STATE_VERSION = 2  # 1: per-rank counters (num_replicas, rank); 2: the global cursor
+PLAN_WINDOW = 2**20  # examples per plan window (fixed: never the world size)
+FEISTEL_ROUNDS = 4
+_FINGERPRINT = "xxh3:"  # the fingerprint's format; a state without it carries the older blake2b one
+_NO_WINDOWS = np.zeros(1, np.int64)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class _Canonical:
     batches: _Batches
     sequence: np.ndarray  # batch ids in canonical order
     costs: np.ndarray  # cost-model value per batch id (float64)
+    starts: np.ndarray  # canonical position where each plan window begins (starts[0] == 0)
 
 
 @dataclass(frozen=True)
@@ -84,11 +97,52 @@ def resolve_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, i
     return int(num_replicas), int(rank)
 
 
-def epoch_rng(seed: int, epoch: int, stream: int, at: int = 0) -> np.random.Generator:
-    """Independent, platform-stable random streams per (seed, epoch, purpose), and per re-plan
-    point ``at`` (the canonical position a budget change re-plans the epoch's tail from)."""
+def epoch_rng(seed: int, epoch: int, stream: int, at: int = 0, window: int | None = None) -> np.random.Generator:
+    """Independent, platform-stable random streams per (seed, epoch, purpose), per re-plan point
+    ``at`` (the canonical position a budget change re-plans the epoch's tail from) and per plan
+    window of an epoch planned in several (``None``: one window, the streams as before windows)."""
     key = [seed, epoch, stream] if at == 0 else [seed, epoch, stream, at]
+    if window is not None:
+        key = [seed, epoch, stream, at, window + 1]
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+
+
+def window_members(n: int, seed: int, epoch: int, window: int, size: int, shuffle: bool) -> np.ndarray:
+    """Positions (into ``[0, n)``) of the examples of plan window ``window``: ``pi(window * size)``
+    up to ``pi(min(n, (window + 1) * size) - 1)`` of a bijection ``pi`` keyed by (seed, epoch), the
+    identity without ``shuffle``; O(window), never a permutation of all ``n``."""
+    first = window * size
+    count = max(min(n, first + size) - first, 0)
+    if not shuffle:
+        return np.arange(first, first + count, dtype=np.int64)
+    half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+    keys = np.random.SeedSequence([seed, epoch, 3]).generate_state(FEISTEL_ROUNDS, np.uint64)
+    return _kernels.feistel_take(n, first, count, keys, half)
+
+
+def slice_batches(b: _Batches, lo: int, hi: int) -> _Batches:
+    """The consecutive batches ``lo .. hi - 1`` of ``b`` (a CSR slice; drop counts not carried)."""
+    a, z = int(b.offsets[lo]), int(b.offsets[hi])
+    return _Batches(b.order[a:z], b.offsets[lo : hi + 1] - a, b.tokens[lo:hi], b.slots[lo:hi], b.work[lo:hi], b.squares[lo:hi])
+
+
+def join_windows(epoch: int, parts: list[_Canonical]) -> _Canonical:
+    """Plan windows one after another: batch ids and canonical positions shift by the batches before."""
+    if len(parts) == 1:
+        return parts[0]
+    counts = np.array([p.batches.num_batches for p in parts], np.int64)
+    shift = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    items = np.concatenate(([0], np.cumsum([p.batches.order.shape[0] for p in parts])[:-1])).astype(np.int64)
+    b = [p.batches for p in parts]
+    batches = _Batches(
+        np.concatenate([x.order for x in b]),
+        np.concatenate([[0]] + [x.offsets[1:] + i for x, i in zip(b, items)]).astype(np.int64),
+        *(np.concatenate([getattr(x, f) for x in b]) for f in ("tokens", "slots", "work", "squares")),
+        sum(x.dropped_oversize for x in b),
+        sum(x.truncated_tokens for x in b),
+    )
+    sequence = np.concatenate([p.sequence + s for p, s in zip(parts, shift)])
+    return _Canonical(epoch, batches, sequence, np.concatenate([p.costs for p in parts]), shift)
 
 
 def budget_max_tokens(budget, max_tokens: int | None) -> int | None:
@@ -174,6 +228,11 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         self.budget = None  # a packwise.selection BudgetSchedule: max_tokens changes mid-epoch
         self._base: int | None = None  # the schedule's position when the current epoch began
         self._canon_key: tuple = ()
+        self.plan_window: int | None = None  # examples per plan window (None: one window, always)
+        self._windows: OrderedDict = OrderedDict()  # (epoch, k) -> the last plan windows made
+        self._starts: dict[int, int] = {}  # window -> its first canonical position, in _starts_epoch
+        self._starts_epoch = -1
+        self._total_known: tuple[int, int] | None = None  # (epoch, batches) a restore read from its state
 
     # --- to implement -----------------------------------------------------------------------
     def _batches(self, epoch: int) -> _Batches:  # pragma: no cover - abstract
@@ -189,9 +248,25 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
     def _lengths_bytes(self) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _window_batches(self, epoch: int, window: int) -> _Batches:  # pragma: no cover - abstract
+        """The batches of plan window ``window`` of an epoch planned in several (``plan_window`` set)."""
+        raise NotImplementedError
+
+    def _universe_size(self, epoch: int) -> int:
+        """How many examples the epoch draws from (a pruning policy's kept count, else all)."""
+        return self.num_examples
+
     # --- the epoch plan ---------------------------------------------------------------------
+    def num_windows(self, epoch: int | None = None) -> int:
+        """Plan windows of the epoch: 1 up to ``plan_window`` examples (the whole-epoch plan)."""
+        if self.plan_window is None:
+            return 1
+        epoch = self.epoch if epoch is None else int(epoch)
+        return max(1, -(-self._universe_size(epoch) // self.plan_window))
+
     def canonical(self, epoch: int | None = None) -> _Canonical:
-        """The epoch's global batches in play order, for any world size (cached for the last epoch).
+        """The epoch's global batches in play order, for any world size (cached for the last epoch):
+        every plan window's, one after another.
 
         Hook for plans that change mid-epoch (a token budget schedule): override to splice a
         re-planned tail in at a change point; everything before the point must stay as it was."""
@@ -199,9 +274,14 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         key = self._budget_changes(epoch)
         if self._canon is not None and self._canon.epoch == epoch and self._canon_key == key:
             return self._canon
-        first = not key or key[0][1] == getattr(self, "max_tokens", None)
-        batches = self._batches(epoch) if first else self._rebatch(None, epoch, key[0][1], 0)
-        sequence = self._play_order(batches, epoch, 0)
+        if not key or key[0][1] == getattr(self, "max_tokens", None):
+            canon = join_windows(epoch, [self._plan_window(epoch, k) for k in range(self.num_windows(epoch))])
+            if not key:
+                self._learn_starts(epoch, canon.starts)
+        else:
+            batches = self._rebatch(None, epoch, key[0][1], 0)
+            canon = self._as_canonical(epoch, batches, self._play_order(batches, epoch, 0))
+        batches, sequence, starts = canon.batches, canon.sequence, canon.starts
         for at, max_tokens in key[1:]:  # re-plan the tail at each budget change, the prefix as it was
             if at >= sequence.shape[0]:
                 break
@@ -210,16 +290,85 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
             tail = self._rebatch(np.sort(rest), epoch, max_tokens, at)
             batches = join_batches(head, tail)
             sequence = np.concatenate((np.arange(at, dtype=np.int64), at + self._play_order(tail, epoch, at)))
-        costs = batches.work.astype(np.float64) + self.attention_weight * batches.squares
-        self._canon, self._canon_key = _Canonical(epoch, batches, sequence, costs), key
+            starts = starts[starts < at]
+        canon = self._as_canonical(epoch, batches, sequence, starts)
+        self._canon, self._canon_key = canon, key
         return self._canon
 
-    def _play_order(self, batches: _Batches, epoch: int, at: int) -> np.ndarray:
-        """Batch ids shuffled with ``(seed, epoch, at)`` and cost-sorted inside blocks of ``BLOCK``."""
+    def _as_canonical(self, epoch: int, batches: _Batches, sequence: np.ndarray, starts: np.ndarray = _NO_WINDOWS) -> _Canonical:
+        costs = batches.work.astype(np.float64) + self.attention_weight * batches.squares
+        return _Canonical(epoch, batches, sequence, costs, starts)
+
+    def _plan_window(self, epoch: int, k: int) -> _Canonical:
+        """Plan window ``k`` of the epoch afresh (the only window, below ``plan_window`` examples)."""
+        if self.num_windows(epoch) == 1:
+            batches = self._batches(epoch)
+            return self._as_canonical(epoch, batches, self._play_order(batches, epoch, 0))
+        batches = self._window_batches(epoch, k)
+        return self._as_canonical(epoch, batches, self._play_order(batches, epoch, 0, k))
+
+    def _window(self, epoch: int, k: int) -> _Canonical:
+        """Plan window ``k`` (positions from its start): a slice of the epoch's plan when it is made
+        (without a budget schedule), else planned on its own; the last few are kept."""
+        if self.budget is None and self.num_windows(epoch) == 1:
+            return self.canonical(epoch)  # the only window is the epoch's plan: made once, cached
+        canon = self._canon
+        if canon is not None and canon.epoch == epoch and not self._canon_key:
+            lo = int(canon.starts[k])
+            hi = int(canon.starts[k + 1]) if k + 1 < canon.starts.shape[0] else canon.batches.num_batches
+            return _Canonical(epoch, slice_batches(canon.batches, lo, hi), canon.sequence[lo:hi] - lo, canon.costs[lo:hi], _NO_WINDOWS)
+        hit = self._windows.get((epoch, k))
+        if hit is None:
+            hit = self._windows[(epoch, k)] = self._plan_window(epoch, k)
+            while len(self._windows) > 3:
+                self._windows.popitem(last=False)
+        self._windows.move_to_end((epoch, k))
+        return hit
+
+    def _learn_starts(self, epoch: int, starts: np.ndarray) -> None:
+        if self._starts_epoch != epoch:
+            self._starts, self._starts_epoch = {}, epoch
+        self._starts.update({k: int(x) for k, x in enumerate(starts.tolist())})
+
+    def _locate(self, position: int) -> tuple[int, int]:
+        """``(window, its first canonical position)`` of the current epoch's canonical ``position``,
+        walking forward from the windows known (a restore knows its cursor's), planning as it goes."""
+        epoch = self.epoch
+        known = self._starts if self._starts_epoch == epoch else {}
+        below = [k for k, first in known.items() if first <= position]
+        if not below:
+            self._learn_starts(epoch, self.canonical(epoch).starts)
+            known = self._starts
+            below = [k for k, first in known.items() if first <= position]
+        k = max(below)
+        first = known[k]
+        last = self.num_windows(epoch) - 1
+        while k < last:
+            after = known.get(k + 1)
+            if after is None:
+                after = known[k + 1] = first + self._window(epoch, k).batches.num_batches
+            if position < after:
+                break
+            k, first = k + 1, after
+        return k, first
+
+    def _total(self) -> int:
+        """Global batches of the current epoch (read from a restored state, else planned)."""
+        if self._total_known is not None and self._total_known[0] == self.epoch and self.budget is None:
+            return self._total_known[1]
+        return self.canonical().batches.num_batches
+
+    def _steps(self) -> int:
+        """Batches per rank of the current dealing (the same on every rank)."""
+        remaining = max(self._total() - self._origin, 0)
+        return remaining // self.num_replicas if self.drop_last else -(-remaining // self.num_replicas)
+
+    def _play_order(self, batches: _Batches, epoch: int, at: int, window: int | None = None) -> np.ndarray:
+        """Batch ids shuffled with ``(seed, epoch, at, window)`` and cost-sorted inside blocks of ``BLOCK``."""
         if not self.shuffle:
             return np.arange(batches.num_batches, dtype=np.int64)
         costs = batches.work.astype(np.float64) + self.attention_weight * batches.squares
-        sequence = epoch_rng(self.seed, epoch, 1, at).permutation(batches.num_batches).astype(np.int64)
+        sequence = epoch_rng(self.seed, epoch, 1, at, window).permutation(batches.num_batches).astype(np.int64)
         return _kernels.sort_blocks(sequence, costs, BLOCK)
 
     def _budget_changes(self, epoch: int) -> tuple[tuple[int, int], ...]:
@@ -259,7 +408,7 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         replicas = self.num_replicas
         remaining = max(batches.num_batches - origin, 0)
         steps = remaining // replicas if self.drop_last else -(-remaining // replicas)
-        table, load = _kernels.deal_groups(sequence, costs, origin, replicas, steps)
+        table, load = _kernels.deal_groups(sequence, costs, origin, replicas, steps, canon.starts)
         dealt = sequence[origin : origin + steps * replicas]
         left_out = sequence[origin + steps * replicas :]
         sizes = np.diff(batches.offsets)
@@ -321,6 +470,7 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
             self._origin = 0
             self._caller = None
             self._base = None
+            self._total_known = None
         self.epoch = epoch
 
     def _dealt_by(self, dealer: _wrapped.Dealer | None) -> int:
@@ -339,8 +489,7 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
     def __len__(self) -> int:
         """Batches this rank yields this epoch (the same on every rank); under accelerate's
         dealing, the global count it deals (``num_replicas`` times as many)."""
-        steps = self.plan().stats.batches_per_rank
-        return steps * self._dealt_by(_wrapped.find_caller().dealer)
+        return self._steps() * self._dealt_by(_wrapped.find_caller().dealer)
 
     def __iter__(self) -> Iterator[list[int]]:
         caller = _wrapped.find_caller()
@@ -348,24 +497,48 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         return self._play(caller, dealt)
 
     def _play(self, caller: _wrapped.Caller, dealt: int) -> Iterator[list[int]]:
-        plan = self.plan()  # at the first next(): an early iter() (StatefulDataLoader) plays the right epoch
+        steps = self._steps()  # at the first next(): an early iter() (StatefulDataLoader) plays the right epoch
         start = self._resume_at
         self._resume_at = 0
         self._caller, self._start, self._yielded = caller, start, start
         if self.budget is not None:
             yield from self._play_budgeted(start, dealt)
             return
-        rows = plan.table[self.rank : self.rank + 1] if dealt == 1 else plan.table
-        flat = rows[:, start:].T.reshape(-1)  # step by step: rank 0's batch, rank 1's, ...
-        order, offsets = plan.batches.order, plan.batches.offsets
-        real = flat >= 0
-        lo = np.zeros(flat.shape[0], np.int64)
-        hi = np.zeros(flat.shape[0], np.int64)
-        lo[real] = offsets[flat[real]]
-        hi[real] = offsets[flat[real] + 1]
-        for k, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
-            self._yielded = start + k // dealt + 1
-            yield order[a:b].tolist()
+        step = start
+        while step < steps:  # window by window: a restored epoch plans only what it plays
+            first_step, table, view = self._segment(step, steps)
+            rows = table[self.rank : self.rank + 1] if dealt == 1 else table
+            flat = rows[:, step - first_step :].T.reshape(-1)  # step by step: rank 0's batch, rank 1's, ...
+            order, offsets = view.order, view.offsets
+            real = flat >= 0
+            lo = np.zeros(flat.shape[0], np.int64)
+            hi = np.zeros(flat.shape[0], np.int64)
+            lo[real] = offsets[flat[real]]
+            hi[real] = offsets[flat[real] + 1]
+            for k, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
+                self._yielded = step + k // dealt + 1
+                yield order[a:b].tolist()
+            step = first_step + table.shape[1]
+
+    def _segment(self, step: int, steps: int) -> tuple[int, np.ndarray, _Batches]:
+        """The dealing of the steps whose groups start in the window of step ``step``'s group:
+        ``(its first step, table[rank, step], the batches its ids point into)``, from that window
+        (and the next ones a straddling last group reaches into) alone."""
+        epoch, origin, replicas = self.epoch, self._origin, self.num_replicas
+        k, first = self._locate(origin + step * replicas)
+        window = self._window(epoch, k)
+        end = first + window.batches.num_batches
+        lo = max(0, -(-(first - origin) // replicas))
+        hi = steps if k + 1 >= self.num_windows(epoch) else min(steps, -(-(end - origin) // replicas))
+        parts, reach, j = [window], end, k
+        need = min(origin + hi * replicas, self._total())
+        while reach < need:  # the last group straddles into the next windows
+            j += 1
+            parts.append(self._window(epoch, j))
+            reach += parts[-1].batches.num_batches
+        view = join_windows(epoch, parts)
+        table, _ = _kernels.deal_groups(view.sequence, view.costs, origin + lo * replicas - first, replicas, hi - lo, _NO_WINDOWS)
+        return lo, table, view.batches
 
     def _play_budgeted(self, start: int, dealt: int) -> Iterator[list[int]]:
         """Step by step, re-reading the plan before each step: a budget change decided by the
@@ -402,17 +575,51 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
 
     # --- resume -----------------------------------------------------------------------------
     def _fingerprint_of(self) -> str:
+        """``xxh3:`` + the xxh3-128 of the lengths and settings (and ``plan_window``, when windowed)."""
         if self._fingerprint is None:
-            h = hashlib.blake2b(digest_size=16)
+            h = xxhash.xxh3_128()
             h.update(self._lengths_bytes())
             h.update(repr(self._settings()).encode())
-            self._fingerprint = h.hexdigest()
+            if self.plan_window is not None:
+                h.update(repr(("plan_window", self.plan_window)).encode())
+            self._fingerprint = _FINGERPRINT + h.hexdigest()
         return self._fingerprint
+
+    def _legacy_fingerprint(self) -> str:
+        """The blake2b fingerprint of states saved before windowed plans (no ``plan_window`` in it)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self._lengths_bytes())
+        h.update(repr(self._settings()).encode())
+        return h.hexdigest()
+
+    def _check_fingerprint(self, state: dict) -> None:
+        """Refuse a state saved for other lengths or settings; one with the older blake2b fingerprint
+        loads when its epoch is one plan window (the plan it was saved under)."""
+        saved = state["fingerprint"]
+        if saved == self._fingerprint_of():
+            return
+        if isinstance(saved, str) and not saved.startswith(_FINGERPRINT) and saved == self._legacy_fingerprint():
+            windows = self.num_windows(int(state["epoch"]))
+            if windows > 1:
+                raise ValueError(
+                    f"state_dict was saved by a packwise that planned the epoch as one window, but this sampler plans "
+                    f"epoch {state['epoch']} in {windows} windows of plan_window={self.plan_window} examples; rebuild it "
+                    f"with plan_window >= {self._universe_size(int(state['epoch']))} to resume that plan"
+                )
+            return
+        raise ValueError(
+            f"state_dict was saved for different lengths or sampler settings (fingerprint mismatch); "
+            f"{type(self).__name__} resumes only from the same lengths and {', '.join(self._FIXED)} "
+            f"(num_replicas, rank and DataLoader workers may change): rebuild it with the saved ones"
+        )
 
     def state_dict(self) -> dict:
         """Where the epoch is, the same on every rank: ``epoch`` and ``cursor`` (global batches of
         the canonical order consumed), plus this dealing's ``origin``, ``num_replicas`` and
-        ``batches_yielded`` (steps), so a resume under the same world size continues bit for bit.
+        ``batches_yielded`` (steps), so a resume under the same world size continues bit for bit;
+        without a budget schedule also ``total`` (the epoch's global batches), ``window`` and
+        ``window_start`` (the cursor's plan window and its first canonical position), so a restore
+        plans that window only.
 
         ``batches_yielded`` counts batches the training loop received, not those a DataLoader's
         workers or accelerate prefetched (read from the torch DataLoader iterator that pulls this
@@ -429,11 +636,14 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         steps = int(steps)
         origin = self._origin
         cursor = origin
+        total = self._total()
         if steps > 0:
-            plan = self.plan()
-            total = plan.batches.num_batches
-            done_all = steps >= plan.stats.batches_per_rank
+            done_all = steps >= self._steps()
             cursor = total if done_all else min(origin + steps * self.num_replicas, total)
+        windows = {}
+        if self.budget is None:  # where a restore starts planning: the cursor's window
+            window, first = self._locate(cursor)
+            windows = {"total": int(total), "window": int(window), "window_start": int(first)}
         return {
             "version": STATE_VERSION,
             "epoch": self.epoch,
@@ -443,6 +653,7 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
             "batches_yielded": steps,
             "seed": self.seed,
             "fingerprint": self._fingerprint_of(),
+            **windows,
             **({"budget_base": int(self._base if self._base is not None else self.budget.position)} if self.budget is not None else {}),
         }
 
@@ -452,7 +663,9 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         Under the saved ``num_replicas`` the rest is dealt as before (bit for bit); under another
         one the canonical batches after ``cursor`` are dealt afresh to the new ranks (each once,
         equal counts).  The lengths, ``seed`` and settings (``fixed`` in the refusal) must not
-        change: they define the canonical order the cursor points into.
+        change: they define the canonical order the cursor points into.  A state with ``window``
+        plans only the cursor's window (and the next ones as they play); one without (older, or
+        under a budget schedule) plans the epoch.
         """
         check_fields(state, ("epoch", "batches_yielded", "seed", "num_replicas", "fingerprint"))
         if state["seed"] != self.seed:
@@ -460,12 +673,7 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
                 f"state_dict was saved with seed={state['seed']} but this sampler has seed={self.seed}; "
                 f"rebuild the sampler with the saved seed"
             )
-        if state["fingerprint"] != self._fingerprint_of():
-            raise ValueError(
-                f"state_dict was saved for different lengths or sampler settings (fingerprint mismatch); "
-                f"{type(self).__name__} resumes only from the same lengths and {', '.join(self._FIXED)} "
-                f"(num_replicas, rank and DataLoader workers may change): rebuild it with the saved ones"
-            )
+        self._check_fingerprint(state)
         self.set_epoch(int(state["epoch"]))
         if self.budget is not None:
             check_fields(state, ("budget_base",))  # saved with the schedule: load its state first
@@ -476,16 +684,40 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
                 )
             self._base = int(state["budget_base"])
         origin, start = resume_point(state, "batches_yielded", self.num_replicas)
-        total = self.canonical().batches.num_batches
+        if self.budget is None and "cursor" in state and {"total", "window", "window_start"} <= set(state):
+            total = self._restore_windows(state)
+        else:
+            total = self.canonical().batches.num_batches
         if not 0 <= origin <= total:
             raise ValueError(f"state_dict cursor={origin} is outside [0, {total}] for epoch {self.epoch}")
         self._origin = origin
-        steps = self.plan().stats.batches_per_rank
+        steps = self._steps()
         if not 0 <= start <= steps:
             raise ValueError(f"state_dict batches_yielded={start} is outside [0, {steps}] for epoch {self.epoch}")
         self._resume_at = start
         self._yielded = start
         self._caller = None
+
+    def _restore_windows(self, state: dict) -> int:
+        """Take the epoch's batch count and the cursor's window from the state, planning only that
+        window (to check the cursor lies in it); returns the epoch's batch count."""
+        total, window, first, cursor = (int(state[f]) for f in ("total", "window", "window_start", "cursor"))
+        windows = self.num_windows()
+        if not (0 <= window < windows and 0 <= first <= cursor <= total):
+            raise ValueError(
+                f"state_dict has window={window}, window_start={first}, cursor={cursor}, total={total}, which do not "
+                f"fit epoch {self.epoch} ({windows} plan windows); pass a dict saved by state_dict() for these lengths"
+            )
+        size = self._window(self.epoch, window).batches.num_batches
+        if cursor > first + size or (window == windows - 1 and first + size != total):
+            raise ValueError(
+                f"state_dict cursor={cursor} is not in plan window {window} (canonical positions {first} to "
+                f"{first + size}, of {total}); pass a dict saved by state_dict() for these lengths and settings"
+            )
+        self._total_known = (self.epoch, total)
+        self._learn_starts(self.epoch, np.zeros(0, np.int64))
+        self._starts[window] = first
+        return total
 
     def _rewind(self) -> None:
         """Back to the first batch of the current dealing (a Trainer that skips batches itself)."""

@@ -11,7 +11,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from . import _wrapped
-from ._planned import STATE_VERSION, _Batches, check_fields, resolve_replicas, resume_point
+from ._planned import STATE_VERSION, check_fields, resolve_replicas, resume_point
 from .packed import PackedBatchSampler
 
 
@@ -229,5 +229,5 @@ class PackedPruningSampler(PackedBatchSampler):
     def _settings(self) -> tuple:
         return ("pruned",) + super()._settings()
 
-    def _batches(self, epoch: int) -> _Batches:
-        return self._pack_ids(np.asarray(self.policy.indices_for_epoch(epoch), np.int64), epoch)
+    def _universe(self, epoch: int) -> np.ndarray:
+        return np.asarray(self.policy.indices_for_epoch(epoch), np.int64)

@@ -195,6 +195,6 @@ def test_refusal_names_what_must_stay_fixed(alpaca):
     with pytest.raises(
         ValueError,
         match=r"PackedBatchSampler resumes only from the same lengths and seed, max_tokens, rows_per_batch, algorithm, "
-        r"oversize, shuffle, drop_last, attention_weight \(num_replicas, rank and DataLoader workers may change\)",
+        r"oversize, shuffle, drop_last, attention_weight, plan_window \(num_replicas, rank and DataLoader workers may change\)",
     ):
         PackedBatchSampler(alpaca, max_tokens=2048, num_replicas=2, rank=0).load_state_dict(state)
