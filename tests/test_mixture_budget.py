@@ -6,16 +6,12 @@ counts through a change."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import torch.multiprocessing as mp
-from conftest import end_ddp_worker
-from test_budget_schedule import _drive, _free_port, _Ids
+from test_budget_schedule import _drive, _free_port, assert_resume_mid_ramp_is_exact, ddp_budget_run, replay_budget_run
 from test_mixture import NAMES, TARGET, _worst_deviation
-from torch.utils.data import DataLoader
 
 from packwise.samplers import MixtureSampler
 from packwise.selection import AdaptiveBudget, RampBudget
@@ -78,27 +74,7 @@ def test_resume_mid_ramp_in_a_fresh_sampler_is_exact():
         ramp = RampBudget(512, 2048, over_tokens=60_000, multiple=128, world_size=2, lag_batches=2)
         return ramp, [_mixture(lengths, groups, num_replicas=2, rank=r, budget=ramp) for r in range(2)]
 
-    ramp, samplers = fresh()
-    whole = [_drive(samplers, [ramp], lengths)]
-    for s in samplers:
-        s.set_epoch(1)
-    whole.append(_drive(samplers, [ramp], lengths))
-    ramp, samplers = fresh()
-    head = _drive(samplers, [ramp], lengths, stop=12)
-    saved = json.dumps({"ramp": ramp.state_dict(), "samplers": [s.state_at(12) for s in samplers]})
-    assert ramp.changes[-1].position > ramp.position == 24  # a change decided and still pending
-    ramp, samplers = fresh()  # a new process: the schedule first, then the samplers
-    state = json.loads(saved)
-    with pytest.raises(ValueError, match=r"load the schedule's state_dict \(saved with this one\) before the sampler's"):
-        samplers[0].load_state_dict(state["samplers"][0] | {"budget_base": 3})
-    ramp.load_state_dict(state["ramp"])
-    for s, st in zip(samplers, state["samplers"]):
-        s.load_state_dict(st)
-    tail = _drive(samplers, [ramp], lengths)
-    assert [h + t for h, t in zip(head, tail)] == whole[0]
-    for s in samplers:
-        s.set_epoch(1)
-    assert _drive(samplers, [ramp], lengths) == whole[1]  # the next epoch starts where this one ended
+    assert_resume_mid_ramp_is_exact(fresh, lengths, 12)
 
 
 def test_a_change_on_a_window_already_planned_is_refused_with_the_fix():
@@ -118,31 +94,9 @@ def test_a_change_on_a_window_already_planned_is_refused_with_the_fix():
 
 
 def _ddp_worker(rank: int, world: int, port: int, out_path: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     lengths, groups = _toy(600)
-    # 2 workers x prefetch 2 = up to 4 batches ahead of the loop: the lag covers them
-    schedule = AdaptiveBudget(512, maximum=2048, multiple=128, world_size=world, lag_batches=4)
-    sampler = MixtureSampler(lengths, groups, [0.5, 0.3, 0.2], window=4, seed=2, budget=schedule)  # rank from dist
-    loader = DataLoader(_Ids(), batch_sampler=sampler, collate_fn=lambda ids: ids, num_workers=2,
-                        prefetch_factor=2, multiprocessing_context="fork")
-    seen = []
-    for epoch in (0, 1):
-        sampler.set_epoch(epoch)
-        batches = []
-        for ids in loader:
-            tokens = torch.tensor([float(lengths[ids].sum())], dtype=torch.float64)
-            dist.all_reduce(tokens)  # a collective every step: unequal counts would hang here
-            schedule.step(int(tokens.item()), noise=300.0 * (1 + len(batches)))  # the same on every rank
-            batches.append(ids)
-        seen.append({"batches": batches, "changes": [list(c) for c in schedule.changes], "len": len(sampler)})
-    gathered = [None] * world
-    dist.all_gather_object(gathered, seen)
-    if rank == 0:
-        Path(out_path).write_text(json.dumps(gathered))
-    end_ddp_worker()
+    build = lambda sch: MixtureSampler(lengths, groups, [0.5, 0.3, 0.2], window=4, seed=2, budget=sch)  # noqa: E731
+    ddp_budget_run(rank, world, port, out_path, lengths, build, 300.0)
 
 
 def test_two_gloo_ranks_with_loader_workers_keep_equal_counts_through_a_budget_change(tmp_path):
@@ -154,15 +108,7 @@ def test_two_gloo_ranks_with_loader_workers_keep_equal_counts_through_a_budget_c
         assert a["changes"] == b["changes"] and len(a["changes"]) >= 3  # the same decisions, several changes
         assert len(a["batches"]) == len(b["batches"]) == a["len"] == b["len"]
     # replaying the same decisions in one process gives the very same batches on each rank
-    schedule = AdaptiveBudget(512, maximum=2048, multiple=128, world_size=2, lag_batches=4)
-    samplers = [MixtureSampler(lengths, groups, [0.5, 0.3, 0.2], window=4, seed=2, num_replicas=2, rank=r, budget=schedule)
-                for r in range(2)]
-    its = [iter(s) for s in samplers]
-    replay = [[], []]
-    for step in range(len(rank0[0]["batches"])):
-        pair = [next(it) for it in its]
-        schedule.step(sum(int(lengths[p].sum()) for p in pair), noise=300.0 * (1 + step))
-        for r in (0, 1):
-            replay[r].append(pair[r])
+    build = lambda sch, r: MixtureSampler(lengths, groups, [0.5, 0.3, 0.2], window=4, seed=2, num_replicas=2, rank=r, budget=sch)  # noqa: E731
+    replay, its = replay_budget_run(build, lengths, len(rank0[0]["batches"]), 300.0)
     assert replay == [rank0[0]["batches"], rank1[0]["batches"]]
     assert all(next(it, None) is None for it in its)
