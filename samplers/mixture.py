@@ -460,7 +460,7 @@ class MixtureSampler(_PlannedBatchSampler):
         self._check_sources()
         self.tokens_per_epoch = int(token_sizes.sum()) if tokens_per_epoch is None else _positive("tokens_per_epoch", tokens_per_epoch)
         self._fill = self._fill_estimate(kept)
-        self._fixed_windows = max(1, int(np.ceil(self.tokens_per_epoch / (self.window * self.rows_per_batch * self.max_tokens * self._fill))))
+        self.num_windows = max(1, int(np.ceil(self.tokens_per_epoch / (self.window * self.rows_per_batch * self.max_tokens * self._fill))))
         self.policy = _check_policy(policy)
         self.batches_per_step = self.num_replicas if batches_per_step is None else int(batches_per_step)
         if self.policy is not None and self.update_every * self.batches_per_step < self.window:
@@ -577,6 +577,10 @@ class MixtureSampler(_PlannedBatchSampler):
         ``max_tokens`` decided so far need to hold ``tokens_per_epoch`` (fewer as the budget grows)."""
         return self._fixed_windows if self.budget is None else self._budget_windows(self.epoch)
 
+    @num_windows.setter
+    def num_windows(self, value: int) -> None:
+        self._fixed_windows = int(value)  # without a schedule; a schedule's count follows its changes
+
     def _window_max_tokens(self, epoch: int, window: int) -> int:
         """The schedule's ``max_tokens`` at the window's first global batch: a change takes effect
         at the first window start at or after it (a window is planned whole)."""
@@ -615,10 +619,11 @@ class MixtureSampler(_PlannedBatchSampler):
         same = next((i for i, (a, b) in enumerate(zip(key, changes)) if a != b), min(len(key), len(changes)))
         planned = max(self._marks) - 1 if self._marks else -1
         for change in changes[same:]:
-            start = -(-(change.position - self._budget_base(self.epoch)) // self.window)
+            at = change.position - self._budget_base(self.epoch)
+            start = -(-at // self.window)
             if start <= planned:
                 raise ValueError(
-                    f"the budget schedule changed max_tokens at global batch {change.position} (window {start} of "
+                    f"the budget schedule changed max_tokens at global batch {at} (window {start} of "
                     f"epoch {self.epoch}), but this sampler had already planned window {planned}; raise the "
                     f"schedule's lag_batches to at least the DataLoader's prefetch depth (num_workers * "
                     f"prefetch_factor, at least 1)"
