@@ -46,7 +46,7 @@ except ImportError as err:  # pragma: no cover - the extra is missing
 
 from ..packing import PackedCollator, example_losses, packed_loss, token_losses
 from ..samplers import PruningSampler, load_state, save_state
-from ..selection import AccumulationNoiseSource, GradientNoiseScale, LRScaler, SourceLossTracker
+from ..selection import AccumulationNoiseSource, DDPNoiseSource, GradientNoiseScale, LRScaler, SourceLossTracker
 
 STATE_FILE = "packwise_rank{rank}.npz"
 _OLD_STATE_FILE = "packwise_rank{rank}.pt"  # pickles written before 0.x: refused, never loaded
@@ -201,6 +201,9 @@ class PackwiseTrainerMixin:
         # accumulation boundaries and last step come from this epoch's own length
         epoch = kwargs["epoch"]
         self.packwise_sampler.set_epoch(epoch)
+        for callback in self.callback_handler.callbacks:  # NoiseScaleCallback under DDP: the wrapped model
+            if hasattr(callback, "bind_wrapped"):
+                callback.bind_wrapped(kwargs["model"], self.args)
         steps = len(kwargs["train_dataloader"])
         kwargs["steps_in_epoch"] = steps
         kwargs["num_update_steps_per_epoch"] = max(math.ceil(steps / self.args.gradient_accumulation_steps), 1)
@@ -388,13 +391,16 @@ class NoiseScaleCallback(TrainerCallback):
 
     ``trainer.add_callback(NoiseScaleCallback(schedule, rule="sqrt"))``.  One process with
     ``gradient_accumulation_steps >= 2``: the micro-steps are the small batches and the step the big
-    one (:class:`~packwise.selection.AccumulationNoiseSource`, no extra backward).  Sizes are the
+    one (:class:`~packwise.selection.AccumulationNoiseSource`, no extra backward).  Under DDP (a
+    ``PackwiseTrainer`` on several processes): each rank's local step gradient against the
+    all-reduced one, read in DDP's own all-reduce (:class:`~packwise.selection.DDPNoiseSource`, no
+    extra backward, one more two-float all-reduce per step), so every rank logs the same value and
+    steps the schedule identically.  Sizes are the
     micro-batches' tokens (``attention_mask`` sum, else ``input_ids`` size), so ``noise_scale`` is
     in tokens, the unit of the budget.  ``schedule`` (optional): a ``RampBudget`` or
     ``AdaptiveBudget`` stepped with the step's tokens and ``B_noise``; ``rule``: ``"linear"``,
     ``"sqrt"`` or ``"none"`` against ``base_budget`` (default: the schedule's first budget).  Give
-    the same schedule to the sampler (``budget=``) so batches follow it.  Under DDP, use
-    :class:`~packwise.selection.DDPNoiseSource` in your loop (this callback refuses a world size > 1).
+    the same schedule to the sampler (``budget=``) so batches follow it.
     ``PackwiseTrainer`` checkpoints hold the sampler's schedule and resume it exactly; the noise
     scale's running averages start afresh on resume (they settle within ``1 / (1 - beta)`` steps).
     """
@@ -404,6 +410,8 @@ class NoiseScaleCallback(TrainerCallback):
         self.gns = GradientNoiseScale(beta)
         self.history: list[dict] = []  # per optimizer step: step, noise_scale, budget
         self._source: AccumulationNoiseSource | None = None
+        self._ddp: DDPNoiseSource | None = None  # world size > 1: bound to the DDP-wrapped model
+        self._wrapped = None
         self._scaler: LRScaler | None = None
         self._hook = None
         self._open: int | None = None
@@ -411,27 +419,44 @@ class NoiseScaleCallback(TrainerCallback):
         self._micro = 0  # micro-batches (forwards) in the current optimizer step
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        if args.world_size > 1:
-            raise ValueError(
-                f"NoiseScaleCallback measures gradient-accumulation micro-steps on one process, but world_size="
-                f"{args.world_size}; under DDP read the noise scale with packwise.selection.DDPNoiseSource"
-            )
-        if args.gradient_accumulation_steps < 2:
+        if args.world_size == 1 and args.gradient_accumulation_steps < 2:
             raise ValueError(
                 "NoiseScaleCallback needs gradient_accumulation_steps >= 2 (the micro-steps are its small batches); "
                 "set TrainingArguments(gradient_accumulation_steps=2) or more"
             )
-        self._source = AccumulationNoiseSource(model)
+        if args.world_size == 1:
+            self._source = AccumulationNoiseSource(model)
         self._hook = model.register_forward_pre_hook(self._forward, with_kwargs=True)
         if self.schedule is not None and self.rule != "none":
             self._scaler = LRScaler(optimizer, self.schedule, self.rule, self.base_budget)
             self._scaler.rescale()
 
+    def bind_wrapped(self, wrapped, args) -> None:
+        """Under DDP, read the gradients in the wrapped model's all-reduce (``PackwiseTrainer`` calls
+        this before each epoch, ahead of the first backward; a second call is a no-op)."""
+        if args.world_size == 1 or wrapped is self._wrapped:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not isinstance(wrapped, DistributedDataParallel):
+            raise ValueError(
+                f"NoiseScaleCallback under world_size={args.world_size} reads each rank's gradient in DDP's all-reduce, "
+                f"but the Trainer wrapped the model in {type(wrapped).__name__}; train with plain DDP (no FSDP or "
+                f"DeepSpeed), or on one process with gradient_accumulation_steps >= 2"
+            )
+        self._ddp, self._wrapped = DDPNoiseSource(wrapped), wrapped
+
     def _forward(self, module, args, kwargs):
         """A training forward opens a micro-step (and closes the one before, whose backward is done)."""
         if not (module.training and torch.is_grad_enabled()):
             return None
-        if self._open is not None:
+        if self._source is None and self._ddp is None:
+            raise ValueError(
+                "NoiseScaleCallback under DDP needs a PackwiseTrainer (it hands the callback the DDP-wrapped model, "
+                "whose all-reduce the callback reads); train with packwise.integrations.hf.PackwiseTrainer, or on "
+                "one process with gradient_accumulation_steps >= 2"
+            )
+        if self._source is not None and self._open is not None:
             self._source.micro_step(self._open)
         mask, ids = kwargs.get("attention_mask"), kwargs.get("input_ids", args[0] if args else None)
         self._open = int(mask.sum()) if mask is not None and mask.dim() == 2 else int(ids.numel())
@@ -440,6 +465,11 @@ class NoiseScaleCallback(TrainerCallback):
         return None
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self._ddp is not None:  # this rank's tokens in, the step's global tokens out
+            measured = self._ddp.measure(self._tokens)
+            self._tokens, self._open = int(round(measured[3])), None
+            self.gns.update(*measured)
+            return
         if self._open is not None:
             self._source.micro_step(self._open)
             self._open = None
@@ -469,7 +499,8 @@ class NoiseScaleCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self._hook is not None:
             self._hook.remove()
-            self._source.close()
+            if self._source is not None:
+                self._source.close()
             self._hook = None
 
 

@@ -379,17 +379,21 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
         state); another epoch is planned as if it started now, with the changes decided so far."""
         if self.budget is None:
             return ()
-        if epoch == self.epoch:
-            if self._base is None:
-                self._base = int(self.budget.position)
-            base = self._base
-        else:
-            base = int(self.budget.position)
+        base = self._budget_base(epoch)
         key = [(0, int(self.budget.at(base).max_tokens))]
         for change in self.budget.changes:
             if change.position > base and change.max_tokens != key[-1][1]:
                 key.append((int(change.position - base), int(change.max_tokens)))
         return tuple(key)
+
+    def _budget_base(self, epoch: int) -> int:
+        """The schedule's position where ``epoch`` starts: fixed when the current epoch is first
+        planned (and kept in the state); another epoch is planned as if it started now."""
+        if epoch != self.epoch:
+            return int(self.budget.position)
+        if self._base is None:
+            self._base = int(self.budget.position)
+        return self._base
 
     def _origin_of(self, epoch: int) -> int:
         """Where the dealing of ``epoch`` starts: a resume's cursor in the resumed epoch, else 0."""
@@ -654,8 +658,26 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
             "seed": self.seed,
             "fingerprint": self._fingerprint_of(),
             **windows,
-            **({"budget_base": int(self._base if self._base is not None else self.budget.position)} if self.budget is not None else {}),
+            **self._budget_state(),
         }
+
+    def _budget_state(self) -> dict:
+        """``{"budget_base": ...}`` under a budget schedule (the schedule's position when the epoch began), else ``{}``."""
+        if self.budget is None:
+            return {}
+        return {"budget_base": int(self._base if self._base is not None else self.budget.position)}
+
+    def _load_budget_base(self, state: dict) -> None:
+        """Restore where the epoch began on the schedule; the schedule's own state must be loaded first."""
+        if self.budget is None:
+            return
+        check_fields(state, ("budget_base",))  # saved with the schedule: load its state first
+        if int(state["budget_base"]) > self.budget.position:
+            raise ValueError(
+                f"state_dict has budget_base={state['budget_base']} but the budget schedule is at position "
+                f"{self.budget.position}; load the schedule's state_dict (saved with this one) before the sampler's"
+            )
+        self._base = int(state["budget_base"])
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: the next ``__iter__`` yields the rest of the saved epoch, exactly, under any world size.
@@ -675,14 +697,7 @@ class _PlannedBatchSampler(Sampler, _wrapped.LoaderEpoch):
             )
         self._check_fingerprint(state)
         self.set_epoch(int(state["epoch"]))
-        if self.budget is not None:
-            check_fields(state, ("budget_base",))  # saved with the schedule: load its state first
-            if int(state["budget_base"]) > self.budget.position:
-                raise ValueError(
-                    f"state_dict has budget_base={state['budget_base']} but the budget schedule is at position "
-                    f"{self.budget.position}; load the schedule's state_dict (saved with this one) before the sampler's"
-                )
-            self._base = int(state["budget_base"])
+        self._load_budget_base(state)
         origin, start = resume_point(state, "batches_yielded", self.num_replicas)
         if self.budget is None and "cursor" in state and {"total", "window", "window_start"} <= set(state):
             total = self._restore_windows(state)

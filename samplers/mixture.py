@@ -19,7 +19,7 @@ from ..packing import pack
 from . import _kernels, _mixture_kernels, _wrapped
 from . import _mixture_weights as mw
 from ._lengths import resolve_lengths
-from ._planned import _PlannedBatchSampler
+from ._planned import _PlannedBatchSampler, budget_max_tokens
 from .bucket import _edges
 
 _DRAWS = 4096  # draws per kernel call (the kernel is re-entered until the window's budget is drawn)
@@ -192,6 +192,7 @@ class _Planner:
 
     def __init__(self, m: "MixtureSampler", epoch: int, cursor: _Cursor, marks: dict | None = None):
         self.m, self.epoch, self.cursor, self.marks = m, epoch, cursor, marks
+        self.max_tokens = m.max_tokens  # the window's: a budget schedule sets it per window
         self.src = src = m._sources_for(epoch)
         self.ids = np.empty(src.members.shape[0], np.int64)
         self.seq = np.empty(src.members.shape[0], np.int64)
@@ -252,7 +253,8 @@ class _Planner:
         j = cur.window
         bins = m.window * m.rows_per_batch
         weights = m._weights_at(m._step_of(epoch, j))
-        budget = min(int(bins * m.max_tokens * m._fill) - int(m._len[cur.carry].sum()), m.tokens_per_epoch - cur.tokens)
+        self.max_tokens = m._window_max_tokens(epoch, j)
+        budget = min(int(bins * self.max_tokens * m._fill) - int(m._len[cur.carry].sum()), m.tokens_per_epoch - cur.tokens)
         new, capped = self._draw(np.where(self.src.counts > 0, weights, 0.0), budget)
         cur.tokens += int(m._len[new].sum())
         pool, repeats = np.concatenate([cur.carry, new]), _NONE
@@ -288,12 +290,12 @@ class _Planner:
         padded batches of one length bucket each (``len * max length <= max_tokens``)."""
         m = self.m
         if m.batching == "pack":
-            p = pack(lengths, m.max_tokens, m.algorithm, "error")
-            return p.order, p.offsets, np.full(p.num_bins, m.max_tokens, np.int64)
+            p = pack(lengths, self.max_tokens, m.algorithm, "error")
+            return p.order, p.offsets, np.full(p.num_bins, self.max_tokens, np.int64)
         keys = np.searchsorted(m.boundaries, lengths, side="left")
         order, groups = _kernels.group_by_key(np.arange(lengths.shape[0], dtype=np.int64), keys, m.boundaries.shape[0] + 1)
         caps = np.zeros(m.boundaries.shape[0] + 1, np.int64)
-        offsets, _, _, slots, _ = _kernels.cut_padded(order, lengths[:, None], groups, caps, m.max_tokens)
+        offsets, _, _, slots, _ = _kernels.cut_padded(order, lengths[:, None], groups, caps, self.max_tokens)
         return order, offsets, slots
 
     def _batches(self, pool: np.ndarray, bins: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -357,6 +359,12 @@ class MixtureSampler(_PlannedBatchSampler):
     mixture's examples) prunes inside the sources: each epoch a source draws only from the
     examples ``pruning.indices_for_epoch(epoch)`` keeps, at the same target proportions (save
     ``pruning.state_dict()`` beside the sampler's and load it first on resume).
+    ``budget`` (a :class:`packwise.selection.RampBudget` or ``AdaptiveBudget``, stepped by the
+    training loop) replaces ``max_tokens``: each window is planned whole with the schedule's
+    ``max_tokens`` at its first global batch, so a change takes effect at the first window start at
+    or after it; the epoch keeps its ``tokens_per_epoch`` in fewer batches, and ``len()`` counts
+    them with the changes decided so far, as in :class:`PackedBatchSampler`.  Save the schedule's
+    ``state_dict`` beside the sampler's and load it first on resume.
 
     Ranks get groups of ``num_replicas`` consecutive batches, the costliest (tokens +
     ``attention_weight * sum(length^2)``) to the least-loaded rank; a short last group is padded
@@ -382,7 +390,7 @@ class MixtureSampler(_PlannedBatchSampler):
         lengths,
         groups,
         weights,
-        max_tokens: int,
+        max_tokens: int | None = None,
         *,
         names: list[str] | None = None,
         by: Literal["tokens", "examples"] = "tokens",
@@ -408,7 +416,9 @@ class MixtureSampler(_PlannedBatchSampler):
         seed: int = 0,
         attention_weight: float = 0.0,
         drop_last: bool = False,
+        budget=None,
     ):
+        max_tokens = budget_max_tokens(budget, max_tokens)
         self.lengths = resolve_lengths(lengths, dataset)
         self.groups, found = mw.resolve_groups(groups, dataset, names)
         if self.groups.shape[0] != self.lengths.shape[0]:
@@ -434,6 +444,7 @@ class MixtureSampler(_PlannedBatchSampler):
             num_replicas=num_replicas, rank=rank, attention_weight=attention_weight,
         )
         self.max_tokens, self.rows_per_batch, self.window = int(max_tokens), int(rows_per_batch), int(window)
+        self.budget = budget  # a packwise.selection budget schedule: each window's max_tokens
         self.update_every, self.by, self.algorithm, self.oversize = int(update_every), by, algorithm, oversize
         self.names = found or _source_names(names, self.groups)
         self.num_sources = len(self.names)
@@ -559,14 +570,75 @@ class MixtureSampler(_PlannedBatchSampler):
     def _lengths_bytes(self) -> bytes:
         return self.lengths.tobytes() + self.groups.tobytes()
 
+    # --- the budget schedule ------------------------------------------------------------------
+    @property
+    def num_windows(self) -> int:
+        """Windows in the current epoch: fixed, or under a budget schedule as many as its
+        ``max_tokens`` decided so far need to hold ``tokens_per_epoch`` (fewer as the budget grows)."""
+        return self._fixed_windows if self.budget is None else self._budget_windows(self.epoch)
+
+    @num_windows.setter
+    def num_windows(self, value: int) -> None:
+        self._fixed_windows = int(value)  # without a schedule; a schedule's count follows its changes
+
+    def _window_max_tokens(self, epoch: int, window: int) -> int:
+        """The schedule's ``max_tokens`` at the window's first global batch: a change takes effect
+        at the first window start at or after it (a window is planned whole)."""
+        if self.budget is None:
+            return self.max_tokens
+        return int(self.budget.at(self._budget_base(epoch) + window * self.window).max_tokens)
+
+    def _budget_windows(self, epoch: int) -> int:
+        """Windows until their capacity (``window * rows_per_batch * max_tokens * fill`` each) holds
+        ``tokens_per_epoch``, walking the schedule's changes segment by segment."""
+        base, span = self._budget_base(epoch), self.window
+        need, done = float(self.tokens_per_epoch), 0
+        max_tokens = int(self.budget.at(base).max_tokens)
+        for change in self.budget.changes:
+            if change.position <= base:
+                continue
+            start = -(-(change.position - base) // span)  # the first window the change applies to
+            per = self.window * self.rows_per_batch * max_tokens * self._fill
+            if (start - done) * per >= need:
+                break
+            need -= (start - done) * per
+            done, max_tokens = start, int(change.max_tokens)
+        per = self.window * self.rows_per_batch * max_tokens * self._fill
+        return max(1, done + int(np.ceil(need / per)))
+
+    def _epoch_start(self, epoch: int) -> int:
+        """Global batches before ``epoch`` (under a budget schedule, its position at the epoch's start)."""
+        return epoch * self.batches_per_epoch if self.budget is None else self._budget_base(epoch)
+
+    def _check_planned(self, key: tuple) -> tuple:
+        """Refuse a budget change that applies to a window already planned (a DataLoader that
+        prefetched further than the schedule's lag): the epoch would no longer replay exactly."""
+        changes = self.budget.changes
+        if changes == key:
+            return key
+        same = next((i for i, (a, b) in enumerate(zip(key, changes)) if a != b), min(len(key), len(changes)))
+        planned = max(self._marks) - 1 if self._marks else -1
+        for change in changes[same:]:
+            at = change.position - self._budget_base(self.epoch)
+            start = -(-at // self.window)
+            if start <= planned:
+                raise ValueError(
+                    f"the budget schedule changed max_tokens at global batch {at} (window {start} of "
+                    f"epoch {self.epoch}), but this sampler had already planned window {planned}; raise the "
+                    f"schedule's lag_batches to at least the DataLoader's prefetch depth (num_workers * "
+                    f"prefetch_factor, at least 1)"
+                )
+        return changes
+
     # --- weights ----------------------------------------------------------------------------
     @property
     def batches_per_epoch(self) -> int:
-        """Canonical global batches per epoch (the same for every epoch and world size)."""
+        """Canonical global batches per epoch (the same for every world size; under a budget
+        schedule, those its changes decided so far give)."""
         return self.num_windows * self.window
 
     def _step_of(self, epoch: int, window: int) -> int:
-        return (epoch * self.batches_per_epoch + window * self.window) // self.batches_per_step
+        return (self._epoch_start(epoch) + window * self.window) // self.batches_per_step
 
     def interval_of(self, step: int) -> int:
         """The policy update interval that global ``step`` belongs to."""
@@ -576,7 +648,7 @@ class MixtureSampler(_PlannedBatchSampler):
         """The global step (in ``batches_per_step`` units, counted from this epoch's start) reached
         after ``steps`` steps of this rank in this epoch; ``interval_of(global_step(steps))`` tells a
         trainer when an interval ends, also after a resume under another world size."""
-        return (self.epoch * self.batches_per_epoch + self._origin + int(steps) * self.num_replicas) // self.batches_per_step
+        return (self._epoch_start(self.epoch) + self._origin + int(steps) * self.num_replicas) // self.batches_per_step
 
     def _weights_at(self, step: int) -> np.ndarray:
         """The target for a window starting at global ``step``: scheduled, then the policy's."""
@@ -679,6 +751,7 @@ class MixtureSampler(_PlannedBatchSampler):
         self._loads = {step: resume["load"].copy()}
         log = self._log if self.policy is not None else None  # stats() replans a policy-free epoch itself
         batches = self._canonical(self.epoch, cursor, resume["at"] - cursor.window * self.window, log, self._marks)
+        key = self.budget.changes if self.budget is not None else ()
         for t, group in enumerate(self._dealt(batches, resume["load"].copy(), step, self._loads), step):
             if t < first:
                 continue
@@ -688,6 +761,8 @@ class MixtureSampler(_PlannedBatchSampler):
             for batch in mine:
                 self._yielded = t + 1
                 yield batch
+                if self.budget is not None:  # the loop may have stepped the schedule
+                    key = self._check_planned(key)
 
     def _prune(self) -> None:
         newest = max(self._marks)
@@ -739,6 +814,7 @@ class MixtureSampler(_PlannedBatchSampler):
             "num_replicas": self.num_replicas,
             "rank": self.rank,
             "fingerprint": self._fingerprint_of(),
+            **self._budget_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -757,6 +833,7 @@ class MixtureSampler(_PlannedBatchSampler):
                 "batches_per_step explicitly when the world size changes)"
             )
         self.set_epoch(int(state["epoch"]))
+        self._load_budget_base(state)
         if self.policy is not None and state["policy"] is not None:
             self.policy.load_state_dict(state["policy"])
         self._asked.update({int(k): np.asarray(w, np.float64) for k, w in state["weights"].items()})

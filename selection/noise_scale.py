@@ -206,11 +206,12 @@ class DDPNoiseSource:
     ``DDPNoiseSource(ddp_model)`` registers a comm hook that wraps DDP's default all-reduce: it
     adds ``|bucket|²`` before the reduction (this rank's local gradient, accumulated over any
     ``no_sync`` micro-steps) and after it (the global mean gradient, identical on every rank).
-    ``measure(local_size)`` all-reduces the local sum once (a single float64) and returns the
-    four arguments of :func:`noise_scale`; every rank gets the same numbers, so a
+    ``measure(local_size)`` all-reduces the local sum and the sizes once (two float64) and returns
+    the four arguments of :func:`noise_scale`, with ``b_small`` the mean local size and ``b_big``
+    their sum (the step's global size); every rank gets the same numbers, so a
     :class:`GradientNoiseScale` fed from it agrees bit for bit across ranks.  Register it before
-    the first backward (DDP accepts one comm hook).  ``local_size`` must be the same on every
-    rank (pass the mean if batches differ slightly, e.g. token-balanced packed batches).
+    the first backward (DDP accepts one comm hook).  Sizes may differ a little between ranks
+    (token-balanced packed batches): the estimator then holds approximately, as for micro-steps.
     """
 
     def __init__(self, ddp_model, process_group=None):
@@ -241,11 +242,13 @@ class DDPNoiseSource:
         return fut.then(reduced)
 
     def measure(self, local_size: float) -> tuple[float, float, float, float]:
-        """``(mean local |g|², local_size, global |g|², world * local_size)``; resets the sums."""
-        local = self._local.clone()
+        """``(mean local |g|², mean local size, global |g|², global size)``; resets the sums."""
+        import torch
+
+        local = torch.stack((self._local, torch.tensor(float(local_size), dtype=torch.float64)))
         self._dist.all_reduce(local, group=self.group)
-        small = float(local) / self.world
+        small, total = float(local[0]) / self.world, float(local[1])
         big = float(self._global)
         self._local.zero_()
         self._global.zero_()
-        return small, float(local_size), big, float(local_size) * self.world
+        return small, total / self.world, big, total

@@ -196,15 +196,22 @@ def test_resume_mid_ramp_in_a_fresh_sampler_is_exact(kind):
         ramp = RampBudget(512, 2048, over_tokens=30_000, multiple=128, world_size=2, lag_batches=2)
         return ramp, [SAMPLERS[kind](lengths, seed=4, num_replicas=2, rank=r, budget=ramp) for r in range(2)]
 
+    assert_resume_mid_ramp_is_exact(fresh, lengths, 14)
+
+
+def assert_resume_mid_ramp_is_exact(fresh, lengths: np.ndarray, stop: int) -> None:
+    """``fresh()`` -> (ramp, samplers of 2 ranks): a run saved after ``stop`` steps, with a change
+    pending, resumes in a new process (schedule first, then samplers) to the very same batches,
+    through the rest of the epoch and the next one."""
     ramp, samplers = fresh()
     whole = [_drive(samplers, [ramp], lengths)]
     for s in samplers:
         s.set_epoch(1)
     whole.append(_drive(samplers, [ramp], lengths))
     ramp, samplers = fresh()
-    head = _drive(samplers, [ramp], lengths, stop=14)
-    saved = json.dumps({"ramp": ramp.state_dict(), "samplers": [s.state_at(14) for s in samplers]})
-    assert ramp.changes[-1].position > ramp.position == 2 * 14  # a change decided and still pending
+    head = _drive(samplers, [ramp], lengths, stop=stop)
+    saved = json.dumps({"ramp": ramp.state_dict(), "samplers": [s.state_at(stop) for s in samplers]})
+    assert ramp.changes[-1].position > ramp.position == 2 * stop  # a change decided and still pending
     ramp, samplers = fresh()  # a new process: the schedule first, then the samplers
     state = json.loads(saved)
     with pytest.raises(ValueError, match=r"load the schedule's state_dict \(saved with this one\) before the sampler's"):
@@ -236,15 +243,18 @@ class _Ids(torch.utils.data.Dataset):
         return i
 
 
-def _ddp_worker(rank: int, world: int, port: int, kind: str, out_path: str) -> None:
+def ddp_budget_run(rank: int, world: int, port: int, out_path: str, lengths: np.ndarray, build, noise: float) -> None:
+    """One gloo rank: ``build(schedule)`` makes the sampler (rank and world from torch.distributed),
+    2 DataLoader workers run ahead of the loop, and every step all-reduces its tokens and steps an
+    adaptive schedule with a noise scale that grows by ``noise`` a step.  Rank 0 writes both ranks'
+    batches, changes and ``len`` per epoch to ``out_path``."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    lengths = _lengths()
     # 2 workers x prefetch 2 = up to 4 batches ahead of the loop: the lag covers them
     schedule = AdaptiveBudget(512, maximum=2048, k=1.0, multiple=128, world_size=world, lag_batches=4)
-    sampler = SAMPLERS[kind](lengths, seed=2, budget=schedule)  # rank and world from torch.distributed
+    sampler = build(schedule)
     loader = DataLoader(_Ids(), batch_sampler=sampler, collate_fn=lambda ids: ids, num_workers=2,
                         prefetch_factor=2, multiprocessing_context="fork")
     seen = []
@@ -254,8 +264,7 @@ def _ddp_worker(rank: int, world: int, port: int, kind: str, out_path: str) -> N
         for ids in loader:
             tokens = torch.tensor([float(lengths[ids].sum())], dtype=torch.float64)
             dist.all_reduce(tokens)  # a collective every step: unequal counts would hang here
-            noise = 200.0 * (1 + len(batches))  # a noise scale that grows, the same on every rank
-            schedule.step(int(tokens.item()), noise=noise)
+            schedule.step(int(tokens.item()), noise=noise * (1 + len(batches)))  # grows, the same on every rank
             batches.append(ids)
         seen.append({"batches": batches, "changes": [list(c) for c in schedule.changes], "len": len(sampler)})
     gathered = [None] * world
@@ -263,6 +272,25 @@ def _ddp_worker(rank: int, world: int, port: int, kind: str, out_path: str) -> N
     if rank == 0:
         Path(out_path).write_text(json.dumps(gathered))
     end_ddp_worker()
+
+
+def replay_budget_run(build, lengths: np.ndarray, steps: int, noise: float) -> tuple[list, list]:
+    """The first epoch of :func:`ddp_budget_run` replayed in one process (``build(schedule, rank)``
+    makes rank's sampler for 2 ranks): the batches each rank gets, and the iterators left over."""
+    schedule = AdaptiveBudget(512, maximum=2048, k=1.0, multiple=128, world_size=2, lag_batches=4)
+    its = [iter(build(schedule, r)) for r in range(2)]
+    replay = [[], []]
+    for step in range(steps):
+        pair = [next(it) for it in its]
+        schedule.step(sum(int(lengths[p].sum()) for p in pair), noise=noise * (1 + step))
+        for r in (0, 1):
+            replay[r].append(pair[r])
+    return replay, its
+
+
+def _ddp_worker(rank: int, world: int, port: int, kind: str, out_path: str) -> None:
+    lengths = _lengths()
+    ddp_budget_run(rank, world, port, out_path, lengths, lambda sch: SAMPLERS[kind](lengths, seed=2, budget=sch), 200.0)
 
 
 @pytest.mark.parametrize("kind", SAMPLERS)
@@ -278,13 +306,6 @@ def test_two_gloo_ranks_keep_equal_counts_through_a_budget_change(kind, tmp_path
         ids = sorted(i for batch in a["batches"] + b["batches"] for i in batch)
         assert ids == list(range(600))  # every example once per epoch, across both ranks
     # replaying the same decisions in one process gives the very same batches on each rank
-    schedule = AdaptiveBudget(512, maximum=2048, k=1.0, multiple=128, world_size=2, lag_batches=4)
-    samplers = [SAMPLERS[kind](lengths, seed=2, num_replicas=2, rank=r, budget=schedule) for r in range(2)]
-    its = [iter(s) for s in samplers]
-    replay = [[], []]
-    for step in range(len(rank0[0]["batches"])):
-        pair = [next(it) for it in its]
-        schedule.step(sum(int(lengths[p].sum()) for p in pair), noise=200.0 * (1 + step))
-        for r in (0, 1):
-            replay[r].append(pair[r])
+    build = lambda sch, r: SAMPLERS[kind](lengths, seed=2, num_replicas=2, rank=r, budget=sch)  # noqa: E731
+    replay, _ = replay_budget_run(build, lengths, len(rank0[0]["batches"]), 200.0)
     assert replay == [rank0[0]["batches"], rank1[0]["batches"]]

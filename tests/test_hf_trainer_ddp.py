@@ -111,3 +111,69 @@ def test_checkpoint_of_two_processes_resumes_in_one_and_in_three(alpaca, tmp_pat
         assert sorted(losses) == list(range(1, 3 + steps))  # the loss curve goes on at step 3, one point a step
         assert [losses[1], losses[2]] == [got["first"][0]["losses"][k] for k in ("1", "2")]  # the saved history
         assert all(math.isfinite(v) for v in losses.values())
+
+
+
+def _noise_rank(rank: int, port: int, tmp: str) -> None:
+    """A PackwiseTrainer on 2 gloo processes with NoiseScaleCallback feeding an adaptive budget."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    from packwise.integrations.hf import NoiseScaleCallback, PackwiseTrainer
+    from packwise.samplers import PackedBatchSampler
+    from packwise.selection import AdaptiveBudget
+
+    data = json.loads(Path(tmp, "data.json").read_text())
+    budget = AdaptiveBudget(128, maximum=256, k=1.0, multiple=32, world_size=2, lag_batches=1)
+    sampler = PackedBatchSampler(_lengths(data), seed=4, budget=budget)
+    collator = Recording()
+    callback = NoiseScaleCallback(budget, beta=0.5)
+    args = _args(Path(tmp, "run"), num_train_epochs=2, logging_steps=1)
+    trainer = PackwiseTrainer(_model(), args, train_dataset=data, sampler=sampler, collator=collator, callbacks=[callback])
+    trainer.train()
+    logged = [e["noise_scale"] for e in trainer.state.log_history if "noise_scale" in e]
+    out = {"seen": collator.seen, "history": callback.history, "changes": [list(c) for c in budget.changes], "logged": logged}
+    Path(tmp, f"noise{rank}.json").write_text(json.dumps(out))
+
+
+def test_noise_scale_callback_under_ddp_feeds_the_same_budget_on_every_rank(alpaca, tmp_path):
+    """B_noise from each rank's local gradient against the all-reduced one: both ranks log the same
+    values, step the adaptive budget identically, and their samplers follow it with equal counts."""
+    (tmp_path / "data.json").write_text(json.dumps(alpaca))
+    mp.start_processes(_noise_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    r0, r1 = (json.loads((tmp_path / f"noise{r}.json").read_text()) for r in (0, 1))
+    assert r0["history"] == r1["history"] and r0["logged"] == r1["logged"]  # the same numbers on every rank
+    noise = [h["noise_scale"] for h in r0["history"]]
+    assert len(noise) == len(r0["logged"]) == len(r0["seen"]) and all(math.isfinite(v) and v > 0 for v in noise[1:])
+    # step 2's estimate (thousands of tokens) asks for more than the 128-token start: a change 1 step of lag later
+    assert r0["changes"] == r1["changes"] == [[0, 64, 1], [6, 128, 1]]
+    assert [h["budget"] for h in r0["history"]][:3] == [128, 128, 256]
+    lengths = _lengths(alpaca)
+    for seen in (r0["seen"], r1["seen"]):
+        tokens = [int(lengths[b].sum()) for b in seen]
+        assert max(tokens[:3]) <= 64 < max(tokens[3:]) <= 128  # rank steps 4.. are global batches 6..
+    assert len(r0["seen"]) == len(r1["seen"])  # equal counts: no hang
+    both = r0["seen"] + r1["seen"]  # 2 epochs, the second shorter (bigger batches from its start)
+    assert sorted(i for b in both for i in b) == sorted(list(range(len(alpaca))) * 2)
+
+
+def test_noise_scale_callback_refuses_what_it_cannot_measure_under_ddp():
+    from types import SimpleNamespace
+
+    from packwise.integrations.hf import NoiseScaleCallback
+
+    model, args = _model(), SimpleNamespace(world_size=2, gradient_accumulation_steps=1)
+    callback = NoiseScaleCallback()
+    with pytest.raises(ValueError, match=(
+        r"NoiseScaleCallback under world_size=2 reads each rank's gradient in DDP's all-reduce, but the Trainer "
+        r"wrapped the model in LlamaForCausalLM; train with plain DDP \(no FSDP or DeepSpeed\), or on one process "
+        r"with gradient_accumulation_steps >= 2"
+    )):
+        callback.bind_wrapped(model, args)
+    callback.on_train_begin(args, None, None, model=model)  # a plain Trainer never binds the DDP model
+    with pytest.raises(ValueError, match=(
+        r"NoiseScaleCallback under DDP needs a PackwiseTrainer \(it hands the callback the DDP-wrapped model, whose "
+        r"all-reduce the callback reads\); train with packwise.integrations.hf.PackwiseTrainer"
+    )):
+        model(input_ids=torch.tensor([[1, 2, 3]]))
