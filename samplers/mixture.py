@@ -8,7 +8,7 @@ state names a position in that sequence, so a resume is exact under the same or 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Literal, Protocol, runtime_checkable
 
@@ -20,6 +20,7 @@ from . import _kernels, _mixture_kernels, _wrapped
 from . import _mixture_weights as mw
 from ._lengths import resolve_lengths
 from ._planned import _PlannedBatchSampler, budget_max_tokens
+from .stats import TokenSlots
 from .bucket import _edges
 
 _DRAWS = 4096  # draws per kernel call (the kernel is re-entered until the window's budget is drawn)
@@ -72,7 +73,7 @@ class MixturePolicy(Protocol):
 
 
 @dataclass(frozen=True)
-class MixtureStats:
+class MixtureStats(TokenSlots):
     """What the planned windows of an epoch hold, per source and in all.
 
     ``target`` is the mean target proportion (static, scheduled or the policy's) weighted by what
@@ -112,21 +113,6 @@ class MixtureStats:
     dropped_oversize: int
     truncated_tokens: int
 
-    @property
-    def efficiency(self) -> float:
-        """Real tokens over computed slots."""
-        return self.tokens / self.slots if self.slots else 1.0
-
-    @property
-    def padding_fraction(self) -> float:
-        return 1.0 - self.efficiency
-
-    def summary(self) -> dict:
-        """Plain JSON-ready dict, with the derived ratios."""
-        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        out["efficiency"] = self.efficiency
-        out["padding_fraction"] = self.padding_fraction
-        return out
 
 
 @dataclass

@@ -5,8 +5,31 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
+class TokenSlots:
+    """The ratios every statistics dataclass with ``tokens`` (real) and ``slots`` (computed) shares."""
+
+    tokens: int
+    slots: int
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens over computed slots."""
+        return self.tokens / self.slots if self.slots else 1.0
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.efficiency
+
+    def summary(self) -> dict:
+        """Plain JSON-ready dict (tuples as lists), with the derived ratios."""
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        out["efficiency"] = self.efficiency
+        out["padding_fraction"] = self.padding_fraction
+        return out
+
+
 @dataclass(frozen=True)
-class EpochStats:
+class EpochStats(TokenSlots):
     """What one epoch of a batch sampler does, over all ranks.
 
     ``tokens`` are real tokens yielded; ``slots`` the tokens a model computes on (a padded batch
@@ -45,19 +68,3 @@ class EpochStats:
     imbalance: float
     step_imbalance: float
 
-    @property
-    def efficiency(self) -> float:
-        """Real tokens over computed slots."""
-        return self.tokens / self.slots if self.slots else 1.0
-
-    @property
-    def padding_fraction(self) -> float:
-        return 1.0 - self.efficiency
-
-    def summary(self) -> dict:
-        """Plain JSON-ready dict, with the derived ratios."""
-        out = asdict(self)
-        out["work_per_rank"] = list(self.work_per_rank)
-        out["efficiency"] = self.efficiency
-        out["padding_fraction"] = self.padding_fraction
-        return out

@@ -63,6 +63,14 @@ def tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tok_file(tmp_path_factory, tokenizer) -> Path:
+    """The fixture tokenizer saved as a ``tokenizer.json`` (what ``--tokenizer`` takes)."""
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def real_lengths(tokenizer) -> dict[str, np.ndarray]:
     """Real token lengths of every shared dataset under the fixture tokenizer."""
     from packwise.pipeline.tokenizer import token_lengths

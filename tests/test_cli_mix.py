@@ -29,13 +29,6 @@ def cli(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tok_file(tmp_path_factory, tokenizer) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tokenizer.save(str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def five(shared_data) -> list[Path]:
     return [shared_data / f for f in FILES]
 

@@ -31,13 +31,6 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def tok_file(tmp_path_factory, tokenizer) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tokenizer.save(str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def ag_csv(tmp_path_factory, shared_data) -> Path:
     path = tmp_path_factory.mktemp("ag") / "ag_news.csv"
     with open(shared_data / "ag_news_test.csv", encoding="utf-8", newline="") as f, open(path, "w", newline="") as g:
