@@ -198,6 +198,7 @@ class _Planner:
         self.cycle = np.zeros(m.num_sources, np.int64)
         self.out_source = np.empty(_DRAWS, np.int64)
         self.out_pos = np.empty(_DRAWS, np.int64)
+        self.seen = np.zeros(m._len.shape[0], np.bool_)  # scratch for _distinct, all False between calls
         for s in np.flatnonzero(src.counts).tolist():
             self._load_cycle(s, int(cursor.drawn[s] // src.counts[s]))
         if marks is not None:
@@ -235,14 +236,10 @@ class _Planner:
         cur.drawn = self.cycle * src.counts + pos
         return (np.concatenate(got) if got else np.zeros(0, np.int64)), (weights > 0) & (left == 0)
 
-    @staticmethod
-    def _distinct(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _distinct(self, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(pool without repeated ids, the repeats)``: a source that wrapped into its next cycle
         while an example of the last one waits in the carry must not put it twice in one batch."""
-        _, first = np.unique(pool, return_index=True)
-        keep = np.zeros(pool.shape[0], np.bool_)
-        keep[first] = True
-        return pool[keep], pool[~keep]
+        return _mixture_kernels.distinct(pool, self.seen)
 
     def next_window(self) -> _Window:
         """Plan the cursor's window and move the cursor to the next one."""
@@ -266,17 +263,16 @@ class _Planner:
             self.marks[cur.window] = cur
         rows = m.rows_per_batch
         batch_offsets = offsets[::rows].copy()
-        tokens, squares = _kernels.csr_sums(batch_offsets, m._len[order])
+        tokens, squares, source_tokens, source_examples = _mixture_kernels.window_sums(order, batch_offsets, m._len, m.groups, m.num_sources)
         work = tokens if m.batching == "pack" else slots.reshape(-1, rows).sum(axis=1)
-        src = m.groups[order]
         return _Window(
             index=j,
             order=order,
             offsets=batch_offsets,
             costs=work + m.attention_weight * squares,
             weights=weights,
-            source_tokens=np.bincount(src, weights=m._len[order], minlength=m.num_sources).astype(np.int64),
-            source_examples=np.bincount(src, minlength=m.num_sources),
+            source_tokens=source_tokens,
+            source_examples=source_examples,
             capped=capped,
             slots=int(slots.sum()),
             empty=int((np.diff(batch_offsets) == 0).sum()),
@@ -303,25 +299,11 @@ class _Planner:
         if pool.shape[0] == 0:
             return pool, np.zeros(bins + 1, np.int64), np.zeros(bins, np.int64), pool
         order, bin_offsets, slots = self._bins(m._len[pool])
-        sizes = np.diff(bin_offsets)
-        fill, _ = _kernels.csr_sums(bin_offsets, m._len[pool[order]])
-        keep = np.sort(np.argsort(-(fill if m.batching == "pack" else slots), kind="stable")[:bins])
-        kept = np.zeros(sizes.shape[0], np.bool_)
-        kept[keep] = True
-        carry = pool[np.sort(order[~np.repeat(kept, sizes)])]
+        keep, carry = _mixture_kernels.choose_bins(pool, order, bin_offsets, slots, m._len, bins, m.batching == "pack")
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([m.seed, self.epoch, 31, j])))
         keep = keep[rng.permutation(keep.shape[0])]
-        if m.num_sources > 1 and keep.shape[0] > 1:  # spread each source evenly over the window's batches
-            ids = pool[order]
-            cell = np.repeat(np.arange(sizes.shape[0]), sizes) * m.num_sources + m.groups[ids]
-            vectors = np.bincount(cell, weights=m._len[ids], minlength=sizes.shape[0] * m.num_sources)
-            vectors = vectors.reshape(-1, m.num_sources)[keep]
-            keep = keep[_mixture_kernels.interleave(vectors, np.arange(keep.shape[0]))]
-        starts, sizes = bin_offsets[:-1][keep], sizes[keep]
-        take = np.repeat(starts - np.concatenate(([0], np.cumsum(sizes)[:-1])), sizes) + np.arange(int(sizes.sum()))
-        offsets = np.concatenate(([0], np.cumsum(sizes), np.full(bins - keep.shape[0], sizes.sum()))).astype(np.int64)
-        padded = np.concatenate([slots[keep], np.zeros(bins - keep.shape[0], np.int64)])
-        return pool[order[take]], offsets, padded, carry
+        ids, offsets, padded = _mixture_kernels.arrange_bins(pool, order, bin_offsets, slots, keep, m._len, m.groups, m.num_sources, bins)
+        return ids, offsets, padded, carry
 
 
 class MixtureSampler(_PlannedBatchSampler):
