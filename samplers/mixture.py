@@ -8,6 +8,7 @@ state names a position in that sequence, so a resume is exact under the same or 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Literal, Protocol, runtime_checkable
@@ -568,7 +569,7 @@ class MixtureSampler(_PlannedBatchSampler):
         k = self.interval_of(step)
         if k not in self._asked:
             w = np.asarray(self.policy.weights(k, base.copy()), dtype=np.float64)
-            if w.shape != base.shape or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            if w.shape != base.shape or not _valid_weights(w.tolist()):
                 raise RuntimeError(
                     f"{type(self.policy).__name__}.weights({k}, base) returned {w.tolist()}; it must return "
                     f"{base.shape[0]} finite weights >= 0, not all zero"
@@ -808,6 +809,11 @@ class MixtureSampler(_PlannedBatchSampler):
             dropped_oversize=self.dropped_oversize,
             truncated_tokens=self.truncated_tokens,
         )
+
+
+def _valid_weights(values: list[float]) -> bool:
+    """Finite, >= 0, not all zero: a policy's answer, checked in plain floats (K is small)."""
+    return all(0.0 <= x < math.inf for x in values) and sum(values) > 0
 
 
 def _positive(field: str, value) -> int:

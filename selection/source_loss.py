@@ -158,8 +158,7 @@ class SourceLossTracker:
                 torch.distributed.all_reduce(sums, group=self.group)
         loss_sum, tokens = sums.cpu().numpy()
         self._sums = None
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.last_loss = np.where(tokens > 0, loss_sum / np.where(tokens > 0, tokens, 1), np.nan)
+        self.last_loss = np.divide(loss_sum, tokens, out=np.full(self.num_sources, np.nan), where=tokens > 0)
         self.intervals_observed += 1
         if self.policy is not None:
             self.policy.observe(interval, loss_sum.copy(), tokens.copy())

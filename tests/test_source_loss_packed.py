@@ -56,3 +56,17 @@ def test_add_packed_refuses_a_batch_without_seq_idx_and_bad_sources():
         tracker.add_packed(tok, batch, np.full(sources.shape[0], 7))
     with pytest.raises(ValueError, match=r"^token losses have shape \(1, 2\) but batch\['labels'\] has"):
         tracker.add_packed(torch.zeros(1, 2), batch, sources)
+
+
+def test_add_packed_adds_in_example_order_when_segments_are_not():
+    """The host-side fast path sorts segments by example: a layout whose segments run in reverse
+    example order still gives add()'s sums bit for bit."""
+    tok, batch, sources = _packed_batch(4)
+    n = sources.shape[0]
+    ei = batch["example_index"]
+    flipped = dict(batch, example_index=torch.where(ei >= 0, n - 1 - ei, ei))
+    loss, tokens = example_losses(tok, flipped)
+    old, new = SourceLossTracker(None, 4, 1), SourceLossTracker(None, 4, 1)
+    old.add(loss, sources, tokens)
+    new.add_packed(tok, flipped, sources)
+    assert torch.equal(old._sums, new._sums)
