@@ -17,6 +17,7 @@ import numpy as np
 from torch.utils.data import ConcatDataset
 
 from ..packing import pack
+from ..packing.core import _pack_entries
 from . import _kernels, _mixture_kernels, _wrapped
 from . import _mixture_weights as mw
 from ._lengths import resolve_lengths
@@ -25,6 +26,7 @@ from .bucket import _edges
 
 _DRAWS = 4096  # draws per kernel call (the kernel is re-entered until the window's budget is drawn)
 _NONE = np.zeros(0, np.int64)
+_PACK_WINDOW, _PACK_AGE = 10_000, 4  # pack()'s defaults (window_bfd)
 _KEEP = 256  # window starts and per-step loads kept behind the newest (prefetch never runs further)
 
 
@@ -284,9 +286,9 @@ class _Planner:
         """``(order, offsets, slots)`` of the pool's bins: packed rows of ``max_tokens``, or
         padded batches of one length bucket each (``len * max length <= max_tokens``)."""
         m = self.m
-        if m.batching == "pack":
-            p = pack(lengths, m.max_tokens, m.algorithm, "error")
-            return p.order, p.offsets, np.full(p.num_bins, m.max_tokens, np.int64)
+        if m.batching == "pack":  # lengths were checked at construction (1 .. max_tokens): skip pack()'s checks
+            order, offsets, _ = _pack_entries(lengths, m.max_tokens, m.algorithm, _PACK_WINDOW, _PACK_AGE)
+            return order, offsets, np.full(offsets.shape[0] - 1, m.max_tokens, np.int64)
         keys = np.searchsorted(m.boundaries, lengths, side="left")
         order, groups = _kernels.group_by_key(np.arange(lengths.shape[0], dtype=np.int64), keys, m.boundaries.shape[0] + 1)
         caps = np.zeros(m.boundaries.shape[0] + 1, np.int64)
