@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from . import _source_loss_kernels
 from ._checks import as_int
 
 
@@ -119,7 +120,8 @@ class SourceLossTracker:
     def add_packed(self, token_losses, batch, sources) -> None:
         """Add one packed micro-batch straight from its per-token losses (``[rows, width]``, e.g.
         :func:`packwise.packing.token_losses`): the same sums as ``add(*example_losses(...))``, bit
-        for bit, in a few device kernels and without a host sync (``sources``: the source of each
+        for bit: on CPU in one numba pass, on an accelerator in a few device kernels without a host
+        sync (``sources``: the source of each
         example in collator order, e.g. ``sampler.sources_of(batch_indices)``; examples past its end
         are left out, as ``add(loss[:n], sources, tokens[:n])`` would).  Needs the
         collator's ``seq_idx`` layout (``batch["seq_idx"]``, ``batch["example_index"]``)."""
@@ -134,14 +136,17 @@ class SourceLossTracker:
         device = tok.device
         src = self._source_ids(sources)
         segments = batch["example_index"]
-        if segments.device.type != "cpu":  # no host copy of the layout: the device-side path
-            loss, count = _example_sums(tok, labels, batch["seq_idx"], segments, src.shape[0])
-            src_t = torch.from_numpy(src).to(device, non_blocking=True)
-            self._buffer(device).index_add_(1, src_t, torch.stack((loss.double() * count, count)))
+        if _all_on_cpu(tok, labels, batch["seq_idx"], segments):  # one kernel, no torch dispatch per op
+            sums = self._buffer(device)
+            values = tok if tok.dtype == torch.float32 else tok.float()
+            _source_loss_kernels.add_source_sums(
+                values.reshape(-1).numpy(), labels.reshape(-1).numpy(), batch["seq_idx"].reshape(-1).numpy(),
+                segments.numpy(), src, sums.numpy(),
+            )
             return
-        picked, seg_src = _segments_in_example_order(segments.numpy(), src)
-        sums = _segment_sums(tok, labels, batch["seq_idx"], segments.shape[0])
-        self._buffer(device).index_add_(1, torch.from_numpy(seg_src).to(device), sums.index_select(1, torch.from_numpy(picked).to(device)))
+        loss, count = _example_sums(tok, labels, batch["seq_idx"], segments, src.shape[0])
+        src_t = torch.from_numpy(src).to(device, non_blocking=True)
+        self._buffer(device).index_add_(1, src_t, torch.stack((loss.double() * count, count)))
 
     def step(self) -> None:
         """End one step; after the interval's last step, reduce once and call ``policy.observe``."""
@@ -206,42 +211,19 @@ def _example_sums(tok, labels, seq_idx, example_index, num_examples: int):
     import torch
 
     device = tok.device
+    mask = labels != -100
+    seq = seq_idx.reshape(-1).long().to(device)
     segments = example_index.to(device)
-    seg_sum, seg_cnt = _segment_totals(tok, labels, seq_idx, segments.shape[0])
+    seg_sum = torch.zeros(segments.shape[0], dtype=torch.float32, device=device).index_add_(0, seq, (tok.float() * mask).reshape(-1))
+    seg_cnt = torch.zeros(segments.shape[0], dtype=torch.int64, device=device).index_add_(0, seq, mask.reshape(-1).long())
     slot = (segments + 1).clamp_(max=num_examples + 1)
     loss = torch.zeros(num_examples + 2, dtype=torch.float32, device=device).index_copy_(0, slot, seg_sum / seg_cnt.clamp(min=1))
     count = torch.zeros(num_examples + 2, dtype=torch.float64, device=device).index_copy_(0, slot, seg_cnt.double())
     return loss[1 : num_examples + 1], count[1 : num_examples + 1]
 
 
-def _segments_in_example_order(example_index: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The segments of examples ``0 .. len(src) - 1`` in example order and their sources, on the
-    host: the tracker then adds examples in the order ``add`` would (same sums, bit for bit)."""
-    real = np.flatnonzero((example_index >= 0) & (example_index < src.shape[0]))
-    picked = real[np.argsort(example_index[real], kind="stable")]
-    return picked, src[example_index[picked]]
-
-
-def _segment_sums(tok, labels, seq_idx, num_segments: int):
-    """``[2, num_segments]`` float64: each segment's (mean loss * supervised tokens, supervised
-    tokens), with :func:`packwise.packing.example_losses`'s float32 mean."""
-    import torch
-
-    seg_sum, seg_cnt = _segment_totals(tok, labels, seq_idx, num_segments)
-    count = seg_cnt.double()
-    return torch.stack(((seg_sum / seg_cnt.clamp(min=1)).double() * count, count))
-
-
-def _segment_totals(tok, labels, seq_idx, num_segments: int):
-    """Per segment: summed supervised token loss (float32) and supervised tokens (int64)."""
-    import torch
-
-    device = tok.device
-    mask = labels != -100
-    seq = seq_idx.reshape(-1).to(device)
-    seg_sum = torch.zeros(num_segments, dtype=torch.float32, device=device).index_add_(0, seq, (tok.float() * mask).reshape(-1))
-    seg_cnt = torch.zeros(num_segments, dtype=torch.int64, device=device).index_add_(0, seq, mask.reshape(-1).long())
-    return seg_sum, seg_cnt
+def _all_on_cpu(*tensors) -> bool:
+    return all(t.device.type == "cpu" for t in tensors)
 
 
 @contextmanager

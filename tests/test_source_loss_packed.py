@@ -70,3 +70,20 @@ def test_add_packed_adds_in_example_order_when_segments_are_not():
     old.add(loss, sources, tokens)
     new.add_packed(tok, flipped, sources)
     assert torch.equal(old._sums, new._sums)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_add_packed_cpu_kernel_and_device_path_give_the_same_sums_bit_for_bit(seed, monkeypatch):
+    """On CPU add_packed runs one numba pass; tensors on an accelerator take the torch path.  Both
+    are checked here on CPU (the torch path forced), sources shorter than the batch included."""
+    from packwise.selection import source_loss
+
+    kernel, torch_path = SourceLossTracker(None, 4, 9), SourceLossTracker(None, 4, 9)
+    batches = [_packed_batch(seed * 10 + step) for step in range(3)]
+    for tok, batch, sources in batches:
+        kernel.add_packed(tok, batch, sources[: max(1, sources.shape[0] - seed)])
+    monkeypatch.setattr(source_loss, "_all_on_cpu", lambda *tensors: False)
+    for tok, batch, sources in batches:
+        torch_path.add_packed(tok, batch, sources[: max(1, sources.shape[0] - seed)])
+    assert torch.equal(kernel._sums, torch_path._sums)
+    assert kernel._sums[1].sum() > 0
