@@ -24,6 +24,8 @@ def add_source_sums(tok, labels, seq, example_index, sources, sums):
     zero = np.float32(0.0)
     for t in range(tok.shape[0]):
         g = seq[t]
+        if g < 0 or g >= num_segments:
+            raise ValueError("batch['seq_idx'] holds a segment id outside batch['example_index']; pass the collator's batch unchanged")
         if labels[t] != -100:
             seg_sum[g] += tok[t] * one
             seg_cnt[g] += 1

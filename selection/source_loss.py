@@ -136,6 +136,8 @@ class SourceLossTracker:
         device = tok.device
         src = self._source_ids(sources)
         segments = batch["example_index"]
+        if batch["seq_idx"].numel() != tok.numel():
+            raise ValueError(f"batch['seq_idx'] has {batch['seq_idx'].numel()} entries but the token losses {tok.numel()}; pass the collator's batch unchanged")
         if _all_on_cpu(tok, labels, batch["seq_idx"], segments):  # one kernel, no torch dispatch per op
             sums = self._buffer(device)
             values = tok if tok.dtype == torch.float32 else tok.float()

@@ -87,3 +87,15 @@ def test_add_packed_cpu_kernel_and_device_path_give_the_same_sums_bit_for_bit(se
         torch_path.add_packed(tok, batch, sources[: max(1, sources.shape[0] - seed)])
     assert torch.equal(kernel._sums, torch_path._sums)
     assert kernel._sums[1].sum() > 0
+
+
+def test_add_packed_refuses_a_layout_that_does_not_match_the_losses():
+    tok, batch, sources = _packed_batch(2)
+    tracker = SourceLossTracker(None, 4, 1)
+    short = dict(batch, seq_idx=batch["seq_idx"][:, :-1])
+    with pytest.raises(ValueError, match=r"^batch\['seq_idx'\] has \d+ entries but the token losses \d+; pass the collator's batch unchanged$"):
+        tracker.add_packed(tok, short, sources)
+    bad = dict(batch, seq_idx=torch.full_like(batch["seq_idx"], batch["example_index"].shape[0]))
+    with pytest.raises(ValueError, match=r"^batch\['seq_idx'\] holds a segment id outside batch\['example_index'\]; pass the collator's batch unchanged$"):
+        tracker.add_packed(tok, bad, sources)
+    assert tracker._sums is None or not tracker._sums.any()
