@@ -120,3 +120,104 @@ def interleave(vectors, start):
         for s in range(sources):
             running[s] += vectors[best, s]
     return out
+
+
+@njit(cache=True)
+def distinct(pool, seen):
+    """``(pool without repeated ids, the repeats)``, both in pool order (the first occurrence
+    stays).  ``seen`` is a scratch bool array over all example ids, all False on entry and on exit."""
+    n = pool.shape[0]
+    keep = np.empty(n, np.int64)
+    rest = np.empty(n, np.int64)
+    a = 0
+    b = 0
+    for i in range(n):
+        e = pool[i]
+        if seen[e]:
+            rest[b] = e
+            b += 1
+        else:
+            seen[e] = True
+            keep[a] = e
+            a += 1
+    for i in range(a):
+        seen[keep[i]] = False
+    return keep[:a].copy(), rest[:b].copy()
+
+
+@njit(cache=True)
+def choose_bins(pool, order, bin_offsets, slots, lengths, bins, by_fill):
+    """The ``bins`` fullest bins of a cut pool (by real tokens, or by ``slots``; ties to the first),
+    in bin order, and the example ids of the others in pool order (the carry)."""
+    nb = bin_offsets.shape[0] - 1
+    key = np.empty(nb, np.int64)
+    for b in range(nb):
+        if by_fill:
+            fill = 0
+            for k in range(bin_offsets[b], bin_offsets[b + 1]):
+                fill += lengths[pool[order[k]]]
+            key[b] = -fill
+        else:
+            key[b] = -slots[b]
+    keep = np.sort(np.argsort(key, kind="mergesort")[:bins])
+    kept = np.zeros(nb, np.bool_)
+    kept[keep] = True
+    left = np.zeros(pool.shape[0], np.bool_)
+    for b in range(nb):
+        if not kept[b]:
+            for k in range(bin_offsets[b], bin_offsets[b + 1]):
+                left[order[k]] = True
+    return keep, pool[np.flatnonzero(left)]
+
+
+@njit(cache=True)
+def arrange_bins(pool, order, bin_offsets, slots, keep, lengths, groups, num_sources, bins):
+    """Lay the kept bins out in ``keep``'s order, each source spread evenly over them
+    (:func:`interleave`, ties in ``keep``'s order) when there are several sources and bins.
+    Returns ``(example ids, bin offsets padded to bins + 1, slots per bin padded to bins)``."""
+    nk = keep.shape[0]
+    if num_sources > 1 and nk > 1:
+        vectors = np.zeros((nk, num_sources), np.float64)
+        for i in range(nk):
+            b = keep[i]
+            for k in range(bin_offsets[b], bin_offsets[b + 1]):
+                e = pool[order[k]]
+                vectors[i, groups[e]] += lengths[e]
+        keep = keep[interleave(vectors, np.arange(nk))]
+    offsets = np.empty(bins + 1, np.int64)
+    padded = np.zeros(bins, np.int64)
+    offsets[0] = 0
+    total = 0
+    for i in range(nk):
+        b = keep[i]
+        total += bin_offsets[b + 1] - bin_offsets[b]
+        offsets[i + 1] = total
+        padded[i] = slots[b]
+    offsets[nk + 1 :] = total
+    out = np.empty(total, np.int64)
+    n = 0
+    for i in range(nk):
+        b = keep[i]
+        for k in range(bin_offsets[b], bin_offsets[b + 1]):
+            out[n] = pool[order[k]]
+            n += 1
+    return out, offsets, padded
+
+
+@njit(cache=True)
+def window_sums(order, batch_offsets, lengths, groups, num_sources):
+    """Per batch: real tokens and the sum of squared lengths; per source: tokens and examples."""
+    nb = batch_offsets.shape[0] - 1
+    tokens = np.zeros(nb, np.int64)
+    squares = np.zeros(nb, np.float64)
+    src_tokens = np.zeros(num_sources, np.int64)
+    src_examples = np.zeros(num_sources, np.int64)
+    for b in range(nb):
+        for k in range(batch_offsets[b], batch_offsets[b + 1]):
+            e = order[k]
+            v = lengths[e]
+            tokens[b] += v
+            squares[b] += float(v) * float(v)
+            src_tokens[groups[e]] += v
+            src_examples[groups[e]] += 1
+    return tokens, squares, src_tokens, src_examples

@@ -155,6 +155,8 @@ class WeightSchedule:
 
     def at(self, step: int) -> np.ndarray:
         """The target weights at global ``step``."""
+        if self.steps.shape[0] == 1:  # static: no search
+            return self.points[0]
         i = int(np.searchsorted(self.steps, step, side="right")) - 1
         if i < 0:
             return self.points[0]

@@ -8,6 +8,7 @@ state names a position in that sequence, so a resume is exact under the same or 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Literal, Protocol, runtime_checkable
@@ -16,6 +17,7 @@ import numpy as np
 from torch.utils.data import ConcatDataset
 
 from ..packing import pack
+from ..packing.core import _pack_entries
 from . import _kernels, _mixture_kernels, _wrapped
 from . import _mixture_weights as mw
 from ._lengths import resolve_lengths
@@ -25,6 +27,7 @@ from .bucket import _edges
 
 _DRAWS = 4096  # draws per kernel call (the kernel is re-entered until the window's budget is drawn)
 _NONE = np.zeros(0, np.int64)
+_PACK_WINDOW, _PACK_AGE = 10_000, 4  # pack()'s defaults (window_bfd)
 _KEEP = 256  # window starts and per-step loads kept behind the newest (prefetch never runs further)
 
 
@@ -185,6 +188,7 @@ class _Planner:
         self.cycle = np.zeros(m.num_sources, np.int64)
         self.out_source = np.empty(_DRAWS, np.int64)
         self.out_pos = np.empty(_DRAWS, np.int64)
+        self.seen = np.zeros(m._len.shape[0], np.bool_)  # scratch for _distinct, all False between calls
         for s in np.flatnonzero(src.counts).tolist():
             self._load_cycle(s, int(cursor.drawn[s] // src.counts[s]))
         if marks is not None:
@@ -222,14 +226,10 @@ class _Planner:
         cur.drawn = self.cycle * src.counts + pos
         return (np.concatenate(got) if got else np.zeros(0, np.int64)), (weights > 0) & (left == 0)
 
-    @staticmethod
-    def _distinct(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _distinct(self, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(pool without repeated ids, the repeats)``: a source that wrapped into its next cycle
         while an example of the last one waits in the carry must not put it twice in one batch."""
-        _, first = np.unique(pool, return_index=True)
-        keep = np.zeros(pool.shape[0], np.bool_)
-        keep[first] = True
-        return pool[keep], pool[~keep]
+        return _mixture_kernels.distinct(pool, self.seen)
 
     def next_window(self) -> _Window:
         """Plan the cursor's window and move the cursor to the next one."""
@@ -254,17 +254,16 @@ class _Planner:
             self.marks[cur.window] = cur
         rows = m.rows_per_batch
         batch_offsets = offsets[::rows].copy()
-        tokens, squares = _kernels.csr_sums(batch_offsets, m._len[order])
+        tokens, squares, source_tokens, source_examples = _mixture_kernels.window_sums(order, batch_offsets, m._len, m.groups, m.num_sources)
         work = tokens if m.batching == "pack" else slots.reshape(-1, rows).sum(axis=1)
-        src = m.groups[order]
         return _Window(
             index=j,
             order=order,
             offsets=batch_offsets,
             costs=work + m.attention_weight * squares,
             weights=weights,
-            source_tokens=np.bincount(src, weights=m._len[order], minlength=m.num_sources).astype(np.int64),
-            source_examples=np.bincount(src, minlength=m.num_sources),
+            source_tokens=source_tokens,
+            source_examples=source_examples,
             capped=capped,
             slots=int(slots.sum()),
             empty=int((np.diff(batch_offsets) == 0).sum()),
@@ -276,8 +275,12 @@ class _Planner:
         padded batches of one length bucket each (``len * max length <= max_tokens``)."""
         m = self.m
         if m.batching == "pack":
-            p = pack(lengths, self.max_tokens, m.algorithm, "error")
-            return p.order, p.offsets, np.full(p.num_bins, self.max_tokens, np.int64)
+            if self.max_tokens < m.max_tokens:  # a budget below the checked one: pack() names an oversize example
+                p = pack(lengths, self.max_tokens, m.algorithm, "error")
+                return p.order, p.offsets, np.full(p.num_bins, self.max_tokens, np.int64)
+            # lengths were checked at construction (1 .. max_tokens): skip pack()'s checks
+            order, offsets, _ = _pack_entries(lengths, self.max_tokens, m.algorithm, _PACK_WINDOW, _PACK_AGE)
+            return order, offsets, np.full(offsets.shape[0] - 1, self.max_tokens, np.int64)
         keys = np.searchsorted(m.boundaries, lengths, side="left")
         order, groups = _kernels.group_by_key(np.arange(lengths.shape[0], dtype=np.int64), keys, m.boundaries.shape[0] + 1)
         caps = np.zeros(m.boundaries.shape[0] + 1, np.int64)
@@ -291,25 +294,11 @@ class _Planner:
         if pool.shape[0] == 0:
             return pool, np.zeros(bins + 1, np.int64), np.zeros(bins, np.int64), pool
         order, bin_offsets, slots = self._bins(m._len[pool])
-        sizes = np.diff(bin_offsets)
-        fill, _ = _kernels.csr_sums(bin_offsets, m._len[pool[order]])
-        keep = np.sort(np.argsort(-(fill if m.batching == "pack" else slots), kind="stable")[:bins])
-        kept = np.zeros(sizes.shape[0], np.bool_)
-        kept[keep] = True
-        carry = pool[np.sort(order[~np.repeat(kept, sizes)])]
+        keep, carry = _mixture_kernels.choose_bins(pool, order, bin_offsets, slots, m._len, bins, m.batching == "pack")
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([m.seed, self.epoch, 31, j])))
         keep = keep[rng.permutation(keep.shape[0])]
-        if m.num_sources > 1 and keep.shape[0] > 1:  # spread each source evenly over the window's batches
-            ids = pool[order]
-            cell = np.repeat(np.arange(sizes.shape[0]), sizes) * m.num_sources + m.groups[ids]
-            vectors = np.bincount(cell, weights=m._len[ids], minlength=sizes.shape[0] * m.num_sources)
-            vectors = vectors.reshape(-1, m.num_sources)[keep]
-            keep = keep[_mixture_kernels.interleave(vectors, np.arange(keep.shape[0]))]
-        starts, sizes = bin_offsets[:-1][keep], sizes[keep]
-        take = np.repeat(starts - np.concatenate(([0], np.cumsum(sizes)[:-1])), sizes) + np.arange(int(sizes.sum()))
-        offsets = np.concatenate(([0], np.cumsum(sizes), np.full(bins - keep.shape[0], sizes.sum()))).astype(np.int64)
-        padded = np.concatenate([slots[keep], np.zeros(bins - keep.shape[0], np.int64)])
-        return pool[order[take]], offsets, padded, carry
+        ids, offsets, padded = _mixture_kernels.arrange_bins(pool, order, bin_offsets, slots, keep, m._len, m.groups, m.num_sources, bins)
+        return ids, offsets, padded, carry
 
 
 class MixtureSampler(_PlannedBatchSampler):
@@ -644,7 +633,7 @@ class MixtureSampler(_PlannedBatchSampler):
         k = self.interval_of(step)
         if k not in self._asked:
             w = np.asarray(self.policy.weights(k, base.copy()), dtype=np.float64)
-            if w.shape != base.shape or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            if w.shape != base.shape or not _valid_weights(w.tolist()):
                 raise RuntimeError(
                     f"{type(self.policy).__name__}.weights({k}, base) returned {w.tolist()}; it must return "
                     f"{base.shape[0]} finite weights >= 0, not all zero"
@@ -889,6 +878,11 @@ class MixtureSampler(_PlannedBatchSampler):
             dropped_oversize=self.dropped_oversize,
             truncated_tokens=self.truncated_tokens,
         )
+
+
+def _valid_weights(values: list[float]) -> bool:
+    """Finite, >= 0, not all zero: a policy's answer, checked in plain floats (K is small)."""
+    return all(0.0 <= x < math.inf for x in values) and sum(values) > 0
 
 
 def _positive(field: str, value) -> int:

@@ -59,6 +59,8 @@ def _as_vector(value, k: int, field: str, *, integral: bool = False) -> np.ndarr
     array = np.asarray(value, dtype=np.float64)
     if array.shape != (k,):
         raise ValueError(f"{field} must have one entry per source ({k}), got shape {array.shape}")
+    if _plain_ok(array.tolist(), integral):  # K is small: plain floats beat NumPy's per-call overhead
+        return array
     bad = np.flatnonzero(~np.isfinite(array) | (array < 0))
     if bad.shape[0]:
         i = int(bad[0])
@@ -67,6 +69,14 @@ def _as_vector(value, k: int, field: str, *, integral: bool = False) -> np.ndarr
         i = int(np.flatnonzero(array != np.floor(array))[0])
         raise ValueError(f"{field}[{i}] = {float(array[i])!r} is not a whole number of tokens")
     return array
+
+
+def _plain_ok(values: list[float], integral: bool) -> bool:
+    """Every value finite and >= 0 (and whole, with ``integral``): the common case, checked without NumPy."""
+    for x in values:
+        if not 0.0 <= x < math.inf or (integral and not x.is_integer()):
+            return False
+    return True
 
 
 def _proportions(base, k: int) -> np.ndarray:
@@ -252,6 +262,8 @@ class ODM(_DelayedPolicy):
             raise ValueError(f"prior must be 'uniform' (the paper) or 'base' (start from the sampler's weights), got {prior!r}")
         self.prior = prior
         self._reward = np.zeros(self.num_sources, np.float64)
+        uniform = np.full(self.num_sources, 1.0 / self.num_sources)
+        self._uniform = (uniform, np.log(uniform))  # the paper's prior and its log, computed once
 
     @property
     def estimated_reward(self) -> np.ndarray:
@@ -275,10 +287,14 @@ class ODM(_DelayedPolicy):
     def _compute(self, base: np.ndarray) -> np.ndarray:
         k = self.num_sources
         eps, eps_prev = self.exploration(self._updates), self.exploration(max(self._updates - 1, 0))
-        prior = base if self.prior == "base" else np.full(k, 1.0 / k)
         logits = eps_prev * self._reward
-        with np.errstate(divide="ignore"):
-            logits = logits + np.log(prior)
+        if self.prior == "base":
+            prior = base
+            with np.errstate(divide="ignore"):
+                logits = logits + np.log(prior)
+        else:
+            prior, log_prior = self._uniform
+            logits = logits + log_prior
         gibbs = np.exp(logits - logits.max())
         gibbs /= gibbs.sum()
         return (1.0 - k * eps) * gibbs + k * eps * prior

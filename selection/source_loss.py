@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from . import _source_loss_kernels
 from ._checks import as_int
 
 
@@ -119,7 +120,8 @@ class SourceLossTracker:
     def add_packed(self, token_losses, batch, sources) -> None:
         """Add one packed micro-batch straight from its per-token losses (``[rows, width]``, e.g.
         :func:`packwise.packing.token_losses`): the same sums as ``add(*example_losses(...))``, bit
-        for bit, in a few device kernels and without a host sync (``sources``: the source of each
+        for bit: on CPU in one numba pass, on an accelerator in a few device kernels without a host
+        sync (``sources``: the source of each
         example in collator order, e.g. ``sampler.sources_of(batch_indices)``; examples past its end
         are left out, as ``add(loss[:n], sources, tokens[:n])`` would).  Needs the
         collator's ``seq_idx`` layout (``batch["seq_idx"]``, ``batch["example_index"]``)."""
@@ -133,7 +135,18 @@ class SourceLossTracker:
             raise ValueError(f"token losses have shape {tuple(tok.shape)} but batch['labels'] has {tuple(labels.shape)}")
         device = tok.device
         src = self._source_ids(sources)
-        loss, count = _example_sums(tok, labels, batch["seq_idx"], batch["example_index"], src.shape[0])
+        segments = batch["example_index"]
+        if batch["seq_idx"].numel() != tok.numel():
+            raise ValueError(f"batch['seq_idx'] has {batch['seq_idx'].numel()} entries but the token losses {tok.numel()}; pass the collator's batch unchanged")
+        if _all_on_cpu(tok, labels, batch["seq_idx"], segments):  # one kernel, no torch dispatch per op
+            sums = self._buffer(device)
+            values = tok if tok.dtype == torch.float32 else tok.float()
+            _source_loss_kernels.add_source_sums(
+                values.reshape(-1).numpy(), labels.reshape(-1).numpy(), batch["seq_idx"].reshape(-1).numpy(),
+                segments.numpy(), src, sums.numpy(),
+            )
+            return
+        loss, count = _example_sums(tok, labels, batch["seq_idx"], segments, src.shape[0])
         src_t = torch.from_numpy(src).to(device, non_blocking=True)
         self._buffer(device).index_add_(1, src_t, torch.stack((loss.double() * count, count)))
 
@@ -152,8 +165,7 @@ class SourceLossTracker:
                 torch.distributed.all_reduce(sums, group=self.group)
         loss_sum, tokens = sums.cpu().numpy()
         self._sums = None
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.last_loss = np.where(tokens > 0, loss_sum / np.where(tokens > 0, tokens, 1), np.nan)
+        self.last_loss = np.divide(loss_sum, tokens, out=np.full(self.num_sources, np.nan), where=tokens > 0)
         self.intervals_observed += 1
         if self.policy is not None:
             self.policy.observe(interval, loss_sum.copy(), tokens.copy())
@@ -210,6 +222,10 @@ def _example_sums(tok, labels, seq_idx, example_index, num_examples: int):
     loss = torch.zeros(num_examples + 2, dtype=torch.float32, device=device).index_copy_(0, slot, seg_sum / seg_cnt.clamp(min=1))
     count = torch.zeros(num_examples + 2, dtype=torch.float64, device=device).index_copy_(0, slot, seg_cnt.double())
     return loss[1 : num_examples + 1], count[1 : num_examples + 1]
+
+
+def _all_on_cpu(*tensors) -> bool:
+    return all(t.device.type == "cpu" for t in tensors)
 
 
 @contextmanager

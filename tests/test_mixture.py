@@ -562,3 +562,12 @@ def test_groups_from_datasets_and_arrow_columns():
         assert (s.names, s.groups.tolist(), s.lengths.tolist()) == (["chat", "web"], [1, 0, 1, 0], [5, 7, 3, 4])
     s = MixtureSampler("length", "sid", {"a": 1, "b": 3}, 8, names=["a", "b"], dataset=ds, window=1, num_replicas=1, rank=0)
     assert s.schedule.points[0].tolist() == [0.25, 0.75]
+
+
+def test_distinct_kernel_keeps_first_occurrences_in_pool_order_and_clears_its_scratch():
+    from packwise.samplers import _mixture_kernels
+
+    seen = np.zeros(10, np.bool_)
+    keep, rest = _mixture_kernels.distinct(np.array([4, 2, 4, 9, 2, 2, 0], np.int64), seen)
+    assert keep.tolist() == [4, 2, 9, 0] and rest.tolist() == [4, 2, 2]
+    assert not seen.any()
