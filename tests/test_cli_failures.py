@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import load_texts
-from test_cli_pack import invoke, tok_file  # noqa: F401  (tok_file is a fixture)
+from test_cli_pack import invoke
 
 from packwise.packing import pack
 from packwise.pipeline.tokens import encode

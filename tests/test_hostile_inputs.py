@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import load_texts
-from test_cli_pack import invoke, tok_file  # noqa: F401  (tok_file is a fixture)
+from test_cli_pack import invoke
 
 from packwise.pipeline import PackedDataset, pack_to_parquet
 from packwise.pipeline.dataset import PackedIterableDataset

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import load_texts
-from test_cli_pack import invoke, tok_file  # noqa: F401  (tok_file is a fixture)
+from test_cli_pack import invoke
 from test_pipeline_pack import check_round_trip
 
 from packwise.pipeline.lock import LOCK, output_lock

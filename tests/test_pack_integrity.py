@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_texts
-from test_cli_pack import tok_file  # noqa: F401 (the tokenizer.json fixture)
 from typer.testing import CliRunner
 
 from packwise.cli.app import app

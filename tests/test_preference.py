@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from conftest import shared_data_dir
-from test_cli_pack import tok_file  # noqa: F401  (the fixture: the shared tokenizer as a file)
 from packwise.cli.app import app
 from packwise.packing import pair_lengths, pair_logps
 from packwise.pipeline import PackedDataset

@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from test_cli_pack import tok_file  # noqa: F401  (the fixture: the shared tokenizer as a file)
 from test_preference import _pack, _stored_pairs, _write, alpaca, chat_tok  # noqa: F401  (fixtures)
 from packwise.pipeline import PackedDataset
 from packwise.pipeline.layouts import Layout, detect_layout

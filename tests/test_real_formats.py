@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_cli_pack import invoke, tok_file  # noqa: F401 - tok_file is a fixture
+from test_cli_pack import invoke
 from test_pipeline_pack import check_round_trip, read_shards
 from typer.testing import CliRunner
 

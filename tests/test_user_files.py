@@ -13,7 +13,7 @@ import sysconfig
 import pyarrow.parquet as pq
 import pytest
 from test_cli_failures import _fails, token_parquet  # noqa: F401  (token_parquet is a fixture)
-from test_cli_pack import invoke, tok_file  # noqa: F401  (tok_file is a fixture)
+from test_cli_pack import invoke
 
 from packwise.pipeline.lock import LOCK
 
