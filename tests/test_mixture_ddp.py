@@ -131,18 +131,19 @@ def test_gloo_ranks_plan_the_same_policy_mixture_with_one_collective_per_interva
     assert _as_rows(expected[0], groups) != _as_rows(plain, groups)  # the observed losses moved the mixture
 
 
-def test_gloo_run_saved_on_three_ranks_finishes_on_two(mix_file, tmp_path):
+@pytest.mark.parametrize("world", [2, 4])
+def test_gloo_run_saved_on_three_ranks_finishes_on_two_and_on_four(mix_file, tmp_path, world):
     data_path, lengths, groups = mix_file
     first = _spawn(3, "first", data_path, tmp_path)
-    second = _spawn(2, "second", data_path, tmp_path)
+    second = _spawn(world, "second", data_path, tmp_path)
     canonical = _as_rows(_sampler(lengths, groups, num_replicas=1, rank=0, **ELASTIC).global_batches(), groups)
     assert [len(g["seen"]) for g in first] == [STOP] * 3
     for t in range(STOP):
         assert sorted(g["seen"][t] for g in first) == sorted(canonical[3 * t : 3 * t + 3])
     rest = canonical[3 * STOP :]
-    assert [g["len"] for g in second] == [len(g["seen"]) for g in second] == [-(-len(rest) // 2)] * 2
+    assert [g["len"] for g in second] == [len(g["seen"]) for g in second] == [-(-len(rest) // world)] * world
     for t in range(len(second[0]["seen"])):
-        group = rest[2 * t : 2 * t + 2]
-        assert sorted(g["seen"][t] for g in second) == sorted(group + [[]] * (2 - len(group)))
+        group = rest[world * t : world * t + world]
+        assert sorted(g["seen"][t] for g in second) == sorted(group + [[]] * (world - len(group)))
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["global_batches"] == 3 * STOP and len(json.dumps(state)) <= 4096
