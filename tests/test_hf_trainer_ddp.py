@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import end_ddp_worker
 from test_hf_trainer import Recording, _args, _lengths, _model, alpaca  # noqa: F401 - shared helpers and fixture
 from packwise.packing import token_losses
 
@@ -23,6 +24,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _end() -> None:
+    """A gloo worker with its results on disk ends without the racy process-group teardown
+    (two of these tests aborted in it once, SIGABRT after training had finished)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        end_ddp_worker()
 
 
 def _rank(rank: int, port: int, tmp: str) -> None:
@@ -45,6 +55,7 @@ def _rank(rank: int, port: int, tmp: str) -> None:
     PackwiseTrainer(_model(), args, train_dataset=data, sampler=sampler, collator=collator, callbacks=[AfterFirstStep()]).train()
     out = {"epochs": collator.seen, "replicas": [sampler.num_replicas, sampler.rank]}
     Path(tmp, f"rank{rank}.json").write_text(json.dumps(out))
+    _end()
 
 
 def test_ddp_two_ranks(alpaca, tmp_path):
@@ -91,6 +102,7 @@ def _elastic_rank(rank: int, world: int, port: int, tmp: str, phase: str) -> Non
     losses = {int(e["step"]): e["loss"] for e in trainer.state.log_history if "loss" in e}
     out = {"seen": collator.seen, "len": len(sampler), "losses": losses, "step": trainer.state.global_step}
     Path(tmp, f"{phase}-rank{rank}.json").write_text(json.dumps(out))
+    _end()
 
 
 def test_checkpoint_of_two_processes_resumes_in_one_and_in_three(alpaca, tmp_path):
@@ -135,6 +147,7 @@ def _noise_rank(rank: int, port: int, tmp: str) -> None:
     logged = [e["noise_scale"] for e in trainer.state.log_history if "noise_scale" in e]
     out = {"seen": collator.seen, "history": callback.history, "changes": [list(c) for c in budget.changes], "logged": logged}
     Path(tmp, f"noise{rank}.json").write_text(json.dumps(out))
+    _end()
 
 
 def test_noise_scale_callback_under_ddp_feeds_the_same_budget_on_every_rank(alpaca, tmp_path):
