@@ -78,6 +78,15 @@ def real_lengths(tokenizer) -> dict[str, np.ndarray]:
     return {name: token_lengths(tokenizer, load_texts(name)) for name in ("c4", "alpaca", "glaive", "ag_news")}
 
 
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1, for a gloo rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def end_ddp_worker() -> None:
     """End a spawned gloo worker once its results are on disk: a barrier, then ``os._exit(0)``.
 

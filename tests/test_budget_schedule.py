@@ -5,14 +5,13 @@ mid-ramp in a fresh sampler, and 2 gloo ranks that keep equal batch counts throu
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import end_ddp_worker
+from conftest import end_ddp_worker, free_port as _free_port
 from torch.utils.data import DataLoader
 
 from packwise.samplers import BucketBatchSampler, PackedBatchSampler
@@ -227,12 +226,6 @@ def assert_resume_mid_ramp_is_exact(fresh, lengths: np.ndarray, stop: int) -> No
 
 
 # --- 2 gloo ranks ------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Ids(torch.utils.data.Dataset):

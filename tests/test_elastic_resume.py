@@ -5,7 +5,6 @@ resumes on 2 and on 4 ranks with every example of the epoch seen exactly once, e
 from __future__ import annotations
 
 import json
-import socket
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import end_ddp_worker
+from conftest import end_ddp_worker, free_port as _free_port
 
 from packwise.samplers import BucketBatchSampler, ClusterBatchSampler, PackedBatchSampler, PruningSampler, load_state, save_state
 from packwise.selection import InfoBatch
@@ -23,12 +22,6 @@ KINDS = ("packed", "bucket", "cluster", "pruned", "pruned_packed")
 PER_INDEX_BATCH = 8  # the per-index PruningSampler's ids per step
 EPOCH = 1  # InfoBatch prunes from epoch 1 on (epoch 0 scores everything)
 STEPS = 4  # steps the 3 ranks consume before saving
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses(ids: np.ndarray) -> torch.Tensor:

@@ -7,23 +7,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import end_ddp_worker
+from conftest import end_ddp_worker, free_port as _free_port
 from test_hf_trainer import Recording, _args, _lengths, _model, alpaca  # noqa: F401 - shared helpers and fixture
 from packwise.packing import token_losses
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra (pip install packwise[dev])")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _end() -> None:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import end_ddp_worker
+from conftest import end_ddp_worker, free_port as _free_port
 
 from packwise.samplers import load_state, save_state
 from packwise.selection import ODM, SoftmaxLoss, SourceLossTracker, count_all_reduce
@@ -199,12 +198,6 @@ def test_tracker_sums_per_source_and_observes_once_per_interval():
         tr.add(torch.tensor([1.0, 1.0]), np.array([0, 3]))
     with pytest.raises(ValueError, match=r"^sources has 1 entries but losses has 2; give one source id per loss$"):
         tr.add(torch.tensor([1.0, 1.0]), np.array([0]))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tracker_worker(rank: int, port: int, out_dir: str) -> None:

@@ -5,14 +5,13 @@ finishes its epoch on 2."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import end_ddp_worker
+from conftest import end_ddp_worker, free_port as _free_port
 from torch.utils.data import DataLoader
 
 from packwise.samplers import MixtureDataset, MixtureSampler
@@ -21,12 +20,6 @@ NAMES = ["c4", "alpaca", "glaive", "ag_news"]
 POLICY = {"tokens_per_epoch": 500_000, "update_every": 8, "batches_per_step": 2, "window": 16, "seed": 4, "attention_weight": 1 / 2048}
 ELASTIC = {"weights": [(0, [0.7, 0.1, 0.1, 0.1]), (20, [0.1, 0.3, 0.3, 0.3])], "tokens_per_epoch": 600_000, "batches_per_step": 6}
 STOP = 9  # steps the 3-rank run trains before it is saved
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _inputs(data_path: str):

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import end_ddp_worker
+from conftest import end_ddp_worker, free_port as _free_port
 
 from packwise.selection import AccumulationNoiseSource, DDPNoiseSource, GradientNoiseScale, noise_scale
 
@@ -139,12 +138,6 @@ def test_one_micro_step_cannot_measure():
 
 
 # --- DDP: 2 gloo ranks ---------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _data(steps: int = 3):

@@ -4,13 +4,12 @@ resume in a fresh process (plain sampler state and StatefulDataLoader with 2 wor
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import end_ddp_worker
+from conftest import end_ddp_worker, free_port as _free_port
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
@@ -20,12 +19,6 @@ SETTINGS = {
     "bucket": (BucketBatchSampler, {"max_tokens": 4096, "seed": 5}),
     "packed": (PackedBatchSampler, {"max_tokens": 2048, "seed": 5, "attention_weight": 1 / 1024}),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load(data_path: str):

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import pickle
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import end_ddp_worker
+from conftest import end_ddp_worker, free_port as _free_port
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -20,12 +19,6 @@ WORLD = 2
 EPOCHS = 4
 BATCH = 8
 STOP = (1, 3)  # the full run saves a checkpoint after 3 steps of epoch 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, phase: str, port: int, data_path: str, out_dir: str) -> None:

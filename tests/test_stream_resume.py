@@ -5,14 +5,13 @@ across real gloo ranks, and resume under the same or another (num_replicas, num_
 from __future__ import annotations
 
 import json
-import socket
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import end_ddp_worker
+from conftest import end_ddp_worker, free_port as _free_port
 from torch.utils.data import DataLoader, IterableDataset
 
 from packwise.samplers import BucketedIterable, PackedIterable, load_state, save_state
@@ -130,12 +129,6 @@ def _ddp_phase(rank: int, world: int, port: int, path: str, out_dir: str, phase:
     if rank == 0:
         Path(out_dir, f"{phase}.json").write_text(json.dumps(out))
     end_ddp_worker()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_elastic_resume_from_2_ranks_x_2_workers_to_3_ranks_x_1_worker(c4_path, tmp_path):
